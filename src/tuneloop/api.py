@@ -1,0 +1,268 @@
+"""The Python API: fit, evaluate, predict, runs and load_run, composed from the modules below it.
+
+Every function checks all of its input (data files, recipe) before it touches the workspace, so bad
+input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuneloop.config import Recipe
+from tuneloop.data.files import read_table, write_table
+from tuneloop.data.text import (
+    TextExamples,
+    check_validation_labels,
+    class_names,
+    load_text_examples,
+    stratified_split,
+)
+from tuneloop.errors import ConfigError, ModelError, RunNotFoundError
+from tuneloop.models import get_adapter
+from tuneloop.models.hf_text import ADAPTER_FILE, default_backbone
+from tuneloop.store.atomic import write_dir_atomic
+from tuneloop.store.workspace import RunRecord, Workspace
+from tuneloop.training.device import pick_device, resolve_precision
+from tuneloop.training.loop import Callback, EpochRecord, predict_probabilities, train
+from tuneloop.training.metrics import classification_metrics, confusion_matrix
+
+TASK = "text-classification"
+LABELS_FILE = "labels.json"
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    labels: list[str]
+    probabilities: np.ndarray  # examples x classes
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    metrics: dict[str, float]
+    confusion: np.ndarray  # rows: true class, columns: predicted class
+    classes: list[str]
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "metrics": self.metrics, "classes": self.classes,
+                "confusion_matrix": self.confusion.tolist()}
+
+
+@dataclass
+class Run:
+    """A finished run: its id, model folder, recipe and metrics; ``predict`` and ``evaluate`` load the model."""
+
+    id: str
+    path: Path
+    recipe: Recipe
+    metrics: dict[str, Any]
+    classes: list[str]
+    history: list[dict[str, float]] = field(default_factory=list)
+    _loaded: tuple[torch.nn.Module, Any] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_dir(cls, path: Path, run_id: str | None = None, history: list | None = None) -> Run:
+        if not (path / ADAPTER_FILE).exists():
+            raise ModelError(f"{path}: not a tuneloop model folder (no {ADAPTER_FILE}).")
+        recipe = Recipe.from_yaml((path / RECIPE_FILE).read_text())
+        metrics = json.loads((path / METRICS_FILE).read_text())
+        classes = json.loads((path / LABELS_FILE).read_text())
+        return cls(run_id or path.name, path, recipe, metrics, classes, history or [])
+
+    def model(self) -> tuple[torch.nn.Module, Any]:
+        if self._loaded is None:
+            self._loaded = get_adapter("hf_text").load(str(self.path))
+        return self._loaded
+
+    def predict_texts(self, texts: Sequence[str], precision: str = "auto") -> Predictions:
+        model, tokenizer = self.model()
+        device = pick_device()
+        encoded = get_adapter("hf_text").encode(tokenizer, list(texts), None, self.recipe)
+        probabilities = predict_probabilities(model, encoded, device, resolve_precision(precision, device))
+        return Predictions([self.classes[i] for i in probabilities.argmax(1)], probabilities, self.classes)
+
+    def predict(self, data: str | os.PathLike | Sequence[str], *, text_col: str | None = None,
+                precision: str = "auto") -> Predictions:
+        """Predict labels for a list of texts or for the texts of a data file."""
+        if isinstance(data, (str, os.PathLike)):
+            data = load_text_examples(data, text_col, labelled=False).texts
+        return self.predict_texts(data, precision)
+
+    def evaluate(self, data: str | os.PathLike, *, text_col: str | None = None, label_col: str | None = None,
+                 precision: str = "auto") -> EvaluationReport:
+        examples = load_text_examples(data, text_col, label_col)
+        check_validation_labels(examples, self.classes)
+        predictions = self.predict_texts(examples.texts, precision)
+        index = {name: i for i, name in enumerate(self.classes)}
+        true = np.array([index[label] for label in examples.labels])
+        predicted = predictions.probabilities.argmax(1)
+        k = len(self.classes)
+        return EvaluationReport(classification_metrics(true, predicted, k), confusion_matrix(true, predicted, k),
+                                self.classes, len(true))
+
+
+class _RecordEpochs(Callback):
+    def __init__(self, workspace: Workspace, run_id: str):
+        self.workspace, self.run_id = workspace, run_id
+
+    def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
+        self.workspace.record_epoch(self.run_id, record.__dict__)
+
+
+def fit(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None = None, *,
+        text_col: str | None = None, label_col: str | None = None, model: str | None = None,
+        recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
+        callbacks: Sequence[Callback] = (), **recipe_changes: Any) -> Run:
+    """Fine-tune a text classifier on ``data`` and save it as a run in the workspace.
+
+    ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out.
+    Recipe values come from ``recipe`` and then ``recipe_changes`` (e.g. ``epochs=2``).
+    """
+    recipe = (recipe or Recipe()).replace(**recipe_changes) if recipe_changes else (recipe or Recipe())
+    problems = recipe.problems()
+    if not 0 < val_fraction < 1:
+        problems.append(f"The 'val_fraction' parameter must be a float in the range (0, 1). Got {val_fraction!r} "
+                        "instead.")
+    if problems:
+        raise ConfigError(problems)
+    backbone = str(model) if model else default_backbone()
+
+    train_examples = data if isinstance(data, TextExamples) else load_text_examples(data, text_col, label_col)
+    if val is None:
+        classes = class_names(train_examples)
+        train_examples, val_examples = stratified_split(train_examples, val_fraction, recipe.seed)
+    else:
+        val_examples = val if isinstance(val, TextExamples) else load_text_examples(val, text_col, label_col)
+        classes = class_names(train_examples)
+        check_validation_labels(val_examples, classes)
+
+    adapter = get_adapter("hf_text")
+    torch.manual_seed(recipe.seed)  # the head's initial weights
+    network, tokenizer = adapter.build(backbone, len(classes), recipe)
+    index = {name: i for i, name in enumerate(classes)}
+    train_set = adapter.encode(tokenizer, train_examples.texts, [index[y] for y in train_examples.labels], recipe)
+    val_set = adapter.encode(tokenizer, val_examples.texts, [index[y] for y in val_examples.labels], recipe)
+    device = pick_device()
+    precision = resolve_precision(recipe.precision, device)
+
+    # Everything is checked: only now does the workspace get written.
+    store = Workspace.open(workspace, create=True)
+    run_id = store.start_run(task=TASK, adapter=adapter.name, backbone=backbone, train_source=train_examples.source,
+                             val_source=val_examples.source, train_fingerprint=train_examples.fingerprint(),
+                             val_fingerprint=val_examples.fingerprint(), n_train=len(train_set),
+                             n_val=len(val_set), recipe=recipe.to_dict())
+    try:
+        result = train(network, train_set, val_set, recipe, device, precision,
+                       [*callbacks, _RecordEpochs(store, run_id)])
+        if not result.history:
+            raise ModelError(f"Training diverged in the first epoch (the loss became NaN or infinite) at learning "
+                             f"rate {recipe.learning_rate}. Try a lower --learning-rate.")
+        best = result.best
+        metrics = {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1, "val_loss": best.val_loss,
+                   "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                   "stopped_early": result.stopped_early, "diverged": result.diverged,
+                   "seconds": round(result.seconds, 3), "precision": precision, "device": device.type,
+                   "majority_class_rate": _majority_rate(val_examples.labels),
+                   "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
+
+        def fill(folder: Path) -> None:
+            adapter.save(network, tokenizer, str(folder))
+            (folder / LABELS_FILE).write_text(json.dumps(classes, indent=2))
+            (folder / RECIPE_FILE).write_text(recipe.to_yaml())
+            (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+        write_dir_atomic(store.artifact_dir(run_id), fill)
+        store.complete_run(run_id, metrics, result.best_epoch, result.seconds)
+        history = store.epochs(run_id)
+    except BaseException as exc:
+        store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip())
+        raise
+    finally:
+        store.close()
+    return Run(run_id, store.artifact_dir(run_id), recipe, metrics, classes, history, (network.cpu().eval(), tokenizer))
+
+
+def _majority_rate(labels: list[str]) -> float:
+    values, counts = np.unique(labels, return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
+def load_run(reference: str | os.PathLike = "latest", workspace: str | os.PathLike | None = None) -> Run:
+    """A run by id, id prefix or 'latest' in the workspace, or a path to a run's model folder."""
+    path = Path(reference)
+    if path.is_dir() and (path / ADAPTER_FILE).exists():
+        return Run.from_dir(path)
+    with Workspace.open(workspace) as store:
+        record = store.resolve(str(reference))
+        if record.artifact is None or not record.artifact.is_dir():
+            raise RunNotFoundError(f"run {record.id}: its model folder {record.artifact} is missing.")
+        return Run.from_dir(record.artifact, record.id, store.epochs(record.id))
+
+
+def evaluate(run: str | Run, data: str | os.PathLike, *, text_col: str | None = None, label_col: str | None = None,
+             workspace: str | os.PathLike | None = None, precision: str = "auto") -> EvaluationReport:
+    run = run if isinstance(run, Run) else load_run(run, workspace)
+    return run.evaluate(data, text_col=text_col, label_col=label_col, precision=precision)
+
+
+def predict(run: str | Run, data: str | os.PathLike | Sequence[str], *, text_col: str | None = None,
+            workspace: str | os.PathLike | None = None, precision: str = "auto") -> Predictions:
+    run = run if isinstance(run, Run) else load_run(run, workspace)
+    return run.predict(data, text_col=text_col, precision=precision)
+
+
+def runs(workspace: str | os.PathLike | None = None) -> list[RunRecord]:
+    with Workspace.open(workspace) as store:
+        return store.runs()
+
+
+def predict_file(run: str | Run, data: str | os.PathLike, output: str | os.PathLike, *, text_col: str | None = None,
+                 workspace: str | os.PathLike | None = None, precision: str = "auto") -> Predictions:
+    """Predict the texts of ``data`` and write its rows with the predicted label and class probabilities."""
+    run = run if isinstance(run, Run) else load_run(run, workspace)
+    table = read_table(data)
+    examples = load_text_examples(data, text_col, labelled=False)
+    predictions = run.predict_texts(examples.texts, precision)
+    columns = dict(table.columns)
+    columns["predicted_label"] = predictions.labels
+    columns["probability"] = [round(float(p), 6) for p in predictions.probabilities.max(1)]
+    for i, name in enumerate(predictions.classes):
+        columns[f"prob_{name}"] = [round(float(p), 6) for p in predictions.probabilities[:, i]]
+    write_table(output, columns)
+    return predictions
+
+
+DEMO_TRAIN_SIZE = 2000
+DEMO_VAL_SIZE = 600
+DEMO_RECIPE = Recipe(learning_rate=1e-4, epochs=3, batch_size=16, max_length=128, patience=2)
+
+
+def demo(*, workspace: str | os.PathLike | None = None, train_size: int = DEMO_TRAIN_SIZE,
+         val_size: int = DEMO_VAL_SIZE, recipe: Recipe = DEMO_RECIPE, callbacks: Sequence[Callback] = ()
+         ) -> dict[str, Any]:
+    """Fine-tune the packaged all-MiniLM-L6-v2 on a stratified sample of Reuters R8 (8 news topics),
+    validate on R8's own test split, then reload the saved model and check it predicts the same labels."""
+    from tuneloop.data.demo import reuters_r8, stratified_sample
+
+    train_examples = stratified_sample(reuters_r8("train"), train_size, recipe.seed)
+    val_examples = stratified_sample(reuters_r8("test"), val_size, recipe.seed)
+    run = fit(train_examples, val_examples, recipe=recipe, workspace=workspace, callbacks=callbacks)
+    in_memory = run.predict_texts(val_examples.texts).labels
+    reloaded = load_run(run.id, workspace).predict_texts(val_examples.texts).labels
+    agree = sum(a == b for a, b in zip(in_memory, reloaded, strict=True))
+    return {"run": run.id, "path": str(run.path), "n_train": len(train_examples), "n_val": len(val_examples),
+            "val_accuracy": run.metrics["val_accuracy"], "val_macro_f1": run.metrics["val_macro_f1"],
+            "majority_class_rate": run.metrics["majority_class_rate"], "seconds": run.metrics["seconds"],
+            "reloaded_agreement": agree / len(reloaded), "metrics": run.metrics}

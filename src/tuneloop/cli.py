@@ -1,0 +1,240 @@
+"""The command line. Each command parses its arguments, then calls the Python API; nothing more.
+
+Errors the user can fix (bad data, bad options) print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config import METRICS, PRECISIONS, SCHEDULES, Recipe
+from tuneloop.errors import ConfigError, TuneloopError
+
+CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS, "metric": METRICS}
+SHORT_FLAGS = {"learning_rate": ["--lr"]}
+RECIPE_HELP = {
+    "learning_rate": "peak learning rate", "epochs": "maximum number of epochs",
+    "batch_size": "training batch size", "weight_decay": "AdamW weight decay",
+    "dropout": "dropout in the encoder and before the head", "label_smoothing": "label smoothing of the loss",
+    "warmup_ratio": "share of steps spent warming up the learning rate", "schedule": "learning-rate decay",
+    "trainable_layers": "encoder layers trained from the top: 0 = head only, 'all' = full fine-tune",
+    "max_length": "tokens kept per text", "grad_clip": "gradient norm clip (0 = off)",
+    "patience": "epochs without gain before stopping early (0 = off)",
+    "metric": "validation metric for early stopping and the best epoch",
+    "precision": "auto uses bf16 where the CPU or GPU computes it natively", "seed": "random seed",
+}
+
+
+def _trainable_layers(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or an int >= 0, got {value!r}") from None
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recipe (defaults in brackets)")
+    group.add_argument("--recipe", metavar="FILE", help="a recipe YAML file; flags below override it")
+    for f in fields(Recipe):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type), None)
+        if f.name == "trainable_layers":
+            kind = _trainable_layers
+        group.add_argument(flag, *SHORT_FLAGS.get(f.name, []), dest=f.name, type=kind or str, default=None,
+                           choices=CHOICES.get(f.name), help=f"{RECIPE_HELP.get(f.name, '')} [{f.default}]")
+
+
+def _recipe_from(args: argparse.Namespace) -> Recipe:
+    base = Recipe()
+    if args.recipe:
+        path = Path(args.recipe)
+        if not path.is_file():
+            raise ConfigError([f"--recipe {path}: no such file."])
+        base = Recipe.from_yaml(path.read_text())
+    changes = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
+    return base.replace(**changes)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", metavar="DIR",
+                        help="workspace folder [$TUNELOOP_HOME or ./tuneloop-runs]")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only the result")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune a pretrained model on labelled data.")
+    parser.add_argument("--version", action="version", version=f"tuneloop {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="fine-tune a text classifier on a labelled file")
+    fit.add_argument("data", help="training data: .csv, .tsv, .jsonl or .parquet")
+    fit.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
+    fit.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no --val [0.2]")
+    fit.add_argument("--text-col", help="text column [found by name: text, sentence, content, ...]")
+    fit.add_argument("--label-col", help="label column [found by name: label, class, category, ...]")
+    fit.add_argument("--model", metavar="PATH", help="a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
+    _common(fit)
+    _add_recipe_flags(fit)
+
+    evaluate = commands.add_parser("evaluate", help="metrics and a confusion matrix of a run on labelled data")
+    evaluate.add_argument("run", help="run id, id prefix, 'latest', or a run's model folder")
+    evaluate.add_argument("data")
+    evaluate.add_argument("--text-col")
+    evaluate.add_argument("--label-col")
+    _common(evaluate)
+
+    predict = commands.add_parser("predict", help="predict labels and class probabilities for a file of texts")
+    predict.add_argument("run", help="run id, id prefix, 'latest', or a run's model folder")
+    predict.add_argument("data")
+    predict.add_argument("-o", "--output", required=True, metavar="OUT",
+                         help="output file (.csv, .tsv, .jsonl or .parquet): the input rows plus predictions")
+    predict.add_argument("--text-col")
+    _common(predict)
+
+    runs = commands.add_parser("runs", help="list the runs in the workspace")
+    _common(runs)
+
+    demo = commands.add_parser("demo", help="fine-tune the packaged model on Reuters R8 news topics (a few minutes)")
+    demo.add_argument("--train-size", type=int, default=None, help="training examples sampled from R8 [2000]")
+    demo.add_argument("--val-size", type=int, default=None, help="validation examples from R8's test split [600]")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs [3]")
+    _common(demo)
+    return parser
+
+
+def _version() -> str:
+    from tuneloop import __version__
+
+    return __version__
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+
+
+def _callbacks(args: argparse.Namespace) -> list:
+    if args.quiet or args.json:
+        return []
+    from tuneloop.report.console import ProgressDisplay
+
+    return [ProgressDisplay()]
+
+
+def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:
+    return (f"Run {run_id}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, val accuracy "
+            f"{metrics['val_accuracy']:.4f}, macro-F1 {metrics['val_macro_f1']:.4f} (majority class "
+            f"{metrics['majority_class_rate']:.4f}), {metrics['seconds']:.0f}s on {metrics['device']} "
+            f"{metrics['precision']}. Model: {path}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    recipe = _recipe_from(args)
+    run = api.fit(args.data, args.val, text_col=args.text_col, label_col=args.label_col, model=args.model,
+                  recipe=recipe, workspace=args.workspace, val_fraction=args.val_fraction,
+                  callbacks=_callbacks(args))
+    _emit(args, {"run": run.id, "path": str(run.path), "metrics": run.metrics, "recipe": run.recipe.to_dict(),
+                 "history": run.history})
+    if not args.json:
+        print(_fit_summary(run.metrics, run.id, str(run.path)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    report = api.evaluate(args.run, args.data, text_col=args.text_col, label_col=args.label_col,
+                          workspace=args.workspace)
+    _emit(args, report.to_dict())
+    if not args.json:
+        from tuneloop.report.console import confusion_table, stdout
+
+        print(f"{report.n} examples: accuracy {report.metrics['accuracy']:.4f}, "
+              f"macro-F1 {report.metrics['macro_f1']:.4f}")
+        if not args.quiet:
+            stdout.print(confusion_table(report.confusion, report.classes))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from tuneloop import api
+
+    predictions = api.predict_file(args.run, args.data, args.output, text_col=args.text_col,
+                                   workspace=args.workspace)
+    counts = dict(Counter(predictions.labels).most_common())
+    _emit(args, {"output": str(args.output), "n": len(predictions.labels), "label_counts": counts})
+    if not args.json:
+        print(f"Wrote {len(predictions.labels)} predictions to {args.output}: "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    records = api.runs(args.workspace)
+    _emit(args, {"runs": [{**r.__dict__, "artifact": str(r.artifact) if r.artifact else None} for r in records]})
+    if args.json:
+        return
+    from rich.table import Table
+
+    from tuneloop.report.console import stdout
+
+    table = Table(title=f"Runs in {os.fspath(args.workspace or '') or 'the workspace'}")
+    for name in ("run", "status", "data", "train/val", "val acc", "macro-F1", "epochs", "time"):
+        table.add_column(name, justify="right" if name in ("val acc", "macro-F1", "epochs", "time") else "left")
+    for r in records:
+        m = r.metrics
+        table.add_row(r.id, r.status, Path(r.train_source).name, f"{r.n_train}/{r.n_val}",
+                      f"{m['val_accuracy']:.4f}" if m else "", f"{m['val_macro_f1']:.4f}" if m else "",
+                      f"{m['best_epoch']}/{m['epochs_run']}" if m else "", f"{r.seconds:.0f}s" if r.seconds else "")
+    stdout.print(table)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    options: dict[str, Any] = {}
+    if args.train_size is not None:
+        options["train_size"] = args.train_size
+    if args.val_size is not None:
+        options["val_size"] = args.val_size
+    recipe = api.DEMO_RECIPE if args.epochs is None else api.DEMO_RECIPE.replace(epochs=args.epochs)
+    if not args.json and not args.quiet:
+        print("Fine-tuning the packaged all-MiniLM-L6-v2 on Reuters R8 news topics (8 classes).")
+    result = api.demo(workspace=args.workspace, recipe=recipe.validate(), callbacks=_callbacks(args), **options)
+    _emit(args, result)
+    if not args.json:
+        print(_fit_summary(result["metrics"], result["run"], result["path"]))
+        print(f"Reloaded from disk, the model predicts the same label for "
+              f"{result['reloaded_agreement']:.1%} of the {result['n_val']} validation texts.")
+
+
+COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except TuneloopError as exc:
+        print(f"tuneloop {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tuneloop: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

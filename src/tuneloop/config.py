@@ -1,0 +1,109 @@
+"""The Recipe: every hyperparameter of one training run, validated as a whole before any compute."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import yaml
+
+from tuneloop.errors import ConfigError
+
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+METRICS = ("accuracy", "macro_f1", "loss")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyperparameters of one training run.
+
+    ``trainable_layers`` counts encoder layers from the top that are trained: 0 trains the
+    classification head alone, ``"all"`` fine-tunes the whole network (embeddings included).
+    """
+
+    learning_rate: float = 5e-5
+    epochs: int = 3
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    label_smoothing: float = 0.0
+    warmup_ratio: float = 0.06
+    schedule: str = "linear"
+    trainable_layers: int | str = "all"
+    max_length: int = 128
+    grad_clip: float = 1.0
+    patience: int = 2
+    metric: str = "macro_f1"
+    precision: str = "auto"
+    seed: int = 42
+
+    def problems(self) -> list[str]:
+        """Every invalid value, each named with its allowed range and the value received."""
+        found: list[str] = []
+
+        def check(name: str, ok: bool, expected: str) -> None:
+            if not ok:
+                found.append(f"The '{name}' parameter must be {expected}. Got {getattr(self, name)!r} instead.")
+
+        def is_number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        check("learning_rate", is_number(self.learning_rate) and 0 < self.learning_rate <= 1,
+              "a float in the range (0, 1]")
+        check("epochs", is_int(self.epochs) and 1 <= self.epochs <= 1000, "an int in the range [1, 1000]")
+        check("batch_size", is_int(self.batch_size) and 1 <= self.batch_size <= 4096,
+              "an int in the range [1, 4096]")
+        check("weight_decay", is_number(self.weight_decay) and 0 <= self.weight_decay <= 1,
+              "a float in the range [0, 1]")
+        check("dropout", is_number(self.dropout) and 0 <= self.dropout < 1, "a float in the range [0, 1)")
+        check("label_smoothing", is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+              "a float in the range [0, 1)")
+        check("warmup_ratio", is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
+              "a float in the range [0, 1)")
+        check("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+        check("trainable_layers",
+              self.trainable_layers == "all" or (is_int(self.trainable_layers) and self.trainable_layers >= 0),
+              "'all' or an int >= 0")
+        check("max_length", is_int(self.max_length) and 8 <= self.max_length <= 8192,
+              "an int in the range [8, 8192]")
+        check("grad_clip", is_number(self.grad_clip) and self.grad_clip >= 0, "a float >= 0 (0 turns it off)")
+        check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0 (0 turns early stopping off)")
+        check("metric", self.metric in METRICS, f"one of {', '.join(METRICS)}")
+        check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        check("seed", is_int(self.seed) and 0 <= self.seed < 2**32, "an int in the range [0, 2**32)")
+        return found
+
+    def validate(self) -> Recipe:
+        """Return self if every value is valid, else raise one ConfigError listing all problems."""
+        found = self.problems()
+        if found:
+            raise ConfigError(found)
+        return self
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError([f"Unknown recipe parameter '{name}'. Known parameters: {', '.join(sorted(known))}."
+                               for name in unknown])
+        return cls(**values).validate()
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Recipe:
+        return cls.from_dict(yaml.safe_load(text) or {})

@@ -1,0 +1,1 @@
+"""Loading and checking user data, and splitting it for training and validation."""

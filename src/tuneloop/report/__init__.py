@@ -1,0 +1,1 @@
+"""What tuneloop shows a person: progress while it trains, tables when it is done."""

@@ -1,0 +1,1 @@
+"""The workspace: a SQLite database of runs and an artifact folder per finished run."""

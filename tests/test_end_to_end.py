@@ -1,0 +1,55 @@
+"""End to end through the installed `tuneloop` command, with the packaged all-MiniLM-L6-v2 on real data
+(a small stratified slice of Reuters R8). Slow: marked e2e."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from tests.conftest import write_csv
+
+from tuneloop.data.demo import reuters_r8, stratified_sample
+from tuneloop.data.files import read_table
+
+pytestmark = pytest.mark.e2e
+
+
+def tuneloop(*args) -> dict:
+    exe = shutil.which("tuneloop", path=str(Path(sys.executable).parent)) or "tuneloop"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([exe, *map(str, args), "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_fit_evaluate_predict_on_reuters(tmp_path):
+    train = stratified_sample(reuters_r8("train"), 240, seed=0)
+    test = stratified_sample(reuters_r8("test"), 120, seed=0)
+    train_csv = write_csv(tmp_path / "train.csv", ["text", "topic"], zip(train.texts, train.labels, strict=True))
+    test_csv = write_csv(tmp_path / "test.csv", ["text", "topic"], zip(test.texts, test.labels, strict=True))
+    ws = tmp_path / "ws"
+
+    fitted = tuneloop("fit", train_csv, "--label-col", "topic", "--workspace", ws, "--epochs", "2",
+                      "--lr", "1e-4", "--max-length", "96")
+    majority = max(Counter(test.labels).values()) / len(test)
+    report = tuneloop("evaluate", fitted["run"], test_csv, "--label-col", "topic", "--workspace", ws)
+    assert report["metrics"]["accuracy"] > majority + 0.2, (report, majority)
+
+    out = tmp_path / "pred.csv"
+    tuneloop("predict", fitted["run"], test_csv, "-o", out, "--workspace", ws)
+    predicted = read_table(out).columns["predicted_label"]
+    hits = sum(p == t for p, t in zip(predicted, test.labels, strict=True))
+    assert hits / len(test) == pytest.approx(report["metrics"]["accuracy"])
+
+
+def test_demo_command_reloads_the_same_model(tmp_path):
+    result = tuneloop("demo", "--train-size", "200", "--val-size", "100", "--epochs", "1",
+                      "--workspace", tmp_path / "ws")
+    assert result["reloaded_agreement"] == 1.0
+    assert result["val_accuracy"] > result["majority_class_rate"]

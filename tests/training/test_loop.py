@@ -1,0 +1,126 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import sentiment_rows
+
+from tuneloop.config import Recipe
+from tuneloop.data.batches import Encoded, inference_order, training_order
+from tuneloop.models import get_adapter
+from tuneloop.training.loop import Callback, train
+from tuneloop.training.metrics import classification_metrics, confusion_matrix
+from tuneloop.training.schedule import lr_factor
+
+CPU = torch.device("cpu")
+
+
+def toy_sets(tiny_model, recipe: Recipe, n: int = 40):
+    adapter = get_adapter("hf_text")
+    torch.manual_seed(recipe.seed)
+    model, tokenizer = adapter.build(str(tiny_model), 2, recipe)
+    rows = sentiment_rows(n)
+    labels = [1 if y == "pos" else 0 for _, y in rows]
+    data = adapter.encode(tokenizer, [t for t, _ in rows], labels, recipe)
+    val_rows = sentiment_rows(10, seed=1)
+    val = adapter.encode(tokenizer, [t for t, _ in val_rows], [1 if y == "pos" else 0 for _, y in val_rows], recipe)
+    return model, data, val
+
+
+def test_training_order_groups_lengths_and_covers_every_example():
+    lengths = np.random.default_rng(0).integers(1, 200, size=1000)
+    batches = training_order(lengths, 10, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert lengths[batches[0]].max() == lengths.max()  # longest batch first
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 20  # random batches of 10 would spread over ~160 tokens
+
+
+def test_inference_order_is_sorted_by_length():
+    order = np.concatenate(inference_order(np.array([3, 9, 1, 5]), 2))
+    assert order.tolist() == [1, 3, 0, 2]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+
+
+def test_metrics_and_confusion():
+    true, predicted = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
+    assert confusion_matrix(true, predicted, 3).tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    metrics = classification_metrics(true, predicted, 3)
+    assert metrics["accuracy"] == 0.5
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0) / 3)
+
+
+@pytest.mark.parametrize("trainable", [0, 1, "all"])
+def test_frozen_parameters_do_not_change(tiny_model, trainable):
+    recipe = Recipe(epochs=1, trainable_layers=trainable, learning_rate=1e-2, precision="fp32")
+    model, data, val = toy_sets(tiny_model, recipe, n=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, data, val, recipe, CPU, "fp32")
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"head.weight", "head.bias"} <= changed
+    embeddings = {k for k in before if "embeddings" in k}
+    top_layer = {k for k in before if ".layer.1." in k}
+    bottom_layer = {k for k in before if ".layer.0." in k}
+    if trainable == 0:
+        assert changed == {"head.weight", "head.bias"}
+    elif trainable == 1:
+        assert changed & top_layer and not changed & bottom_layer and not changed & embeddings
+    else:
+        assert changed & bottom_layer and changed & embeddings
+
+
+def test_learns_a_separable_task(tiny_model):
+    recipe = Recipe(epochs=4, learning_rate=2e-3, batch_size=8, patience=0)
+    model, data, val = toy_sets(tiny_model, recipe)
+    result = train(model, data, val, recipe, CPU, "fp32")
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.best.val_accuracy == 1.0
+
+
+class ScriptedMetric(Callback):
+    """Records the epochs seen, to check early stopping and the restore of the best epoch."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_end(self, record, is_best):
+        self.epochs.append((record.epoch, is_best))
+
+
+def test_early_stopping_and_best_epoch_restored(tiny_model):
+    # A learning rate this high wrecks the model after the first epoch, so validation loss only rises.
+    recipe = Recipe(epochs=8, learning_rate=0.5, batch_size=4, patience=2, metric="loss", grad_clip=0,
+                    warmup_ratio=0.0, schedule="constant")
+    model, data, val = toy_sets(tiny_model, recipe, n=12)
+    seen = ScriptedMetric()
+    result = train(model, data, val, recipe, CPU, "fp32", [seen])
+    losses = [e.val_loss for e in result.history]
+    best = int(np.argmin(losses)) + 1
+    assert result.best_epoch == best
+    assert result.stopped_early and len(result.history) == best + 2 < recipe.epochs
+    assert seen.epochs[best - 1] == (best, True)
+    from tuneloop.training.loop import evaluate
+
+    assert evaluate(model, val, CPU, "fp32").loss == pytest.approx(losses[best - 1], rel=1e-5)
+
+
+def test_divergence_is_reported_not_hidden(tiny_model):
+    recipe = Recipe(epochs=2, learning_rate=1.0, batch_size=4, grad_clip=0, warmup_ratio=0.0, schedule="constant")
+    model, data, val = toy_sets(tiny_model, recipe, n=8)
+    with torch.no_grad():
+        model.head.weight.fill_(math.inf)
+    result = train(model, data, val, recipe, CPU, "fp32")
+    assert result.diverged and result.history == []
+
+
+def test_encoded_lengths():
+    assert Encoded([[1, 2], [3]], None, 0).lengths.tolist() == [2, 1]
