@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tuneloop.training.loop import Callback, EpochRecord, TrainResult
 
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
 
 
