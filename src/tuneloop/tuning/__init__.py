@@ -1,0 +1,1 @@
+"""Reading a trial's curves (diagnose) and choosing the next recipe from them (policy)."""

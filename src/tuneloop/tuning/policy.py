@@ -1,0 +1,254 @@
+"""The policy: a diagnosis and the recipe it was read from -> the next recipe to try, with a one-line reason.
+
+A rule table (``RULES``) lists for each diagnosis the moves to try, in order. ``next_recipe`` walks them and
+takes the first that changes the recipe into a valid one not run before, one move (one knob) at a time, so
+each trial answers one question and its reason can say which. Pure: no I/O, no randomness, no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+from tuneloop.config import Recipe
+from tuneloop.tuning.diagnose import Diagnosis
+
+MIN_LEARNING_RATE = 1e-7
+MAX_EPOCHS = 20
+DEEPER_STEPS = (2, 4)  # trainable_layers climbs 0 -> 2 -> 4 -> "all"
+INTEGER_KNOBS = frozenset({"epochs", "batch_size", "max_length", "patience"})  # by the Recipe's field types
+
+
+def learning_rate_cap(recipe: Recipe) -> float:
+    """The highest learning rate a raise may reach: a freshly initialised head tolerates far more than
+    pretrained layers, which a large rate wrecks."""
+    return 1e-2 if recipe.trainable_layers == 0 else 2e-4
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a move may read besides the recipe: the trial's best epoch and the backbone's depth, if known."""
+
+    best_epoch: int | None = None
+    num_layers: int | None = None
+
+
+class Change(Protocol):
+    """How one move changes a recipe: the new value of each knob it touches (unchanged ones may be left out)."""
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]: ...
+
+
+def _tidy(value: float) -> float:
+    """Four significant digits, so 5e-05 x 1.5 / 1.5 is 5e-05 again (and counts as tried)."""
+    return float(f"{value:.4g}")
+
+
+def _bounded(old: float, new: float, low: float, high: float, up: bool) -> float:
+    """Clamp to [low, high] without moving against the intended direction (a raise never lowers)."""
+    new = min(max(new, low), high)
+    return max(new, old) if up else min(new, old)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Multiply by ``factor`` within [low, high]; a cut that lands under ``zero_below`` switches the knob off.
+
+    ``high`` may depend on the recipe (the learning rate's cap depends on the trainable depth). Integer knobs
+    (epochs) round away from the old value.
+    """
+
+    factor: float
+    low: float = 0.0
+    high: float | Callable[[Recipe], float] = math.inf
+    zero_below: float = 0.0
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        old = getattr(recipe, knob)
+        high = self.high(recipe) if callable(self.high) else self.high
+        up = self.factor > 1
+        new = _bounded(old, old * self.factor, self.low, high, up)
+        if not up and new < self.zero_below:
+            new = 0.0
+        if knob in INTEGER_KNOBS:  # not isinstance(old, int): weight_decay=0 is a valid float knob too
+            return {knob: int(math.ceil(new) if up else max(1, math.floor(new)))}
+        return {knob: _tidy(new)}
+
+
+@dataclass(frozen=True)
+class Step:
+    """Add ``delta`` within [low, high]."""
+
+    delta: float
+    low: float = 0.0
+    high: float = math.inf
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        old = getattr(recipe, knob)
+        return {knob: _tidy(_bounded(old, old + self.delta, self.low, self.high, self.delta > 0))}
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """Raise to ``value`` if below it; never lowers (a stronger setting already in place stays)."""
+
+    value: float
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        return {knob: max(getattr(recipe, knob), self.value)}
+
+
+@dataclass(frozen=True)
+class SwitchOn:
+    """Set to ``value`` where the knob is off (0); an existing setting stays."""
+
+    value: float
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        old = getattr(recipe, knob)
+        return {knob: self.value if old == 0 else old}
+
+
+@dataclass(frozen=True)
+class ToBestEpoch:
+    """Train only as many epochs as the best epoch needed (at least 1): later ones only overfit."""
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        old = getattr(recipe, knob)
+        if context.best_epoch is None:
+            return {}
+        return {knob: max(1, min(old, context.best_epoch))}
+
+
+@dataclass(frozen=True)
+class Shallower:
+    """Halve the trainable layers: k -> k // 2; "all" -> the top half when the depth is known."""
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        old = recipe.trainable_layers
+        if old == "all":
+            return {} if context.num_layers is None else {knob: context.num_layers // 2}
+        return {knob: old // 2}
+
+
+@dataclass(frozen=True)
+class Deeper:
+    """Train more layers: 0 -> 2 -> 4 -> "all" (sooner when the backbone has no more layers than that).
+
+    Ties the learning rate: leaving head-only training, a rate above what pretrained layers tolerate comes
+    down to their cap in the same move, else the first deeper trial would wreck the backbone and diverge.
+    """
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        old = recipe.trainable_layers
+        if old == "all":
+            return {}
+        new: int | str = next((k for k in DEEPER_STEPS if k > old), "all")
+        if context.num_layers is not None and new != "all" and new >= context.num_layers:
+            new = "all"
+        deeper = recipe.replace(trainable_layers=new)
+        return {knob: new, "learning_rate": min(recipe.learning_rate, learning_rate_cap(deeper))}
+
+
+@dataclass(frozen=True)
+class Move:
+    """One candidate step of the rule table: which knob, how it changes, and why (quoted in the reason)."""
+
+    knob: str
+    change: Change
+    reason: str
+
+    def changes(self, recipe: Recipe, context: Context) -> dict[str, tuple[Any, Any]]:
+        """Knob -> (old, new) for each knob this move actually changes on ``recipe``."""
+        new_values = self.change.apply(recipe, self.knob, context)
+        return {knob: (getattr(recipe, knob), new) for knob, new in new_values.items()
+                if new != getattr(recipe, knob)}
+
+
+# Small exploitation around a good recipe; a noisy validation set gets the same, since no recipe change
+# fixes it (more validation data does) and the search may as well go on meanwhile.
+_EXPLOIT = (
+    Move("learning_rate", Scale(1.5, high=learning_rate_cap), "a little higher learning rate"),
+    Move("learning_rate", Scale(1 / 1.5, low=MIN_LEARNING_RATE), "a little lower learning rate"),
+    Move("label_smoothing", AtLeast(0.1), "label smoothing"),
+)
+
+RULES: dict[str, tuple[Move, ...]] = {
+    "overfitting": (
+        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("dropout", Step(+0.1, high=0.5), "more dropout"),
+        Move("label_smoothing", AtLeast(0.1), "label smoothing"),
+        Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
+        Move("epochs", ToBestEpoch(), "stop at the best epoch"),
+        Move("trainable_layers", Shallower(), "fewer trainable layers"),
+    ),
+    "underfitting": (
+        Move("trainable_layers", Deeper(), "more trainable layers"),
+        Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
+        Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+        Move("weight_decay", Scale(1 / 5, zero_below=1e-3), "less weight decay"),
+        Move("dropout", Step(-0.1), "less dropout"),
+    ),
+    "diverged": (
+        Move("learning_rate", Scale(1 / 10, low=MIN_LEARNING_RATE), "much lower learning rate"),
+        Move("warmup_ratio", Scale(2, low=0.1, high=0.3), "longer warmup"),
+        Move("grad_clip", SwitchOn(1.0), "gradient clipping on"),
+    ),
+    "too_slow": (
+        Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
+        Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+    ),
+    "good_fit": _EXPLOIT,
+    "noisy_validation": _EXPLOIT,
+}
+
+
+RecipeKey = tuple[tuple[str, Any], ...]
+
+
+def recipe_key(recipe: Recipe) -> RecipeKey:
+    """The recipe's hyperparameters without its seed: two recipes with equal keys are the same experiment."""
+    return tuple((f.name, getattr(recipe, f.name)) for f in fields(recipe) if f.name != "seed")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next recipe, why, and exactly what changed (knob -> (old, new))."""
+
+    recipe: Recipe
+    reason: str
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    diagnosis_label: str = ""
+
+
+def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | Hashable], *,
+                num_layers: int | None) -> Decision | None:
+    """The first move of ``RULES[diagnosis.label]`` that yields a valid recipe not yet run, or None.
+
+    ``tried`` holds recipes already run, or their ``recipe_key``s; ``recipe`` itself counts as run. Seeds are
+    ignored in that comparison, so a reseeded copy of a run recipe is not proposed either. ``num_layers`` is
+    the backbone's depth, needed to halve ``trainable_layers="all"``. None means nothing is left to try.
+    """
+    if diagnosis.label not in RULES:
+        raise ValueError(f"The 'diagnosis.label' must be one of {', '.join(RULES)}. Got {diagnosis.label!r} instead.")
+    seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
+    best_epoch = diagnosis.evidence.get("best_epoch")
+    context = Context(best_epoch if isinstance(best_epoch, int) else None, num_layers)
+    for move in RULES[diagnosis.label]:
+        changes = move.changes(recipe, context)
+        if not changes:
+            continue
+        candidate = recipe.replace(**{knob: new for knob, (_, new) in changes.items()})
+        if candidate.problems() or recipe_key(candidate) in seen:
+            continue
+        shown = ", ".join(f"{knob} {_show(old)} -> {_show(new)}" for knob, (old, new) in changes.items())
+        finding = diagnosis.finding or diagnosis.summary
+        reason = f"{diagnosis.label}: {finding} -> {move.reason}: {shown}"
+        return Decision(candidate, reason, changes, diagnosis.label)
+    return None
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,214 @@
+"""next_recipe(): the first move of each rule, its reason, caps, validity, and never repeating a run recipe."""
+
+import pytest
+
+from tuneloop.config import Recipe
+from tuneloop.training.loop import EpochRecord
+from tuneloop.tuning.diagnose import LABELS, Diagnosis, diagnose
+from tuneloop.tuning.policy import MAX_EPOCHS, MIN_LEARNING_RATE, RULES, learning_rate_cap, next_recipe, recipe_key
+
+
+def diagnosis(label: str, finding: str = "what the curves showed", best_epoch: int = 2) -> Diagnosis:
+    return Diagnosis(label, {"best_epoch": best_epoch}, f"{finding}: {label}", finding)
+
+
+def first(label: str, recipe: Recipe, tried=(), num_layers: int | None = 6, **kwargs):
+    decision = next_recipe(diagnosis(label, **kwargs), recipe, tried, num_layers=num_layers)
+    assert decision is not None
+    return decision
+
+
+def walk(label: str, recipe: Recipe, num_layers: int | None = 6, best_epoch: int = 2):
+    """Every decision for one diagnosis of one recipe, feeding each proposal back as tried, until None."""
+    tried, decisions = [], []
+    while (decision := next_recipe(diagnosis(label, best_epoch=best_epoch), recipe, tried,
+                                   num_layers=num_layers)) is not None:
+        decisions.append(decision)
+        tried.append(decision.recipe)
+        assert len(decisions) < 50, "the policy keeps proposing"
+    return decisions
+
+
+def test_rules_cover_every_diagnosis_label():
+    assert set(RULES) == set(LABELS)
+
+
+# -- the first move of each rule ------------------------------------------------------------------------------
+
+def test_overfitting_first_raises_weight_decay():
+    finding = "val loss rose 2 epochs (0.350 -> 0.450) while train loss fell (0.500 -> 0.050)"
+    decision = first("overfitting", Recipe(), finding=finding)
+    assert decision.recipe == Recipe(weight_decay=0.05)
+    assert decision.changes == {"weight_decay": (0.01, 0.05)}
+    assert decision.diagnosis_label == "overfitting"
+    assert decision.reason == f"overfitting: {finding} -> more weight decay: weight_decay 0.01 -> 0.05"
+
+
+def test_underfitting_on_a_head_first_trains_two_layers_and_brings_the_rate_down_with_them():
+    decision = first("underfitting", Recipe(trainable_layers=0, learning_rate=1e-3))
+    assert decision.changes == {"trainable_layers": (0, 2), "learning_rate": (1e-3, 2e-4)}
+    assert decision.reason.endswith("more trainable layers: trainable_layers 0 -> 2, learning_rate 0.001 -> 0.0002")
+
+
+def test_underfitting_of_a_full_fine_tune_doubles_the_learning_rate():
+    decision = first("underfitting", Recipe(trainable_layers="all"))
+    assert decision.changes == {"learning_rate": (5e-5, 1e-4)}
+    assert "higher learning rate: learning_rate 5e-05 -> 0.0001" in decision.reason
+
+
+def test_diverged_first_cuts_the_learning_rate_tenfold():
+    decision = first("diverged", Recipe())
+    assert decision.changes == {"learning_rate": (5e-5, 5e-6)}
+    assert decision.reason.endswith("much lower learning rate: learning_rate 5e-05 -> 5e-06")
+
+
+def test_too_slow_first_doubles_the_learning_rate():
+    decision = first("too_slow", Recipe())
+    assert decision.changes == {"learning_rate": (5e-5, 1e-4)}
+    assert decision.reason.startswith("too_slow: what the curves showed -> higher learning rate")
+
+
+def test_good_fit_first_nudges_the_learning_rate_up():
+    decision = first("good_fit", Recipe())
+    assert decision.changes == {"learning_rate": (5e-5, 7.5e-5)}
+
+
+def test_noisy_validation_says_how_much_validation_data_is_needed_and_keeps_exploring():
+    history = [EpochRecord(1, 0.60, 0.40, 0.80, 0.80, 5e-5, 40.0, 30.0),
+               EpochRecord(2, 0.30, 0.33, 0.85, 0.85, 5e-5, 40.0, 30.0),
+               EpochRecord(3, 0.20, 0.34, 0.84, 0.84, 5e-5, 40.0, 30.0)]
+    found = diagnose(history, diverged=False, n_val=120, num_classes=2)
+    assert found.label == "noisy_validation"
+    decision = next_recipe(found, Recipe(), [], num_layers=6)
+    assert decision is not None
+    assert decision.reason.startswith("noisy_validation: accuracy 0.850 +-0.064 on 120 validation examples "
+                                      "(+-0.03 needs 545): trials cannot be told apart -> ")
+    assert decision.changes == first("good_fit", Recipe()).changes
+
+
+# -- the order of moves, one knob at a time -------------------------------------------------------------------
+
+def test_overfitting_walks_its_moves_in_order_then_stops():
+    decisions = walk("overfitting", Recipe(epochs=4), num_layers=6, best_epoch=2)
+    assert [d.changes for d in decisions] == [
+        {"weight_decay": (0.01, 0.05)},
+        {"dropout": (0.1, 0.2)},
+        {"label_smoothing": (0.0, 0.1)},
+        {"learning_rate": (5e-5, 2.5e-5)},
+        {"epochs": (4, 2)},
+        {"trainable_layers": ("all", 3)},
+    ]
+
+
+def test_halving_all_layers_needs_the_depth_and_is_skipped_without_it():
+    decisions = walk("overfitting", Recipe(epochs=4), num_layers=None)
+    assert "trainable_layers" not in {knob for d in decisions for knob in d.changes}
+    assert walk("overfitting", Recipe(trainable_layers=4), num_layers=None)[-1].changes == {
+        "trainable_layers": (4, 2)}
+
+
+def test_no_weight_decay_becomes_some():
+    assert first("overfitting", Recipe(weight_decay=0)).changes == {"weight_decay": (0, 0.01)}
+
+
+@pytest.mark.parametrize(("layers", "num_layers", "expected"),
+                         [(0, 6, 2), (2, 6, 4), (4, 6, "all"), (1, 6, 2), (2, 4, "all"), (2, None, 4)])
+def test_underfitting_climbs_the_trainable_depth(layers, num_layers, expected):
+    decision = first("underfitting", Recipe(trainable_layers=layers), num_layers=num_layers)
+    assert decision.changes["trainable_layers"] == (layers, expected)
+
+
+def test_underfitting_lowers_regularization_last_and_switches_tiny_weight_decay_off():
+    decisions = walk("underfitting", Recipe(weight_decay=0.002, dropout=0.05, learning_rate=2e-4, epochs=20))
+    assert [d.changes for d in decisions] == [{"weight_decay": (0.002, 0.0)}, {"dropout": (0.05, 0.0)}]
+
+
+def test_diverged_walks_rate_warmup_then_clipping():
+    decisions = walk("diverged", Recipe(grad_clip=0.0))
+    assert [d.changes for d in decisions] == [
+        {"learning_rate": (5e-5, 5e-6)},
+        {"warmup_ratio": (0.06, 0.12)},
+        {"grad_clip": (0.0, 1.0)},
+    ]
+
+
+def test_diverged_warmup_is_at_least_a_tenth_and_at_most_three_tenths():
+    assert first("diverged", Recipe(warmup_ratio=0.0), [Recipe(learning_rate=5e-6, warmup_ratio=0.0)]).changes == {
+        "warmup_ratio": (0.0, 0.1)}
+    assert first("diverged", Recipe(warmup_ratio=0.2), [Recipe(learning_rate=5e-6, warmup_ratio=0.2)]).changes == {
+        "warmup_ratio": (0.2, 0.3)}
+
+
+# -- caps -----------------------------------------------------------------------------------------------------
+
+def test_learning_rate_raises_stop_at_the_cap_for_the_depth():
+    assert learning_rate_cap(Recipe(trainable_layers=0)) == 1e-2
+    assert learning_rate_cap(Recipe(trainable_layers=2)) == 2e-4
+    assert first("too_slow", Recipe(learning_rate=1.5e-4)).changes == {"learning_rate": (1.5e-4, 2e-4)}
+    assert first("too_slow", Recipe(trainable_layers=0, learning_rate=8e-3)).changes == {
+        "learning_rate": (8e-3, 1e-2)}
+
+
+def test_a_rate_already_above_its_cap_is_not_lowered_by_a_raise():
+    # lr 1e-3 on a full fine-tune is above the cap: "higher learning rate" skips to the next move
+    assert first("too_slow", Recipe(learning_rate=1e-3)).changes == {"epochs": (3, 6)}
+
+
+def test_epochs_double_up_to_the_cap():
+    assert first("too_slow", Recipe(learning_rate=2e-4, epochs=15)).changes == {"epochs": (15, MAX_EPOCHS)}
+    assert next_recipe(diagnosis("too_slow"), Recipe(learning_rate=2e-4, epochs=20), [], num_layers=6) is None
+
+
+def test_weight_decay_and_dropout_caps():
+    assert first("overfitting", Recipe(weight_decay=0.1)).changes == {"weight_decay": (0.1, 0.3)}
+    assert first("overfitting", Recipe(weight_decay=0.3, dropout=0.45)).changes == {"dropout": (0.45, 0.5)}
+
+
+@pytest.mark.parametrize("label", LABELS)
+@pytest.mark.parametrize("start", [Recipe(), Recipe(trainable_layers=0, learning_rate=1e-3, epochs=10),
+                                   Recipe(trainable_layers=2, weight_decay=0.0, dropout=0.0, grad_clip=0.0)],
+                         ids=["default", "head-only", "two-layers-unregularized"])
+def test_following_the_policy_keeps_every_knob_valid_and_within_its_caps(label, start):
+    """Apply each decision to the recipe it proposes, as the loop would, until nothing is left."""
+    recipe, tried = start, [start]
+    for _ in range(100):
+        decision = next_recipe(diagnosis(label, best_epoch=1), recipe, tried, num_layers=6)
+        if decision is None:
+            break
+        recipe = decision.recipe
+        assert recipe.problems() == []
+        assert recipe_key(recipe) not in {recipe_key(t) for t in tried}
+        assert MIN_LEARNING_RATE <= recipe.learning_rate <= max(learning_rate_cap(recipe), start.learning_rate)
+        assert recipe.weight_decay <= 0.3 and recipe.dropout <= 0.5 and recipe.warmup_ratio <= 0.3
+        assert 1 <= recipe.epochs <= max(MAX_EPOCHS, start.epochs)
+        tried.append(recipe)
+    else:
+        pytest.fail("the policy never ran out of moves")
+
+
+# -- never repeat ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("label", LABELS)
+def test_never_proposes_a_recipe_already_run_and_runs_out(label):
+    start = Recipe(trainable_layers=0, learning_rate=1e-3, grad_clip=0.0)
+    decisions = walk(label, start)
+    keys = [recipe_key(d.recipe) for d in decisions]
+    assert decisions, f"{label} proposed nothing for {start}"
+    assert len(set(keys)) == len(keys)
+    assert recipe_key(start) not in keys
+
+
+def test_seed_does_not_make_a_recipe_new():
+    reseeded = Recipe(weight_decay=0.05, seed=7)
+    assert recipe_key(reseeded) == recipe_key(Recipe(weight_decay=0.05))
+    assert first("overfitting", Recipe(), [reseeded]).changes == {"dropout": (0.1, 0.2)}
+
+
+def test_tried_may_hold_keys_instead_of_recipes():
+    assert first("overfitting", Recipe(), {recipe_key(Recipe(weight_decay=0.05))}).changes == {
+        "dropout": (0.1, 0.2)}
+
+
+def test_unknown_label_is_refused():
+    with pytest.raises(ValueError, match="'diagnosis.label' must be one of"):
+        next_recipe(diagnosis("confused"), Recipe(), [], num_layers=6)
