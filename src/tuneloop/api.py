@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,48 +122,67 @@ class _RecordEpochs(Callback):
         self.workspace.record_epoch(self.run_id, record.__dict__)
 
 
-def fit(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None = None, *,
-        text_col: str | None = None, label_col: str | None = None, model: str | None = None,
-        recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
-        callbacks: Sequence[Callback] = (), **recipe_changes: Any) -> Run:
-    """Fine-tune a text classifier on ``data`` and save it as a run in the workspace.
+@dataclass
+class TextTask:
+    """Checked training and validation texts with their classes; tokenized once per tokenizer length."""
 
-    ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out.
-    Recipe values come from ``recipe`` and then ``recipe_changes`` (e.g. ``epochs=2``).
-    """
-    recipe = (recipe or Recipe()).replace(**recipe_changes) if recipe_changes else (recipe or Recipe())
+    train: TextExamples
+    val: TextExamples
+    classes: list[str]
+    backbone: str
+    _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None, *,
+             text_col: str | None, label_col: str | None, model: str | None, val_fraction: float,
+             seed: int) -> TextTask:
+        """Read and check the data (everything that can fail on bad input), before any workspace write."""
+        train_examples = data if isinstance(data, TextExamples) else load_text_examples(data, text_col, label_col)
+        classes = class_names(train_examples)
+        if val is None:
+            train_examples, val_examples = stratified_split(train_examples, val_fraction, seed)
+        else:
+            val_examples = val if isinstance(val, TextExamples) else load_text_examples(val, text_col, label_col)
+            check_validation_labels(val_examples, classes)
+        return cls(train_examples, val_examples, classes, str(model) if model else default_backbone())
+
+    def encoded(self, tokenizer, recipe: Recipe):
+        """Train and validation token ids for ``recipe.max_length``, tokenized on first use only."""
+        if recipe.max_length not in self._encoded:
+            adapter = get_adapter("hf_text")
+            index = {name: i for i, name in enumerate(self.classes)}
+            self._encoded[recipe.max_length] = tuple(
+                adapter.encode(tokenizer, part.texts, [index[y] for y in part.labels], recipe)
+                for part in (self.train, self.val))
+        return self._encoded[recipe.max_length]
+
+
+def check_options(recipe: Recipe, val_fraction: float) -> None:
     problems = recipe.problems()
     if not 0 < val_fraction < 1:
         problems.append(f"The 'val_fraction' parameter must be a float in the range (0, 1). Got {val_fraction!r} "
                         "instead.")
     if problems:
         raise ConfigError(problems)
-    backbone = str(model) if model else default_backbone()
 
-    train_examples = data if isinstance(data, TextExamples) else load_text_examples(data, text_col, label_col)
-    if val is None:
-        classes = class_names(train_examples)
-        train_examples, val_examples = stratified_split(train_examples, val_fraction, recipe.seed)
-    else:
-        val_examples = val if isinstance(val, TextExamples) else load_text_examples(val, text_col, label_col)
-        classes = class_names(train_examples)
-        check_validation_labels(val_examples, classes)
 
+def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Sequence[Callback] = ()
+              ) -> tuple[Run, Any]:
+    """Train one run of ``recipe`` on ``task``, recorded in ``store``; returns the run and the TrainResult.
+
+    The best epoch's model is saved as the run's artifact folder, except for a run that a callback stopped
+    for pruning: that one is recorded with its metrics and without a model (disk stays bounded).
+    """
     adapter = get_adapter("hf_text")
     torch.manual_seed(recipe.seed)  # the head's initial weights
-    network, tokenizer = adapter.build(backbone, len(classes), recipe)
-    index = {name: i for i, name in enumerate(classes)}
-    train_set = adapter.encode(tokenizer, train_examples.texts, [index[y] for y in train_examples.labels], recipe)
-    val_set = adapter.encode(tokenizer, val_examples.texts, [index[y] for y in val_examples.labels], recipe)
+    network, tokenizer = adapter.build(task.backbone, len(task.classes), recipe)
+    train_set, val_set = task.encoded(tokenizer, recipe)
     device = pick_device()
     precision = resolve_precision(recipe.precision, device)
-
-    # Everything is checked: only now does the workspace get written.
-    store = Workspace.open(workspace, create=True)
-    run_id = store.start_run(task=TASK, adapter=adapter.name, backbone=backbone, train_source=train_examples.source,
-                             val_source=val_examples.source, train_fingerprint=train_examples.fingerprint(),
-                             val_fingerprint=val_examples.fingerprint(), n_train=len(train_set),
-                             n_val=len(val_set), recipe=recipe.to_dict())
+    run_id = store.start_run(task=TASK, adapter=adapter.name, backbone=task.backbone, train_source=task.train.source,
+                             val_source=task.val.source, train_fingerprint=task.train.fingerprint(),
+                             val_fingerprint=task.val.fingerprint(), n_train=len(train_set), n_val=len(val_set),
+                             recipe=recipe.to_dict())
     try:
         result = train(network, train_set, val_set, recipe, device, precision,
                        [*callbacks, _RecordEpochs(store, run_id)])
@@ -172,26 +192,48 @@ def fit(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExa
         best = result.best
         metrics = {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1, "val_loss": best.val_loss,
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                   "stopped_early": result.stopped_early, "diverged": result.diverged,
-                   "seconds": round(result.seconds, 3), "precision": precision, "device": device.type,
-                   "majority_class_rate": _majority_rate(val_examples.labels),
+                   "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
+                   "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
+                   "device": device.type, "majority_class_rate": _majority_rate(task.val.labels),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
+        if result.stopped_by == "pruned":
+            store.fail_run(run_id, f"stopped: {result.stopped_by}", status="pruned", metrics=metrics)
+            return Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id)), result
 
         def fill(folder: Path) -> None:
             adapter.save(network, tokenizer, str(folder))
-            (folder / LABELS_FILE).write_text(json.dumps(classes, indent=2))
+            (folder / LABELS_FILE).write_text(json.dumps(task.classes, indent=2))
             (folder / RECIPE_FILE).write_text(recipe.to_yaml())
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
         write_dir_atomic(store.artifact_dir(run_id), fill)
         store.complete_run(run_id, metrics, result.best_epoch, result.seconds)
-        history = store.epochs(run_id)
     except BaseException as exc:
         store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip())
         raise
-    finally:
-        store.close()
-    return Run(run_id, store.artifact_dir(run_id), recipe, metrics, classes, history, (network.cpu().eval(), tokenizer))
+    run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
+              (network.cpu().eval(), tokenizer))
+    return run, result
+
+
+def fit(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None = None, *,
+        text_col: str | None = None, label_col: str | None = None, model: str | None = None,
+        recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
+        callbacks: Sequence[Callback] = (), **recipe_changes: Any) -> Run:
+    """Fine-tune a text classifier on ``data`` and save it as a run in the workspace.
+
+    ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out.
+    Recipe values come from ``recipe`` and then ``recipe_changes`` (e.g. ``epochs=2``).
+    """
+    recipe = (recipe or Recipe()).replace(**recipe_changes)
+    check_options(recipe, val_fraction)
+    task = TextTask.load(data, val, text_col=text_col, label_col=label_col, model=model, val_fraction=val_fraction,
+                         seed=recipe.seed)
+    get_adapter("hf_text").check_backbone(task.backbone)
+    # Everything is checked: only now does the workspace get written.
+    with Workspace.open(workspace, create=True) as store:
+        run, _ = train_run(store, task, recipe, callbacks)
+    return run
 
 
 def _majority_rate(labels: list[str]) -> float:
@@ -266,3 +308,99 @@ def demo(*, workspace: str | os.PathLike | None = None, train_size: int = DEMO_T
             "val_accuracy": run.metrics["val_accuracy"], "val_macro_f1": run.metrics["val_macro_f1"],
             "majority_class_rate": run.metrics["majority_class_rate"], "seconds": run.metrics["seconds"],
             "reloaded_agreement": agree / len(reloaded), "metrics": run.metrics}
+
+
+@dataclass
+class TuneResult:
+    """The end of a study: its id, every trial, the best trial's run (a model like any other), why it stopped."""
+
+    study_id: str
+    best_run: Run | None
+    trials: list[Any]
+    stop_reason: str
+    spent_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study_id, "stop_reason": self.stop_reason, "spent_seconds": round(self.spent_seconds, 1),
+            "best_run": self.best_run.id if self.best_run else None,
+            "best_metrics": self.best_run.metrics if self.best_run else None,
+            "trials": [{"number": t.number, "status": t.status, "run": t.run_id, "value": t.value,
+                        "recipe": t.recipe.to_dict(), "reason": t.reason, "seconds": round(t.seconds, 1),
+                        "diagnosis": t.diagnosis.label if t.diagnosis else None,
+                        "diagnosis_summary": t.diagnosis.summary if t.diagnosis else None} for t in self.trials],
+        }
+
+
+def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.PathLike | TextExamples | None = None,
+         *, budget: str = "15m", strategy: str = "guided", target: float | None = None, prune: str = "median",
+         text_col: str | None = None, label_col: str | None = None, model: str | None = None,
+         recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
+         name: str | None = None, resume: str | None = None, callbacks: Sequence[Any] = ()) -> TuneResult:
+    """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
+
+    ``resume`` continues a study by id with the data and options it was started with: finished trials are
+    not re-run, interrupted ones are, and the time budget counts what was already spent.
+    """
+    from tuneloop.tuning.strategies import make_strategy
+    from tuneloop.tuning.study import Budget, check_study_options, new_study_id, run_study
+
+    if resume is not None:
+        with Workspace.open(workspace) as store:
+            row = store.claim_study(resume)
+        options = row["options"]
+        spent_before = row["spent_seconds"]
+        study_id = resume
+    else:
+        if data is None:
+            raise ConfigError(["tune needs a data file, or --resume STUDY to continue a study."])
+        base = recipe or Recipe()
+        problems = base.problems() + check_study_options(strategy, prune, target)
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            problems.append(f"The 'name' parameter must be letters, digits, '_', '.', '-' (at most 64). "
+                            f"Got {name!r} instead.")
+        if not 0 < val_fraction < 1:
+            problems.append(f"The 'val_fraction' parameter must be a float in the range (0, 1). "
+                            f"Got {val_fraction!r} instead.")
+        if problems:
+            raise ConfigError(problems)
+        Budget.parse(budget)
+        options = {"data": _as_path(data), "val": _as_path(val) if val is not None else None, "budget": budget,
+                   "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
+                   "label_col": label_col, "model": model, "recipe": base.to_dict(), "val_fraction": val_fraction}
+        if isinstance(data, TextExamples) or isinstance(val, TextExamples):
+            options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
+        spent_before = 0.0
+        study_id = name or new_study_id()
+    base = Recipe.from_dict(options["recipe"])
+    task = TextTask.load(options["data"], options["val"], text_col=options["text_col"],
+                         label_col=options["label_col"], model=options["model"],
+                         val_fraction=options["val_fraction"], seed=base.seed)
+    adapter = get_adapter("hf_text")
+    adapter.check_backbone(task.backbone)
+    plan = make_strategy(options["strategy"], _num_layers(task.backbone))
+
+    with Workspace.open(workspace, create=True) as store:
+        if resume is None:
+            stored = {k: (v if not isinstance(v, TextExamples) else v.source) for k, v in options.items()}
+            store.create_study(study_id, options["strategy"], base.metric, stored)
+
+        def train_trial(trial_recipe: Recipe, training_callbacks: list[Callback]):
+            return train_run(store, task, trial_recipe, training_callbacks)
+
+        result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
+                           target=options["target"], prune=options["prune"], train_trial=train_trial,
+                           callbacks=callbacks, spent_before=spent_before)
+    best_run = load_run(result.best.run_id, workspace) if result.best else None
+    return TuneResult(study_id, best_run, result.trials, result.stop_reason, result.spent_seconds)
+
+
+def _as_path(value: Any) -> Any:
+    return str(Path(value).resolve()) if isinstance(value, (str, os.PathLike)) else value
+
+
+def _num_layers(backbone: str) -> int | None:
+    try:
+        return int(json.loads((Path(backbone) / "config.json").read_text()).get("num_hidden_layers"))
+    except (OSError, ValueError, TypeError):
+        return None

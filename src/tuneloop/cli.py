@@ -100,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-col")
     _common(predict)
 
+    tune = commands.add_parser("tune", help="train, diagnose and adjust until a budget, a target or convergence")
+    tune.add_argument("data", nargs="?", help="training data (not needed with --resume)")
+    tune.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
+    tune.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no --val [0.2]")
+    tune.add_argument("--text-col")
+    tune.add_argument("--label-col")
+    tune.add_argument("--model", metavar="PATH", help="a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
+    tune.add_argument("--budget", default="15m", help="wall time (15m, 90s, 1h) or a trial count (30trials) [15m]")
+    tune.add_argument("--strategy", default="guided", choices=("guided", "grid", "random", "bayes"),
+                      help="guided = diagnose and adjust; grid/random/bayes = Optuna samplers [guided]")
+    tune.add_argument("--target", type=float, help="stop once the validation metric reaches this")
+    tune.add_argument("--prune", default="median", choices=("median", "asha", "none"),
+                      help="stop unpromising trials early [median]")
+    tune.add_argument("--name", help="study name [study-<time>]")
+    tune.add_argument("--resume", metavar="STUDY",
+                      help="continue an interrupted study with its own data and options")
+    _common(tune)
+    _add_recipe_flags(tune)
+
     runs = commands.add_parser("runs", help="list the runs in the workspace")
     _common(runs)
 
@@ -179,6 +198,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
               + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    callbacks = []
+    if not (args.quiet or args.json):
+        from tuneloop.report.console import StudyDisplay
+
+        callbacks.append(StudyDisplay())
+    result = api.tune(args.data, args.val, budget=args.budget, strategy=args.strategy, target=args.target,
+                      prune=args.prune, text_col=args.text_col, label_col=args.label_col, model=args.model,
+                      recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
+                      name=args.name, resume=args.resume, callbacks=callbacks)
+    payload = result.to_dict()
+    _emit(args, payload)
+    if args.json:
+        return
+    from tuneloop.report.console import stdout, trials_table
+
+    if not args.quiet:
+        stdout.print(trials_table(payload))
+    if result.best_run is None:
+        print(f"Study {result.study_id} ended ({result.stop_reason}) without a completed trial.")
+    else:
+        print(f"Study {result.study_id} ended: {result.stop_reason}, after {len(result.trials)} trials in "
+              f"{result.spent_seconds:.0f}s.")
+        print(_fit_summary(result.best_run.metrics, result.best_run.id, str(result.best_run.path)))
+
+
 def cmd_runs(args: argparse.Namespace) -> None:
     from tuneloop import api
 
@@ -220,7 +267,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
               f"{result['reloaded_agreement']:.1%} of the {result['n_val']} validation texts.")
 
 
-COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo}
+COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "evaluate": cmd_evaluate, "predict": cmd_predict, "runs": cmd_runs,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,12 @@ def test_good_fit_first_nudges_the_learning_rate_up():
     assert decision.changes == {"learning_rate": (5e-5, 7.5e-5)}
 
 
+def test_good_fit_of_a_frozen_encoder_unfreezes_first():
+    decision = first("good_fit", Recipe(trainable_layers=0, learning_rate=8e-3))
+    assert decision.changes == {"trainable_layers": (0, 2), "learning_rate": (8e-3, 2e-4)}
+    assert "unfreeze more layers" in decision.reason
+
+
 def test_noisy_validation_says_how_much_validation_data_is_needed_and_keeps_exploring():
     history = [EpochRecord(1, 0.60, 0.40, 0.80, 0.80, 5e-5, 40.0, 30.0),
                EpochRecord(2, 0.30, 0.33, 0.85, 0.85, 5e-5, 40.0, 30.0),

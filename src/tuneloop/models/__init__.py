@@ -17,6 +17,10 @@ from tuneloop.data.batches import Encoded
 class ModelAdapter(Protocol):
     name: str
 
+    def check_backbone(self, backbone: str) -> None:
+        """Raise ModelError if ``backbone`` cannot be loaded; called before anything is written."""
+        ...
+
     def build(self, backbone: str, num_labels: int, recipe: Recipe) -> tuple[torch.nn.Module, object]:
         """A model with a fresh head on ``backbone`` and the preprocessor (tokenizer) that feeds it."""
         ...

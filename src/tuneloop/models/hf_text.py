@@ -80,6 +80,12 @@ def _encoder_from_config(config) -> nn.Module:
 class HFTextAdapter:
     name = "hf_text"
 
+    def check_backbone(self, backbone: str) -> None:
+        """Fail early, before anything is written, if ``backbone`` is not a loadable model folder."""
+        path = Path(backbone)
+        _check_model_dir(path)
+        self._weights_file(path)
+
     def build(self, backbone: str, num_labels: int, recipe: Recipe) -> tuple[TextClassifier, object]:
         from transformers import AutoConfig, AutoTokenizer
 

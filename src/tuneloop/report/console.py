@@ -65,3 +65,42 @@ def confusion_table(matrix: np.ndarray, classes: Sequence[str]) -> Table:
     for i, (name, row) in enumerate(zip(classes, matrix, strict=True)):
         table.add_row(name, *(f"[bold]{v}[/]" if i == j else (str(v) if v else "·") for j, v in enumerate(row)))
     return table
+
+
+class StudyDisplay:
+    """A line per trial as it starts and ends: what changed and why, the result, the diagnosis."""
+
+    def __init__(self, console: Console = stderr, show_epochs: bool = True):
+        self.console = console
+        self.show_epochs = show_epochs
+
+    def training_callbacks(self) -> list[Callback]:
+        return [ProgressDisplay(self.console)] if self.show_epochs else []
+
+    def on_trial_start(self, number: int, recipe, reason: str) -> None:
+        depth = recipe.trainable_layers
+        self.console.rule(f"trial {number}")
+        self.console.print(f"[bold]why:[/] {reason}")
+        self.console.print(f"recipe: trainable_layers={depth} lr={recipe.learning_rate:g} epochs={recipe.epochs} "
+                           f"batch={recipe.batch_size} weight_decay={recipe.weight_decay:g} "
+                           f"dropout={recipe.dropout:g} label_smoothing={recipe.label_smoothing:g}")
+
+    def on_trial_end(self, trial, best) -> None:
+        value = "" if trial.value is None else f"{trial.value:.4f}"
+        diagnosis = trial.diagnosis.summary if trial.diagnosis else ""
+        self.console.print(f"trial {trial.number}: {trial.status} {value} in {trial.seconds:.0f}s; {diagnosis}")
+        if best is not None:
+            self.console.print(f"best so far: trial {best.number} ({best.value:.4f}), run {best.run_id}")
+
+
+def trials_table(result: dict) -> Table:
+    table = Table(title=f"Study {result['study']}: {result['stop_reason']}")
+    for name in ("#", "status", "value", "depth", "lr", "epochs", "diagnosis", "time"):
+        table.add_column(name, justify="right" if name in ("#", "value", "lr", "epochs", "time") else "left")
+    for t in result["trials"]:
+        r = t["recipe"]
+        mark = " *" if t["run"] == result["best_run"] else ""
+        table.add_row(str(t["number"]) + mark, t["status"], "" if t["value"] is None else f"{t['value']:.4f}",
+                      str(r["trainable_layers"]), f"{r['learning_rate']:g}", str(r["epochs"]),
+                      t["diagnosis"] or "", f"{t['seconds']:.0f}s")
+    return table

@@ -23,13 +23,13 @@ from typing import Any
 from tuneloop.errors import RunNotFoundError, TuneloopError
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # tables are only added so far: CREATE IF NOT EXISTS upgrades in place
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
     finished_at TEXT,
-    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'pruned', 'failed', 'interrupted')),
     task TEXT NOT NULL,
     adapter TEXT NOT NULL,
     backbone TEXT NOT NULL,
@@ -59,6 +59,33 @@ CREATE TABLE IF NOT EXISTS epochs (
     train_samples_per_s REAL NOT NULL,
     seconds REAL NOT NULL,
     PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS tuneloop_studies (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted')),
+    strategy TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    options TEXT NOT NULL,
+    spent_seconds REAL NOT NULL DEFAULT 0,
+    stop_reason TEXT,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tuneloop_trials (
+    study_id TEXT NOT NULL REFERENCES tuneloop_studies(id),
+    number INTEGER NOT NULL,
+    optuna_number INTEGER NOT NULL,
+    run_id TEXT REFERENCES runs(id),
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'pruned', 'failed', 'interrupted')),
+    recipe TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    value REAL,
+    diagnosis TEXT,
+    diagnosis_summary TEXT,
+    evidence TEXT,
+    seconds REAL,
+    PRIMARY KEY (study_id, number)
 );
 """
 
@@ -168,18 +195,91 @@ class Workspace:
                 "WHERE id=?",
                 (_now(), json.dumps(metrics), best_epoch, seconds, str(artifact.relative_to(self.root)), run_id))
 
-    def fail_run(self, run_id: str, error: str, status: str = "failed") -> None:
+    def fail_run(self, run_id: str, error: str, status: str = "failed", metrics: dict[str, Any] | None = None) -> None:
+        """End a run without a model: failed, interrupted, or pruned (then with the metrics it reached)."""
         with self._db:
-            self._db.execute("UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status='running'",
-                             (status, _now(), error, run_id))
+            self._db.execute(
+                "UPDATE runs SET status=?, finished_at=?, error=?, metrics=? WHERE id=? AND status='running'",
+                (status, _now(), error, json.dumps(metrics) if metrics else None, run_id))
         self._remove_partials(run_id)
 
     def _mark_interrupted(self) -> None:
-        """Runs of this host whose process is gone were killed: say so, and drop their partial folders."""
+        """Runs of this host whose process is gone were killed: say so, and drop their partial folders.
+        Their trials, and studies whose process is gone, are marked interrupted too."""
         host = socket.gethostname()
         for row in self._db.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall():
             if not _process_alive(row["pid"]):
                 self.fail_run(row["id"], "the process ended before the run finished", status="interrupted")
+        for row in self._db.execute("SELECT id, pid FROM tuneloop_studies WHERE status='running' AND host=?",
+                                    (host,)).fetchall():
+            if not _process_alive(row["pid"]):
+                with self._db:
+                    self._db.execute("UPDATE tuneloop_studies SET status='interrupted' WHERE id=?", (row["id"],))
+                    self._db.execute("UPDATE tuneloop_trials SET status='interrupted' "
+                                     "WHERE study_id=? AND status='running'", (row["id"],))
+
+    # -- studies ----------------------------------------------------------------------------------------
+
+    def create_study(self, study_id: str, strategy: str, metric: str, options: dict[str, Any]) -> None:
+        if self._db.execute("SELECT 1 FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone():
+            raise TuneloopError(f"{self.root}: a study named '{study_id}' exists already. Continue it with "
+                                f"'tuneloop tune --resume {study_id}' or choose another --name.")
+        with self._db:
+            self._db.execute("INSERT INTO tuneloop_studies (id, created_at, status, strategy, metric, options, host, "
+                             "pid) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                             (study_id, _now(), strategy, metric, json.dumps(options), socket.gethostname(),
+                              os.getpid()))
+
+    def claim_study(self, study_id: str) -> dict[str, Any]:
+        """Take over an interrupted or finished study in this process, and return its row."""
+        row = self._db.execute("SELECT * FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()
+        if row is None:
+            names = self._db.execute("SELECT id FROM tuneloop_studies ORDER BY created_at")
+            known = ", ".join(r["id"] for r in names)
+            raise RunNotFoundError(f"{self.root}: no study '{study_id}'. Studies here: {known or 'none'}.")
+        if row["status"] == "running":
+            raise TuneloopError(f"study '{study_id}' is running in process {row['pid']} on {row['host']}.")
+        with self._db:
+            self._db.execute("UPDATE tuneloop_studies SET status='running', host=?, pid=?, stop_reason=NULL "
+                             "WHERE id=?", (socket.gethostname(), os.getpid(), study_id))
+        return {**dict(row), "options": json.loads(row["options"])}
+
+    def finish_study(self, study_id: str, reason: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE tuneloop_studies SET status='finished', stop_reason=? WHERE id=?",
+                             (reason, study_id))
+
+    def add_spent(self, study_id: str, seconds: float) -> float:
+        with self._db:
+            self._db.execute("UPDATE tuneloop_studies SET spent_seconds = spent_seconds + ? WHERE id=?",
+                             (seconds, study_id))
+        return self._db.execute("SELECT spent_seconds FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()[0]
+
+    def start_trial(self, study_id: str, number: int, optuna_number: int, recipe: dict[str, Any], reason: str) -> None:
+        with self._db:
+            self._db.execute("INSERT INTO tuneloop_trials (study_id, number, optuna_number, status, recipe, reason) "
+                             "VALUES (?, ?, ?, 'running', ?, ?)",
+                             (study_id, number, optuna_number, json.dumps(recipe), reason))
+
+    def end_trial(self, study_id: str, number: int, *, status: str, run_id: str | None, value: float | None,
+                  diagnosis: str | None, summary: str | None, evidence: dict[str, Any] | None,
+                  seconds: float) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE tuneloop_trials SET status=?, run_id=?, value=?, diagnosis=?, diagnosis_summary=?, evidence=?, "
+                "seconds=? WHERE study_id=? AND number=?",
+                (status, run_id, value, diagnosis, summary, json.dumps(evidence) if evidence else None, seconds,
+                 study_id, number))
+
+    def trials(self, study_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM tuneloop_trials WHERE study_id=? ORDER BY number",
+                                (study_id,)).fetchall()
+        return [{**dict(r), "recipe": json.loads(r["recipe"]), "evidence": json.loads(r["evidence"] or "{}")}
+                for r in rows]
+
+    def studies(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM tuneloop_studies ORDER BY created_at").fetchall()
+        return [{**dict(r), "options": json.loads(r["options"])} for r in rows]
 
     def _remove_partials(self, run_id: str) -> None:
         if self.artifacts.is_dir():

@@ -42,12 +42,21 @@ class EpochRecord:
         return {"loss": self.val_loss, "accuracy": self.val_accuracy, "macro_f1": self.val_macro_f1}[name]
 
 
+class StopTraining(Exception):
+    """Raised by a callback at the end of an epoch to end training there (pruning, a spent budget)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
     diverged: bool = False
+    stopped_by: str | None = None  # a callback's StopTraining reason
     seconds: float = 0.0
 
     @property
@@ -144,8 +153,12 @@ def _train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recip
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
         else:
             epochs_without_gain += 1
-        for callback in callbacks:
-            callback.on_epoch_end(record, is_best)
+        try:
+            for callback in callbacks:
+                callback.on_epoch_end(record, is_best)
+        except StopTraining as stop:
+            result.stopped_by = stop.reason
+            break
         if recipe.patience and epochs_without_gain >= recipe.patience and epoch < recipe.epochs:
             result.stopped_early = True
             break

@@ -167,9 +167,12 @@ class Move:
                 if new != getattr(recipe, knob)}
 
 
-# Small exploitation around a good recipe; a noisy validation set gets the same, since no recipe change
-# fixes it (more validation data does) and the search may as well go on meanwhile.
+# Around a good recipe: a converged head or partial fine-tune has reached what its capacity allows, so
+# unfreezing more (fastai's "train the head, then unfreeze") comes first; then small learning-rate steps.
+# A noisy validation set gets the same, since no recipe change fixes it (more validation data does) and the
+# search may as well go on meanwhile.
 _EXPLOIT = (
+    Move("trainable_layers", Deeper(), "converged at this depth: unfreeze more layers"),
     Move("learning_rate", Scale(1.5, high=learning_rate_cap), "a little higher learning rate"),
     Move("learning_rate", Scale(1 / 1.5, low=MIN_LEARNING_RATE), "a little lower learning rate"),
     Move("label_smoothing", AtLeast(0.1), "label smoothing"),

@@ -1,0 +1,62 @@
+"""The search space of the sampler strategies, and how sampled parameters become a Recipe.
+
+The learning rate is searched as a multiple of a base rate that depends on how much of the network
+trains: a fresh head alone wants rates around 1e-3, a full fine-tune of a pretrained encoder around 5e-5.
+Searching the multiple keeps one range sensible at every depth, for grid, random and TPE alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tuneloop.config import Recipe
+
+DEPTHS = (0, 2, 4, "all")
+
+
+def base_learning_rate(trainable_layers: int | str) -> float:
+    if trainable_layers == 0:
+        return 2e-3
+    return 5e-5 if trainable_layers == "all" else 1e-4
+
+
+SAMPLED_SPACE: dict[str, BaseDistribution] = {
+    "trainable_layers": CategoricalDistribution(DEPTHS),
+    "lr_multiplier": FloatDistribution(0.1, 10.0, log=True),
+    "weight_decay": FloatDistribution(0.0, 0.1),
+    "dropout": FloatDistribution(0.0, 0.3),
+    "label_smoothing": FloatDistribution(0.0, 0.2),
+    "warmup_ratio": FloatDistribution(0.0, 0.2),
+    "epochs": IntDistribution(2, 6),
+    "batch_size": CategoricalDistribution((8, 16, 32)),
+}
+
+GRID: dict[str, list[Any]] = {
+    "trainable_layers": [0, 2, "all"],
+    "lr_multiplier": [0.3, 1.0, 3.0],
+}
+
+
+def grid_space() -> dict[str, BaseDistribution]:
+    return {name: CategoricalDistribution(values) for name, values in GRID.items()}
+
+
+def recipe_from_params(base: Recipe, params: dict[str, Any]) -> Recipe:
+    """``base`` with the sampled knobs set; knobs not sampled keep the base's values."""
+    values = {k: v for k, v in params.items() if k != "lr_multiplier"}
+    depth = values.get("trainable_layers", base.trainable_layers)
+    if "lr_multiplier" in params:
+        values["learning_rate"] = float(f"{base_learning_rate(depth) * params['lr_multiplier']:.4g}")
+    for name in ("weight_decay", "dropout", "label_smoothing", "warmup_ratio"):
+        if name in values:
+            values[name] = round(float(values[name]), 4)
+    return base.replace(**values)
+
+
+def params_of(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as sampler parameters (used to re-queue an interrupted trial's parameters)."""
+    params = {name: getattr(recipe, name) for name in SAMPLED_SPACE if name != "lr_multiplier"}
+    params["lr_multiplier"] = float(f"{recipe.learning_rate / base_learning_rate(recipe.trainable_layers):.4g}")
+    return params

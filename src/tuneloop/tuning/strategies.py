@@ -1,0 +1,156 @@
+"""Strategies propose the next recipe of a study. Every trial is an Optuna trial (asked from the study,
+told its result), so pruning and the stored search state work the same for all of them.
+
+- ``guided``: ours. Starts from the cheapest capacity (a head on the frozen encoder) and asks the policy
+  what to change, reading the diagnosis of the best trial so far.
+- ``grid``, ``random``, ``bayes`` (TPE): Optuna's samplers over ``space.SAMPLED_SPACE`` / ``space.GRID``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+
+from tuneloop.config import Recipe
+from tuneloop.tuning.diagnose import Diagnosis
+from tuneloop.tuning.policy import next_recipe, recipe_key
+from tuneloop.tuning.space import GRID, SAMPLED_SPACE, grid_space, params_of, recipe_from_params
+
+STRATEGIES = ("guided", "grid", "random", "bayes")
+RECIPE_ATTR = "tuneloop_recipe"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    trial: optuna.trial.Trial
+    recipe: Recipe
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a strategy may read of a finished trial."""
+
+    recipe: Recipe
+    status: str  # completed, pruned, failed
+    value: float | None
+    diagnosis: Diagnosis | None
+
+
+class Strategy(Protocol):
+    name: str
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler: ...
+
+    def propose(self, study: optuna.Study, base: Recipe, history: list[TrialOutcome],
+                retry: Recipe | None) -> Proposal | None:
+        """The next trial, or None when this strategy has nothing left to try. ``retry`` is a recipe whose
+        trial was interrupted and must run again."""
+        ...
+
+
+def _ask_fixed(study: optuna.Study, recipe: Recipe, reason: str) -> Proposal:
+    trial = study.ask()
+    trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
+    return Proposal(trial, recipe, reason)
+
+
+class GuidedStrategy:
+    name = "guided"
+
+    def __init__(self, num_layers: int | None):
+        self.num_layers = num_layers
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)  # never asked to sample: every trial is fixed
+
+    @staticmethod
+    def first_recipe(base: Recipe) -> Recipe:
+        """The cheapest capacity first: the head alone on the frozen encoder, at a head's learning rate."""
+        return base.replace(trainable_layers=0, learning_rate=2e-3, epochs=max(base.epochs, 5))
+
+    def propose(self, study, base, history, retry):
+        if retry is not None:
+            return _ask_fixed(study, retry, "re-run of an interrupted trial")
+        if not history:
+            return _ask_fixed(study, self.first_recipe(base),
+                              "start with the cheapest capacity: the head alone on the frozen encoder")
+        scored = [t for t in history if t.status == "completed" and t.value is not None]
+        if not scored:  # every trial so far failed: calm the first recipe down
+            last = history[-1]
+            if last.diagnosis is None:
+                return None
+            decision = next_recipe(last.diagnosis, last.recipe, [t.recipe for t in history],
+                                   num_layers=self.num_layers)
+        else:
+            best = max(scored, key=lambda t: t.value)
+            decision = next_recipe(best.diagnosis, best.recipe, [t.recipe for t in history],
+                                   num_layers=self.num_layers)
+        if decision is None:
+            return None
+        return _ask_fixed(study, decision.recipe, decision.reason)
+
+
+class SamplerStrategy:
+    """Optuna's random or TPE sampler over the search space, or every combination of the grid in order.
+
+    The grid is walked by queueing each untried combination (Optuna's GridSampler stops the study from
+    inside ``tell``, which only works under ``study.optimize``, not in an ask/tell loop the caller owns).
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.name == "bayes":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def space(self) -> dict[str, Any]:
+        return grid_space() if self.name == "grid" else SAMPLED_SPACE
+
+    def propose(self, study, base, history, retry):
+        space = self.space()
+        reason = f"{self.name} sample"
+        if retry is not None:
+            study.enqueue_trial({k: v for k, v in params_of(retry).items() if k in space})
+            reason = "re-run of an interrupted trial"
+        elif self.name == "grid":
+            tried = {recipe_key(t.recipe) for t in history}
+            untried = [params for params in grid_points()
+                       if recipe_key(recipe_from_params(base, params)) not in tried]
+            if not untried:
+                return None
+            study.enqueue_trial(untried[0])
+            reason = f"grid point {len(grid_points()) - len(untried) + 1} of {len(grid_points())}"
+        trial = study.ask(space)
+        recipe = recipe_from_params(base, trial.params)
+        trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
+        return Proposal(trial, recipe, reason)
+
+
+def grid_points() -> list[dict[str, Any]]:
+    names = list(GRID)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(GRID[n] for n in names))]
+
+
+def make_strategy(name: str, num_layers: int | None) -> Strategy:
+    if name == "guided":
+        return GuidedStrategy(num_layers)
+    if name in STRATEGIES:
+        return SamplerStrategy(name)
+    raise ValueError(f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. Got {name!r} instead.")
+
+
+PRUNERS = ("median", "asha", "none")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()

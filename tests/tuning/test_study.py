@@ -1,0 +1,164 @@
+"""The study driver on the tiny model: strategies, stopping rules, records, and resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from tests.conftest import sentiment_rows, write_csv
+
+from tuneloop import api
+from tuneloop.config import Recipe
+from tuneloop.errors import ConfigError
+from tuneloop.store.workspace import Workspace
+from tuneloop.training.loop import EpochRecord, StopTraining
+from tuneloop.tuning.policy import recipe_key
+from tuneloop.tuning.study import Budget, _ReportToOptuna
+
+
+@pytest.mark.parametrize("text, seconds, trials", [("15m", 900, None), ("90s", 90, None), ("1.5h", 5400, None),
+                                                   ("30trials", None, 30), ("1trial", None, 1)])
+def test_budget_parse(text, seconds, trials):
+    assert Budget.parse(text) == Budget(seconds, trials)
+
+
+@pytest.mark.parametrize("text", ["", "15", "fast", "-1m", "0trials"])
+def test_bad_budget_is_named(text):
+    with pytest.raises(ConfigError, match="'budget' parameter"):
+        Budget.parse(text)
+
+
+def tune(tiny_model, data, workspace, **options):
+    base = Recipe(epochs=2, batch_size=8, patience=0)
+    return api.tune(data, model=str(tiny_model), workspace=workspace, recipe=base, **options)
+
+
+@pytest.mark.parametrize("strategy", ["guided", "grid", "random", "bayes"])
+def test_every_strategy_runs_distinct_recipes_recorded_as_runs(strategy, tiny_model, toy_csv, workspace):
+    result = tune(tiny_model, toy_csv, workspace, budget="3trials", strategy=strategy, prune="none")
+    assert len(result.trials) == 3
+    keys = [recipe_key(t.recipe) for t in result.trials]
+    assert len(set(keys)) == 3, "no recipe is run twice"
+    assert all(t.status == "completed" and t.diagnosis is not None for t in result.trials)
+    assert result.best_run is not None and result.best_run.id in {t.run_id for t in result.trials}
+    assert result.best_run.predict(["good fine", "bad sad"]).labels  # the best trial is a loadable model
+    with Workspace.open(workspace) as store:
+        rows = store.trials(result.study_id)
+        assert [r["status"] for r in rows] == ["completed"] * 3
+        assert all(r["diagnosis"] and r["reason"] for r in rows)
+        assert {r.id for r in store.runs()} == {t.run_id for t in result.trials}
+    optuna_study = optuna.load_study(study_name=result.study_id, storage=f"sqlite:///{workspace / 'tuneloop.db'}")
+    assert len(optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+
+
+def test_guided_starts_head_only_and_says_why(tiny_model, toy_csv, workspace):
+    result = tune(tiny_model, toy_csv, workspace, budget="2trials")
+    first, second = result.trials
+    assert first.recipe.trainable_layers == 0 and "cheapest capacity" in first.reason
+    assert first.diagnosis.label in second.reason and "->" in second.reason
+
+
+def test_target_stops_the_study(tiny_model, toy_csv, workspace):
+    result = tune(tiny_model, toy_csv, workspace, budget="5trials", target=0.0)
+    assert len(result.trials) == 1 and "target" in result.stop_reason
+
+
+def test_grid_stops_when_exhausted(tiny_model, toy_csv, workspace, monkeypatch):
+    monkeypatch.setattr("tuneloop.tuning.strategies.GRID", {"trainable_layers": [0], "lr_multiplier": [1.0, 3.0]})
+    result = tune(tiny_model, toy_csv, workspace, budget="10trials", strategy="grid", prune="none")
+    assert len(result.trials) == 2 and "nothing left" in result.stop_reason
+    assert [t.reason for t in result.trials] == ["grid point 1 of 2", "grid point 2 of 2"]
+
+
+def test_bad_study_options_are_all_reported(tiny_model, toy_csv, workspace):
+    with pytest.raises(ConfigError) as caught:
+        api.tune(toy_csv, model=str(tiny_model), workspace=workspace, strategy="hill", prune="maybe",
+                 name="../escape")
+    assert len(caught.value.problems) == 3
+    assert not workspace.exists()
+
+
+class FakeTrial:
+    def __init__(self, prune: bool):
+        self.prune, self.reported = prune, []
+
+    def report(self, value, step):
+        self.reported.append((step, value))
+
+    def should_prune(self):
+        return self.prune
+
+
+def record(epoch: int) -> EpochRecord:
+    return EpochRecord(epoch, 0.5, 0.4, 0.8, 0.7, 1e-3, 10.0, 1.0)
+
+
+def test_pruner_and_deadline_end_training():
+    trial = FakeTrial(prune=False)
+    _ReportToOptuna(trial, "macro_f1", deadline=None).on_epoch_end(record(1), True)
+    assert trial.reported == [(1, 0.7)]
+    with pytest.raises(StopTraining, match="pruned"):
+        _ReportToOptuna(FakeTrial(prune=True), "loss", deadline=None).on_epoch_end(record(2), True)
+    with pytest.raises(StopTraining, match="budget"):
+        _ReportToOptuna(FakeTrial(prune=False), "accuracy", deadline=time.monotonic() - 1).on_epoch_end(record(1), 1)
+
+
+def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
+    """SIGKILL during the third trial, then --resume: finished trials are kept, the interrupted one runs again."""
+    data = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(150))
+    workspace = tmp_path / "ws"
+    command = [sys.executable, "-m", "tuneloop", "tune", str(data), "--model", str(tiny_model), "--workspace",
+               str(workspace), "--budget", "4trials", "--name", "s1", "--epochs", "4", "--batch-size", "4",
+               "--prune", "none", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = workspace / "tuneloop.db"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=5) as connection:
+                    # the third trial is running and its run has finished an epoch: kill it mid-trial
+                    running = connection.execute(
+                        "SELECT t.number FROM tuneloop_trials t, runs r, epochs e WHERE t.status='running' "
+                        "AND t.number=2 AND r.status='running' AND e.run_id=r.id").fetchall()
+            except sqlite3.OperationalError:
+                running = []
+            if running:
+                break
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    else:
+        pytest.fail("the study never reached its third trial")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    with Workspace.open(workspace) as store:
+        before = store.trials("s1")
+        assert [t["status"] for t in before] == ["completed", "completed", "interrupted"]
+        assert store.studies()[0]["status"] == "interrupted"
+        assert any(r.status == "interrupted" for r in store.runs())
+
+    resumed = subprocess.run([sys.executable, "-m", "tuneloop", "tune", "--resume", "s1", "--workspace",
+                              str(workspace), "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    with Workspace.open(workspace) as store:
+        after = store.trials("s1")
+        study = store.studies()[0]
+        runs = {r.id: r for r in store.runs()}
+    assert [t["status"] for t in after] == ["completed", "completed", "interrupted", "completed", "completed"]
+    assert after[3]["recipe"] == after[2]["recipe"] and "interrupted" in after[3]["reason"]
+    assert [t["run_id"] for t in after[:2]] == [t["run_id"] for t in before[:2]], "finished trials are not re-run"
+    finished = [json.dumps(t["recipe"], sort_keys=True) for t in after if t["status"] == "completed"]
+    assert len(finished) == len(set(finished)) == 4, "no recipe completed twice"
+    assert study["status"] == "finished" and "4 trials" in study["stop_reason"]
+    assert all(runs[t["run_id"]].status == "completed" for t in after if t["status"] == "completed")
+    assert result["best_run"] in {t["run_id"] for t in after}
