@@ -32,6 +32,7 @@ from tuneloop.models import get_adapter
 from tuneloop.models.hf_text import ADAPTER_FILE, default_backbone
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
+from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import pick_device, resolve_precision
 from tuneloop.training.loop import Callback, EpochRecord, predict_probabilities, train
 from tuneloop.training.metrics import classification_metrics, confusion_matrix
@@ -121,6 +122,10 @@ class _RecordEpochs(Callback):
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         self.workspace.record_epoch(self.run_id, record.__dict__)
 
+    def on_resume(self, history: list[EpochRecord]) -> None:
+        for record in history:
+            self.workspace.record_epoch(self.run_id, record.__dict__)
+
 
 @dataclass
 class TextTask:
@@ -166,8 +171,8 @@ def check_options(recipe: Recipe, val_fraction: float) -> None:
         raise ConfigError(problems)
 
 
-def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Sequence[Callback] = ()
-              ) -> tuple[Run, Any]:
+def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Sequence[Callback] = (),
+              checkpoint: EpochCheckpoint | None = None) -> tuple[Run, Any]:
     """Train one run of ``recipe`` on ``task``, recorded in ``store``; returns the run and the TrainResult.
 
     The best epoch's model is saved as the run's artifact folder, except for a run that a callback stopped
@@ -185,7 +190,7 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
                              recipe=recipe.to_dict())
     try:
         result = train(network, train_set, val_set, recipe, device, precision,
-                       [*callbacks, _RecordEpochs(store, run_id)])
+                       [*callbacks, _RecordEpochs(store, run_id)], checkpoint)
         if not result.history:
             raise ModelError(f"Training diverged in the first epoch (the loss became NaN or infinite) at learning "
                              f"rate {recipe.learning_rate}. Try a lower --learning-rate.")
@@ -193,6 +198,7 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
         metrics = {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1, "val_loss": best.val_loss,
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
+                   "resumed_from_epoch": result.resumed_from_epoch,
                    "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
                    "device": device.type, "majority_class_rate": _majority_rate(task.val.labels),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
@@ -385,8 +391,9 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
             stored = {k: (v if not isinstance(v, TextExamples) else v.source) for k, v in options.items()}
             store.create_study(study_id, options["strategy"], base.metric, stored)
 
-        def train_trial(trial_recipe: Recipe, training_callbacks: list[Callback]):
-            return train_run(store, task, trial_recipe, training_callbacks)
+        def train_trial(trial_recipe: Recipe, training_callbacks: list[Callback], checkpoint_name: str):
+            return train_run(store, task, trial_recipe, training_callbacks,
+                             EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
 
         result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
                            target=options["target"], prune=options["prune"], train_trial=train_trial,

@@ -124,3 +124,37 @@ def test_divergence_is_reported_not_hidden(tiny_model):
 
 def test_encoded_lengths():
     assert Encoded([[1, 2], [3]], None, 0).lengths.tolist() == [2, 1]
+
+
+class Boom(Callback):
+    """Stands in for a kill: fails at the end of one epoch, after the previous epoch was checkpointed."""
+
+    def __init__(self, at_epoch: int):
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, record, is_best):
+        if record.epoch == self.at_epoch:
+            raise RuntimeError("killed")
+
+
+def test_resumed_training_equals_uninterrupted_training(tiny_model, tmp_path):
+    from tuneloop.training.checkpoint import EpochCheckpoint
+
+    recipe = Recipe(epochs=4, learning_rate=2e-3, batch_size=8, patience=0, dropout=0.2)
+    model, data, val = toy_sets(tiny_model, recipe)
+    straight = train(model, data, val, recipe, CPU, "fp32")
+
+    checkpoint = EpochCheckpoint(tmp_path / "ckpt")
+    model, data, val = toy_sets(tiny_model, recipe)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(model, data, val, recipe, CPU, "fp32", [Boom(at_epoch=3)], checkpoint=checkpoint)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["epoch-2"]
+
+    model, data, val = toy_sets(tiny_model, recipe)  # a fresh process would rebuild the model from scratch
+    torch.manual_seed(12345)  # and its random state would differ: the checkpoint restores it
+    resumed = train(model, data, val, recipe, CPU, "fp32", checkpoint=checkpoint)
+    assert resumed.resumed_from_epoch == 2
+    timing = ("seconds", "train_samples_per_s")
+    strip = [[{k: v for k, v in r.__dict__.items() if k not in timing} for r in h.history] for h in (straight, resumed)]
+    assert strip[0] == strip[1]
+    assert resumed.best_epoch == straight.best_epoch

@@ -144,7 +144,10 @@ def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
         before = store.trials("s1")
         assert [t["status"] for t in before] == ["completed", "completed", "interrupted"]
         assert store.studies()[0]["status"] == "interrupted"
-        assert any(r.status == "interrupted" for r in store.runs())
+        (killed_run,) = [r for r in store.runs() if r.status == "interrupted"]
+        killed_epochs = store.epochs(killed_run.id)
+    saved = sorted(p.name for p in (workspace / "checkpoints" / "s1" / "trial-2").iterdir())
+    assert saved == [f"epoch-{killed_epochs[-1]['epoch']}"] or saved == [f"epoch-{killed_epochs[-1]['epoch'] - 1}"]
 
     resumed = subprocess.run([sys.executable, "-m", "tuneloop", "tune", "--resume", "s1", "--workspace",
                               str(workspace), "--json"], env=env, capture_output=True, text=True, timeout=600)
@@ -156,6 +159,13 @@ def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
         runs = {r.id: r for r in store.runs()}
     assert [t["status"] for t in after] == ["completed", "completed", "interrupted", "completed", "completed"]
     assert after[3]["recipe"] == after[2]["recipe"] and "interrupted" in after[3]["reason"]
+    rerun = runs[after[3]["run_id"]]
+    assert rerun.metrics["resumed_from_epoch"] == int(saved[0].split("-")[1]) >= 1, "continued from its checkpoint"
+    with Workspace.open(workspace) as store:
+        rerun_epochs = store.epochs(rerun.id)
+    same = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
+    assert [{k: e[k] for k in same} for e in rerun_epochs[:1]] == [{k: e[k] for k in same} for e in killed_epochs[:1]]
+    assert not (workspace / "checkpoints" / "s1" / "trial-2").exists(), "checkpoints are removed when done"
     assert [t["run_id"] for t in after[:2]] == [t["run_id"] for t in before[:2]], "finished trials are not re-run"
     finished = [json.dumps(t["recipe"], sort_keys=True) for t in after if t["status"] == "completed"]
     assert len(finished) == len(set(finished)) == 4, "no recipe completed twice"

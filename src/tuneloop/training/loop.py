@@ -19,6 +19,7 @@ from torch import nn
 
 from tuneloop.config import Recipe
 from tuneloop.data.batches import Encoded, inference_order, iterate, training_order
+from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import autocast
 from tuneloop.training.fast_dropout import cpu_fast_dropout
 from tuneloop.training.metrics import classification_metrics
@@ -57,6 +58,7 @@ class TrainResult:
     stopped_early: bool = False
     diverged: bool = False
     stopped_by: str | None = None  # a callback's StopTraining reason
+    resumed_from_epoch: int = 0  # epochs restored from a checkpoint instead of trained in this call
     seconds: float = 0.0
 
     @property
@@ -73,6 +75,9 @@ class Callback:
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None: ...
 
+    def on_resume(self, history: list[EpochRecord]) -> None:
+        """Training continues from a checkpoint; ``history`` holds the epochs restored from it."""
+
     def on_train_end(self, result: TrainResult) -> None: ...
 
 
@@ -84,15 +89,21 @@ class Evaluation:
 
 
 def train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recipe, device: torch.device,
-          precision: str, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
-    """Train ``model`` in place by ``recipe``; afterwards it holds the weights of the best validation epoch."""
+          precision: str, callbacks: list[Callback] | tuple[Callback, ...] = (),
+          checkpoint: EpochCheckpoint | None = None) -> TrainResult:
+    """Train ``model`` in place by ``recipe``; afterwards it holds the weights of the best validation epoch.
+
+    With ``checkpoint``, every finished epoch is saved there, and training continues from the newest saved
+    epoch if there is one (same batches, same random draws: the result is the one an uninterrupted run gives).
+    """
     # On a CPU, drawing dropout masks is a large share of each step; draw them the cheap way.
     with cpu_fast_dropout(model) if device.type == "cpu" else contextlib.nullcontext():
-        return _train(model, train_set, val_set, recipe, device, precision, callbacks)
+        return _train(model, train_set, val_set, recipe, device, precision, callbacks, checkpoint)
 
 
 def _train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recipe, device: torch.device,
-           precision: str, callbacks: list[Callback] | tuple[Callback, ...]) -> TrainResult:
+           precision: str, callbacks: list[Callback] | tuple[Callback, ...],
+           checkpoint: EpochCheckpoint | None) -> TrainResult:
     model.to(device)
     rng = np.random.default_rng(recipe.seed)
     lengths = train_set.lengths
@@ -109,8 +120,21 @@ def _train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recip
     best_state: dict[str, torch.Tensor] | None = None
     best_score = (-math.inf, -math.inf)
     epochs_without_gain = 0
+    first_epoch, finished = 1, False
+    restored = checkpoint.load(model, optimizer, scheduler, rng) if checkpoint is not None else None
+    if restored is not None:
+        done, best_state, loop = restored
+        result.history = [EpochRecord(**record) for record in loop["history"]]
+        result.best_epoch, best_score = loop["best_epoch"], tuple(loop["best_score"])
+        epochs_without_gain, finished = loop["epochs_without_gain"], loop["finished"]
+        result.stopped_early, result.stopped_by = loop["stopped_early"], loop["stopped_by"]
+        first_epoch, result.resumed_from_epoch = done + 1, done
+        for callback in callbacks:
+            callback.on_resume(result.history)
     started = time.perf_counter()
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(first_epoch, recipe.epochs + 1):
+        if finished:
+            break
         model.train()
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
@@ -158,9 +182,16 @@ def _train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recip
                 callback.on_epoch_end(record, is_best)
         except StopTraining as stop:
             result.stopped_by = stop.reason
-            break
-        if recipe.patience and epochs_without_gain >= recipe.patience and epoch < recipe.epochs:
-            result.stopped_early = True
+            finished = True
+        if not finished and recipe.patience and epochs_without_gain >= recipe.patience and epoch < recipe.epochs:
+            result.stopped_early = finished = True
+        if checkpoint is not None:
+            checkpoint.save(epoch, model, optimizer, scheduler, rng, best_state, {
+                "history": [r.__dict__ for r in result.history], "best_epoch": result.best_epoch,
+                "best_score": list(best_score), "epochs_without_gain": epochs_without_gain,
+                "finished": finished or epoch == recipe.epochs, "stopped_early": result.stopped_early,
+                "stopped_by": result.stopped_by})
+        if finished:
             break
 
     if best_state is not None:

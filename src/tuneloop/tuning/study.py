@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,7 +128,8 @@ def check_study_options(strategy: str, prune: str, target: float | None) -> list
 def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy: Strategy, budget: Budget, *,
               target: float | None, prune: str, train_trial, callbacks: Sequence[StudyCallback] = (),
               spent_before: float = 0.0) -> StudyResult:
-    """Drive a study to its end. ``train_trial(recipe, training_callbacks, keep_model)`` trains one run.
+    """Drive a study to its end. ``train_trial(recipe, training_callbacks, checkpoint_name)`` trains one run,
+    saving each epoch under ``checkpoint_name`` and continuing from there if a saved epoch exists.
 
     Resuming is running this again on the same ``study_id``: finished trials are read back, interrupted
     ones re-run first, and the time budget counts what was spent before.
@@ -149,7 +151,7 @@ def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy
         stop_reason = _stop_reason(trials, best, budget, target, deadline, since_gain)
         if stop_reason:
             break
-        retry = retries.pop(0) if retries else None
+        retry, retry_number = retries.pop(0) if retries else (None, None)
         finished = [t.outcome() for t in trials if t.status != "interrupted"]
         proposal: Proposal | None = strategy.propose(study, base, finished, retry)
         if proposal is None:
@@ -162,8 +164,10 @@ def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy
         trial_started = time.monotonic()
         reporter = _ReportToOptuna(proposal.trial, metric, deadline)
         training_callbacks = [c for cb in callbacks for c in cb.training_callbacks()] + [reporter]
+        # An interrupted trial's re-run continues from the epochs its first attempt saved.
+        checkpoint_name = f"trial-{retry_number if retry_number is not None else record.number}"
         try:
-            run, result = train_trial(proposal.recipe, training_callbacks)
+            run, result = train_trial(proposal.recipe, training_callbacks, checkpoint_name)
         except TuneloopError as exc:  # e.g. diverged in the first epoch: a finding, not a crash of the study
             record.status = "failed"
             record.diagnosis = _failed_diagnosis(str(exc))
@@ -179,6 +183,7 @@ def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy
             else:
                 study.tell(proposal.trial, record.value)
         record.seconds = time.monotonic() - trial_started
+        _clear_checkpoint(store, study_id, checkpoint_name)
         store.end_trial(study_id, record.number, status=record.status, run_id=record.run_id, value=record.value,
                         diagnosis=record.diagnosis.label if record.diagnosis else None,
                         summary=record.diagnosis.summary if record.diagnosis else None,
@@ -235,8 +240,12 @@ def _close_stale_optuna_trials(study: optuna.Study) -> None:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 
-def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list[Recipe]]:
-    """The study's finished trials, and the recipes of interrupted ones, to be re-run first."""
+def _clear_checkpoint(store: Workspace, study_id: str, name: str) -> None:
+    shutil.rmtree(store.root / "checkpoints" / study_id / name, ignore_errors=True)
+
+
+def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list[tuple[Recipe, int]]]:
+    """The study's finished trials, and the recipes and numbers of interrupted ones, to be re-run first."""
     trials, retries = [], []
     for row in store.trials(study_id):
         recipe = Recipe.from_dict(row["recipe"])
@@ -248,7 +257,7 @@ def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list
         if row["run_id"]:
             record.history = store.epochs(row["run_id"])
         if row["status"] == "interrupted" and recipe_not_finished(recipe, store.trials(study_id)):
-            retries.append(recipe)
+            retries.append((recipe, row["number"]))
         trials.append(record)
     return trials, retries
 
