@@ -325,12 +325,14 @@ class TuneResult:
     trials: list[Any]
     stop_reason: str
     spent_seconds: float
+    seed_check: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "study": self.study_id, "stop_reason": self.stop_reason, "spent_seconds": round(self.spent_seconds, 1),
             "best_run": self.best_run.id if self.best_run else None,
             "best_metrics": self.best_run.metrics if self.best_run else None,
+            "seed_check": self.seed_check.__dict__ if self.seed_check else None,
             "trials": [{"number": t.number, "status": t.status, "run": t.run_id, "value": t.value,
                         "recipe": t.recipe.to_dict(), "reason": t.reason, "seconds": round(t.seconds, 1),
                         "diagnosis": t.diagnosis.label if t.diagnosis else None,
@@ -342,11 +344,14 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
          *, budget: str = "15m", strategy: str = "guided", target: float | None = None, prune: str = "median",
          text_col: str | None = None, label_col: str | None = None, model: str | None = None,
          recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
-         name: str | None = None, resume: str | None = None, callbacks: Sequence[Any] = ()) -> TuneResult:
+         name: str | None = None, resume: str | None = None, seed_check: bool = True,
+         callbacks: Sequence[Any] = ()) -> TuneResult:
     """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
 
     ``resume`` continues a study by id with the data and options it was started with: finished trials are
-    not re-run, interrupted ones are, and the time budget counts what was already spent.
+    not re-run, interrupted ones are, and the time budget counts what was already spent. With ``seed_check``
+    the top two recipes are re-run with two more seeds before the best is chosen (within the time budget;
+    not counted in a trial budget).
     """
     from tuneloop.tuning.strategies import make_strategy
     from tuneloop.tuning.study import Budget, check_study_options, new_study_id, run_study
@@ -373,7 +378,8 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
         Budget.parse(budget)
         options = {"data": _as_path(data), "val": _as_path(val) if val is not None else None, "budget": budget,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
-                   "label_col": label_col, "model": model, "recipe": base.to_dict(), "val_fraction": val_fraction}
+                   "label_col": label_col, "model": model, "recipe": base.to_dict(), "val_fraction": val_fraction,
+                   "seed_check": seed_check}
         if isinstance(data, TextExamples) or isinstance(val, TextExamples):
             options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
         spent_before = 0.0
@@ -397,9 +403,11 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
 
         result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
                            target=options["target"], prune=options["prune"], train_trial=train_trial,
-                           callbacks=callbacks, spent_before=spent_before)
+                           callbacks=callbacks, spent_before=spent_before,
+                           seed_check=options.get("seed_check", True))
     best_run = load_run(result.best.run_id, workspace) if result.best else None
-    return TuneResult(study_id, best_run, result.trials, result.stop_reason, result.spent_seconds)
+    return TuneResult(study_id, best_run, result.trials, result.stop_reason, result.spent_seconds,
+                      result.seed_check)
 
 
 def _as_path(value: Any) -> Any:

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--prune", default="median", choices=("median", "asha", "none"),
                       help="stop unpromising trials early [median]")
     tune.add_argument("--name", help="study name [study-<time>]")
+    tune.add_argument("--no-seed-check", dest="seed_check", action="store_false",
+                      help="skip re-running the top two recipes with two more seeds before choosing the best")
     tune.add_argument("--resume", metavar="STUDY",
                       help="continue an interrupted study with its own data and options")
     _common(tune)
@@ -209,7 +211,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     result = api.tune(args.data, args.val, budget=args.budget, strategy=args.strategy, target=args.target,
                       prune=args.prune, text_col=args.text_col, label_col=args.label_col, model=args.model,
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
-                      name=args.name, resume=args.resume, callbacks=callbacks)
+                      name=args.name, resume=args.resume, seed_check=args.seed_check, callbacks=callbacks)
     payload = result.to_dict()
     _emit(args, payload)
     if args.json:
@@ -218,6 +220,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     if not args.quiet:
         stdout.print(trials_table(payload))
+    if result.seed_check is not None:
+        print(f"Seed check: {result.seed_check.verdict}.")
     if result.best_run is None:
         print(f"Study {result.study_id} ended ({result.stop_reason}) without a completed trial.")
     else:

@@ -35,9 +35,10 @@ def test_bad_budget_is_named(text):
         Budget.parse(text)
 
 
-def tune(tiny_model, data, workspace, **options):
+def tune(tiny_model, data, workspace, seed_check=False, **options):
     base = Recipe(epochs=2, batch_size=8, patience=0)
-    return api.tune(data, model=str(tiny_model), workspace=workspace, recipe=base, **options)
+    return api.tune(data, model=str(tiny_model), workspace=workspace, recipe=base, seed_check=seed_check,
+                    **options)
 
 
 @pytest.mark.parametrize("strategy", ["guided", "grid", "random", "bayes"])
@@ -63,6 +64,24 @@ def test_guided_starts_head_only_and_says_why(tiny_model, toy_csv, workspace):
     first, second = result.trials
     assert first.recipe.trainable_layers == 0 and "cheapest capacity" in first.reason
     assert first.diagnosis.label in second.reason and "->" in second.reason
+
+
+def test_seed_check_reruns_the_top_two_recipes_and_weighs_the_lead(tiny_model, toy_csv, workspace):
+    result = tune(tiny_model, toy_csv, workspace, budget="3trials", seed_check=True, strategy="random",
+                  prune="none")
+    search, check = result.trials[:3], result.trials[3:]
+    assert len(check) == 4 and all(t.reason.startswith("seed check") for t in check)
+    top = sorted(search, key=lambda t: t.value, reverse=True)[:2]
+    for trial in top:
+        seeds = sorted(t.recipe.seed for t in check if recipe_key(t.recipe) == recipe_key(trial.recipe))
+        assert seeds == [trial.recipe.seed + 1, trial.recipe.seed + 2]
+    groups = result.seed_check.groups
+    assert [len(g["values"]) for g in groups] == [3, 3]
+    assert "seed noise" in result.seed_check.verdict
+    winner = max(groups, key=lambda g: g["mean"])
+    winner_key = recipe_key(result.trials[winner["trial"]].recipe)
+    same_recipe = [t for t in result.trials if recipe_key(t.recipe) == winner_key]
+    assert result.best_run.id == max(same_recipe, key=lambda t: t.value).run_id
 
 
 def test_target_stops_the_study(tiny_model, toy_csv, workspace):
@@ -116,7 +135,7 @@ def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
     workspace = tmp_path / "ws"
     command = [sys.executable, "-m", "tuneloop", "tune", str(data), "--model", str(tiny_model), "--workspace",
                str(workspace), "--budget", "4trials", "--name", "s1", "--epochs", "4", "--batch-size", "4",
-               "--prune", "none", "--quiet"]
+               "--prune", "none", "--no-seed-check", "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = workspace / "tuneloop.db"

@@ -26,6 +26,7 @@ from tuneloop.errors import ConfigError, TuneloopError
 from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import Callback, EpochRecord, StopTraining
 from tuneloop.tuning.diagnose import Diagnosis, diagnose
+from tuneloop.tuning.policy import recipe_key
 from tuneloop.tuning.strategies import PRUNERS, STRATEGIES, Proposal, Strategy, TrialOutcome, make_pruner
 
 CONVERGENCE_PATIENCE = 4  # proposals without a gain beyond noise before the study stops
@@ -108,6 +109,7 @@ class StudyResult:
     best: TrialRecord | None
     stop_reason: str
     spent_seconds: float
+    seed_check: SeedCheck | None = None
 
 
 def new_study_id() -> str:
@@ -125,78 +127,187 @@ def check_study_options(strategy: str, prune: str, target: float | None) -> list
     return problems
 
 
+SEED_CHECK_SEEDS = 2  # extra seeds for each of the top two recipes
+SEED_CHECK = "seed check"
+
+
+@dataclass(frozen=True)
+class SeedCheck:
+    """The top recipes re-run with more seeds: per recipe the values over seeds, and the verdict."""
+
+    groups: list[dict[str, Any]]  # {"trial": number of the original trial, "values": [...], "mean", "half_width"}
+    lead: float | None
+    noise: float | None
+    verdict: str
+
+
 def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy: Strategy, budget: Budget, *,
               target: float | None, prune: str, train_trial, callbacks: Sequence[StudyCallback] = (),
-              spent_before: float = 0.0) -> StudyResult:
+              spent_before: float = 0.0, seed_check: bool = True) -> StudyResult:
     """Drive a study to its end. ``train_trial(recipe, training_callbacks, checkpoint_name)`` trains one run,
     saving each epoch under ``checkpoint_name`` and continuing from there if a saved epoch exists.
 
     Resuming is running this again on the same ``study_id``: finished trials are read back, interrupted
     ones re-run first, and the time budget counts what was spent before.
     """
-    storage = optuna.storages.RDBStorage(f"sqlite:///{store.root / 'tuneloop.db'}",
-                                         engine_kwargs={"connect_args": {"timeout": 30}})
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_id, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=strategy.sampler(base.seed), pruner=make_pruner(prune))
-    _close_stale_optuna_trials(study)
-    trials, retries = _read_back(store, study_id)
-    metric = base.metric
-    started = time.monotonic() - spent_before
-    deadline = started + budget.seconds if budget.seconds else None
-    stop_reason = ""
-    since_gain = 0
-    while True:
-        best = _best(trials)
-        stop_reason = _stop_reason(trials, best, budget, target, deadline, since_gain)
-        if stop_reason:
-            break
-        retry, retry_number = retries.pop(0) if retries else (None, None)
-        finished = [t.outcome() for t in trials if t.status != "interrupted"]
-        proposal: Proposal | None = strategy.propose(study, base, finished, retry)
-        if proposal is None:
-            stop_reason = "the strategy has nothing left to try"
-            break
-        record = TrialRecord(len(trials), proposal.recipe, proposal.reason)
-        store.start_trial(study_id, record.number, proposal.trial.number, proposal.recipe.to_dict(), proposal.reason)
-        for callback in callbacks:
+    driver = _StudyDriver(store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
+                          spent_before)
+    return driver.run(seed_check)
+
+
+class _StudyDriver:
+    def __init__(self, store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
+                 spent_before):
+        self.store, self.study_id, self.task, self.base = store, study_id, task, base
+        self.strategy, self.budget, self.target = strategy, budget, target
+        self.train_trial, self.callbacks = train_trial, callbacks
+        storage = optuna.storages.RDBStorage(f"sqlite:///{store.root / 'tuneloop.db'}",
+                                             engine_kwargs={"connect_args": {"timeout": 30}})
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(study_name=study_id, storage=storage, load_if_exists=True,
+                                         direction="maximize", sampler=strategy.sampler(base.seed),
+                                         pruner=make_pruner(prune))
+        _close_stale_optuna_trials(self.study)
+        self.trials, self.retries = _read_back(store, study_id)
+        self.started = time.monotonic() - spent_before
+        self.deadline = self.started + budget.seconds if budget.seconds else None
+
+    def run(self, seed_check: bool) -> StudyResult:
+        stop_reason, since_gain = "", 0
+        while True:
+            best = _best(self.trials)
+            stop_reason = _stop_reason(self._search_trials(), best, self.budget, self.target,
+                                       self._search_deadline(seed_check), since_gain)
+            if stop_reason:
+                break
+            retry, retry_number = self.retries.pop(0) if self.retries else (None, None)
+            finished = [t.outcome() for t in self.trials if t.status != "interrupted"]
+            proposal = self.strategy.propose(self.study, self.base, finished, retry)
+            if proposal is None:
+                stop_reason = "the strategy has nothing left to try"
+                break
+            # An interrupted trial's re-run continues from the epochs its first attempt saved.
+            number = retry_number if retry_number is not None else len(self.trials)
+            self._run_trial(proposal, f"trial-{number}")
+            since_gain = 0 if _gained(best, _best(self.trials)) else since_gain + 1
+        check = self._seed_check() if seed_check else None
+        self.store.finish_study(self.study_id, stop_reason)
+        best = _best_after_check(self.trials, check)
+        return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check)
+
+    def _search_trials(self) -> list[TrialRecord]:
+        return [t for t in self.trials if not t.reason.startswith(SEED_CHECK)]
+
+    def _search_deadline(self, seed_check: bool) -> float | None:
+        """With a time budget, the search stops early enough to leave the seed check its share."""
+        if self.deadline is None or not seed_check:
+            return self.deadline
+        done = [t.seconds for t in self._search_trials() if t.status == "completed"]
+        reserve = 2 * SEED_CHECK_SEEDS * (sorted(done)[len(done) // 2] if done else 0.0)
+        return self.deadline - reserve
+
+    def _run_trial(self, proposal: Proposal, checkpoint_name: str) -> TrialRecord:
+        record = TrialRecord(len(self.trials), proposal.recipe, proposal.reason)
+        self.store.start_trial(self.study_id, record.number, proposal.trial.number, proposal.recipe.to_dict(),
+                               proposal.reason)
+        best_before = _best(self.trials)
+        for callback in self.callbacks:
             callback.on_trial_start(record.number, proposal.recipe, proposal.reason)
         trial_started = time.monotonic()
-        reporter = _ReportToOptuna(proposal.trial, metric, deadline)
-        training_callbacks = [c for cb in callbacks for c in cb.training_callbacks()] + [reporter]
-        # An interrupted trial's re-run continues from the epochs its first attempt saved.
-        checkpoint_name = f"trial-{retry_number if retry_number is not None else record.number}"
+        metric = self.base.metric
+        reporter = _ReportToOptuna(proposal.trial, metric, self.deadline)
+        training_callbacks = [c for cb in self.callbacks for c in cb.training_callbacks()] + [reporter]
         try:
-            run, result = train_trial(proposal.recipe, training_callbacks, checkpoint_name)
+            run, result = self.train_trial(proposal.recipe, training_callbacks, checkpoint_name)
         except TuneloopError as exc:  # e.g. diverged in the first epoch: a finding, not a crash of the study
             record.status = "failed"
             record.diagnosis = _failed_diagnosis(str(exc))
-            study.tell(proposal.trial, state=optuna.trial.TrialState.FAIL)
+            self.study.tell(proposal.trial, state=optuna.trial.TrialState.FAIL)
         else:
             record.run_id, record.history = run.id, run.history
             record.value = objective_value(run.metrics, metric)
             record.status = "pruned" if result.stopped_by == "pruned" else "completed"
-            record.diagnosis = diagnose(result.history, diverged=result.diverged, n_val=len(task.val),
-                                        num_classes=len(task.classes), metric=metric)
+            record.diagnosis = diagnose(result.history, diverged=result.diverged, n_val=len(self.task.val),
+                                        num_classes=len(self.task.classes), metric=metric)
             if record.status == "pruned":
-                study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
+                self.study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
             else:
-                study.tell(proposal.trial, record.value)
+                self.study.tell(proposal.trial, record.value)
         record.seconds = time.monotonic() - trial_started
-        _clear_checkpoint(store, study_id, checkpoint_name)
-        store.end_trial(study_id, record.number, status=record.status, run_id=record.run_id, value=record.value,
-                        diagnosis=record.diagnosis.label if record.diagnosis else None,
-                        summary=record.diagnosis.summary if record.diagnosis else None,
-                        evidence=record.diagnosis.evidence if record.diagnosis else None, seconds=record.seconds)
-        store.add_spent(study_id, record.seconds)
-        trials.append(record)
-        new_best = _best(trials)
-        since_gain = 0 if _gained(best, new_best) else since_gain + 1
-        for callback in callbacks:
-            callback.on_trial_end(record, new_best)
-    store.finish_study(study_id, stop_reason)
-    spent = time.monotonic() - started
-    return StudyResult(study_id, trials, _best(trials), stop_reason, spent)
+        _clear_checkpoint(self.store, self.study_id, checkpoint_name)
+        self.store.end_trial(self.study_id, record.number, status=record.status, run_id=record.run_id,
+                             value=record.value, diagnosis=record.diagnosis.label if record.diagnosis else None,
+                             summary=record.diagnosis.summary if record.diagnosis else None,
+                             evidence=record.diagnosis.evidence if record.diagnosis else None,
+                             seconds=record.seconds)
+        self.store.add_spent(self.study_id, record.seconds)
+        self.trials.append(record)
+        for callback in self.callbacks:
+            callback.on_trial_end(record, _best(self.trials) or best_before)
+        return record
+
+    def _seed_check(self) -> SeedCheck | None:
+        """Re-run the top two recipes with more seeds, so that the winner's lead can be weighed against
+        seed noise before it is called best."""
+        top: list[TrialRecord] = []
+        for trial in sorted((t for t in self._search_trials() if t.status == "completed"),
+                            key=lambda t: t.value, reverse=True):
+            if all(recipe_key(trial.recipe) != recipe_key(t.recipe) for t in top):
+                top.append(trial)
+            if len(top) == 2:
+                break
+        if not top:
+            return None
+        for trial in top:
+            for offset in range(1, SEED_CHECK_SEEDS + 1):
+                recipe = trial.recipe.replace(seed=(trial.recipe.seed + offset) % 2**32)
+                if any(t.recipe == recipe and t.status == "completed" for t in self.trials):
+                    continue
+                optuna_trial = self.study.ask()
+                optuna_trial.set_user_attr("tuneloop_recipe", recipe.to_dict())
+                reason = f"{SEED_CHECK}: the recipe of trial {trial.number} with seed {recipe.seed}"
+                name = f"seed-{trial.number}-{recipe.seed}"
+                self._run_trial(Proposal(optuna_trial, recipe, reason), name)
+        return _seed_verdict(top, self.trials)
+
+
+def _seed_verdict(top: list[TrialRecord], trials: list[TrialRecord]) -> SeedCheck:
+    groups = []
+    for trial in top:
+        values = [t.value for t in trials if t.status == "completed" and t.value is not None
+                  and recipe_key(t.recipe) == recipe_key(trial.recipe)]
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        half = _t95(len(values) - 1) * sd / math.sqrt(len(values)) if len(values) > 1 else math.inf
+        groups.append({"trial": trial.number, "values": values, "mean": mean, "sd": sd, "half_width": half})
+    if len(groups) < 2:
+        return SeedCheck(groups, None, None, "only one recipe completed: nothing to compare it with")
+    first, second = sorted(groups, key=lambda g: g["mean"], reverse=True)
+    lead = first["mean"] - second["mean"]
+    n1, n2 = len(first["values"]), len(second["values"])
+    noise = _t95(max(1, n1 + n2 - 2)) * math.sqrt(first["sd"] ** 2 / n1 + second["sd"] ** 2 / n2)
+    if lead > noise:
+        verdict = (f"the recipe of trial {first['trial']} leads by {lead:.4f} over seeds, more than seed noise "
+                   f"(±{noise:.4f})")
+    else:
+        verdict = (f"the recipe of trial {first['trial']} leads by {lead:.4f}, within seed noise (±{noise:.4f}): "
+                   f"trials {first['trial']} and {second['trial']} are equally good")
+    return SeedCheck(groups, lead, noise, verdict)
+
+
+def _t95(df: int) -> float:
+    """Two-sided 95% Student t quantile (no scipy needed for the few degrees of freedom a seed check has)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    return table.get(df, 1.96 if df > 30 else 2.1)
+
+
+def _best_after_check(trials: list[TrialRecord], check: SeedCheck | None) -> TrialRecord | None:
+    """The best run of the recipe with the best mean over seeds; without a seed check, the best trial."""
+    if check is None or len(check.groups) < 2:
+        return _best(trials)
+    winner = max(check.groups, key=lambda g: g["mean"])
+    key = recipe_key(next(t.recipe for t in trials if t.number == winner["trial"]))
+    return _best([t for t in trials if recipe_key(t.recipe) == key])
 
 
 def _best(trials: list[TrialRecord]) -> TrialRecord | None:
@@ -256,7 +367,8 @@ def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list
                                          row["diagnosis_summary"] or "")
         if row["run_id"]:
             record.history = store.epochs(row["run_id"])
-        if row["status"] == "interrupted" and recipe_not_finished(recipe, store.trials(study_id)):
+        if (row["status"] == "interrupted" and not row["reason"].startswith(SEED_CHECK)
+                and recipe_not_finished(recipe, store.trials(study_id))):
             retries.append((recipe, row["number"]))
         trials.append(record)
     return trials, retries
