@@ -215,7 +215,8 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
         write_dir_atomic(store.artifact_dir(run_id), fill)
         store.complete_run(run_id, metrics, result.best_epoch, result.seconds)
     except BaseException as exc:
-        store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip())
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip(), status=status)
         raise
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
               (network.cpu().eval(), tokenizer))
@@ -332,7 +333,7 @@ class TuneResult:
             "study": self.study_id, "stop_reason": self.stop_reason, "spent_seconds": round(self.spent_seconds, 1),
             "best_run": self.best_run.id if self.best_run else None,
             "best_metrics": self.best_run.metrics if self.best_run else None,
-            "seed_check": self.seed_check.__dict__ if self.seed_check else None,
+            "seed_check": self.seed_check.to_dict() if self.seed_check else None,
             "trials": [{"number": t.number, "status": t.status, "run": t.run_id, "value": t.value,
                         "recipe": t.recipe.to_dict(), "reason": t.reason, "seconds": round(t.seconds, 1),
                         "diagnosis": t.diagnosis.label if t.diagnosis else None,

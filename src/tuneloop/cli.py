@@ -70,6 +70,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
+def _training_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share held out when there is no --val [0.2]")
+    parser.add_argument("--text-col", help="text column [found by name: text, sentence, content, ...]")
+    parser.add_argument("--label-col", help="label column [found by name: label, class, category, ...]")
+    parser.add_argument("--model", metavar="PATH",
+                        help="a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneloop", description="Fine-tune a pretrained model on labelled data.")
     parser.add_argument("--version", action="version", version=f"tuneloop {_version()}")
@@ -77,11 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fine-tune a text classifier on a labelled file")
     fit.add_argument("data", help="training data: .csv, .tsv, .jsonl or .parquet")
-    fit.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
-    fit.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no --val [0.2]")
-    fit.add_argument("--text-col", help="text column [found by name: text, sentence, content, ...]")
-    fit.add_argument("--label-col", help="label column [found by name: label, class, category, ...]")
-    fit.add_argument("--model", metavar="PATH", help="a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
+    _training_data(fit)
     _common(fit)
     _add_recipe_flags(fit)
 
@@ -102,11 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="train, diagnose and adjust until a budget, a target or convergence")
     tune.add_argument("data", nargs="?", help="training data (not needed with --resume)")
-    tune.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
-    tune.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no --val [0.2]")
-    tune.add_argument("--text-col")
-    tune.add_argument("--label-col")
-    tune.add_argument("--model", metavar="PATH", help="a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
+    _training_data(tune)
     tune.add_argument("--budget", default="15m", help="wall time (15m, 90s, 1h) or a trial count (30trials) [15m]")
     tune.add_argument("--strategy", default="guided", choices=("guided", "grid", "random", "bayes"),
                       help="guided = diagnose and adjust; grid/random/bayes = Optuna samplers [guided]")
@@ -120,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="continue an interrupted study with its own data and options")
     _common(tune)
     _add_recipe_flags(tune)
+
+    report = commands.add_parser("report", help="write a study's HTML report: curves, decisions, trials, importance")
+    report.add_argument("study", help="study id, as 'tuneloop tune' printed it")
+    report.add_argument("-o", "--output", metavar="FILE", help="HTML file to write [<workspace>/reports/<study>.html]")
+    _common(report)
 
     runs = commands.add_parser("runs", help="list the runs in the workspace")
     _common(runs)
@@ -228,6 +235,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         print(f"Study {result.study_id} ended: {result.stop_reason}, after {len(result.trials)} trials in "
               f"{result.spent_seconds:.0f}s.")
         print(_fit_summary(result.best_run.metrics, result.best_run.id, str(result.best_run.path)))
+    print(f"Report: tuneloop report {result.study_id}")
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
@@ -252,6 +260,15 @@ def cmd_runs(args: argparse.Namespace) -> None:
     stdout.print(table)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from tuneloop.report.html import write_report
+
+    path = write_report(args.workspace, args.study, args.output)
+    _emit(args, {"study": args.study, "report": str(path)})
+    if not args.json:
+        print(f"Wrote the report of study {args.study} to {path}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from tuneloop import api
 
@@ -271,8 +288,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
               f"{result['reloaded_agreement']:.1%} of the {result['n_val']} validation texts.")
 
 
-COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "evaluate": cmd_evaluate, "predict": cmd_predict, "runs": cmd_runs,
-            "demo": cmd_demo}
+COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "report": cmd_report, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

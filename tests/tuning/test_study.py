@@ -76,10 +76,10 @@ def test_seed_check_reruns_the_top_two_recipes_and_weighs_the_lead(tiny_model, t
         seeds = sorted(t.recipe.seed for t in check if recipe_key(t.recipe) == recipe_key(trial.recipe))
         assert seeds == [trial.recipe.seed + 1, trial.recipe.seed + 2]
     groups = result.seed_check.groups
-    assert [len(g["values"]) for g in groups] == [3, 3]
+    assert [len(g.values) for g in groups] == [3, 3]
     assert "seed noise" in result.seed_check.verdict
-    winner = max(groups, key=lambda g: g["mean"])
-    winner_key = recipe_key(result.trials[winner["trial"]].recipe)
+    winner = max(groups, key=lambda g: g.mean)
+    winner_key = recipe_key(result.trials[winner.original].recipe)
     same_recipe = [t for t in result.trials if recipe_key(t.recipe) == winner_key]
     assert result.best_run.id == max(same_recipe, key=lambda t: t.value).run_id
 
@@ -191,3 +191,37 @@ def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
     assert study["status"] == "finished" and "4 trials" in study["stop_reason"]
     assert all(runs[t["run_id"]].status == "completed" for t in after if t["status"] == "completed")
     assert result["best_run"] in {t["run_id"] for t in after}
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class MemoryProbe:
+    def __init__(self):
+        self.samples = []
+
+    def training_callbacks(self):
+        return []
+
+    def on_trial_start(self, number, recipe, reason):
+        pass
+
+    def on_trial_end(self, trial, best):
+        import gc
+
+        gc.collect()
+        self.samples.append(resident_mib())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
+def test_memory_does_not_grow_over_thirty_trials(tiny_model, toy_csv, workspace, monkeypatch):
+    monkeypatch.setattr("tuneloop.tuning.study.CONVERGENCE_PATIENCE", 1000)  # run all 30
+    probe = MemoryProbe()
+    result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, budget="30trials", strategy="random",
+                      prune="none", seed_check=False, callbacks=[probe],
+                      recipe=Recipe(epochs=1, batch_size=16, patience=0))
+    assert len(result.trials) == 30
+    growth = probe.samples[-1] - probe.samples[9]
+    assert growth < 40, f"resident memory grew {growth:.0f} MiB from trial 10 to trial 30: {probe.samples}"

@@ -29,20 +29,25 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tuneloop.config import Recipe
-from tuneloop.errors import ConfigError, RunNotFoundError, TuneloopError
+from tuneloop.errors import ConfigError, DataError, RunNotFoundError, TuneloopError
 from tuneloop.store.atomic import write_text_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
+from tuneloop.tuning.seeds import (
+    SeedGroup,
+    best_trial,
+    is_seed_check,
+    scored,
+    seed_groups,
+    seed_verdict,
+)
 
-__all__ = ["spearman_rho", "write_report"]
+__all__ = ["write_report"]
 
-SEED_CHECK_PREFIX = "seed check"
 MIN_OPTUNA_TRIALS = 4  # fewer completed trials with sampled parameters tell an importance model nothing
 KNOBS = [f.name for f in fields(Recipe)]
-# Two-sided 95% Student t quantiles by degrees of freedom, for the seed check's interval of the mean.
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
 BEST_COLOR = "#d62728"
+# Other trials cycle through tab10 without its red, so only the best trial is ever drawn red.
+TRIAL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 # -- what the report reads ------------------------------------------------------------------------------
@@ -67,13 +72,11 @@ class StudyRecord:
 
     @property
     def completed(self) -> list[dict[str, Any]]:
-        return [t for t in self.trials if t["status"] == "completed" and t["value"] is not None]
+        return [t for t in self.trials if scored(t)]
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """As the study driver picks it: the completed trial with the highest objective, the first on ties."""
-        completed = self.completed
-        return max(completed, key=lambda t: t["value"]) if completed else None
+        return best_trial(self.trials)
 
     def num_layers(self) -> int | None:
         """The backbone's encoder depth, which ``trainable_layers="all"`` stands for (plus the embeddings)."""
@@ -122,15 +125,6 @@ def spearman_rho(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def mean_and_half_width(values: list[float]) -> tuple[float, float | None]:
-    """The mean and the half-width of its 95% Student-t interval (None for a single value)."""
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, None
-    t = T_975[len(values) - 2] if len(values) - 1 <= len(T_975) else 1.96
-    return mean, t * float(np.std(values, ddof=1)) / math.sqrt(len(values))
-
-
 def varying_knobs(recipes: list[dict[str, Any]]) -> list[str]:
     """The recipe knobs that take more than one value across ``recipes``, in the Recipe's field order."""
     return [k for k in KNOBS if len({json.dumps(r.get(k)) for r in recipes}) > 1]
@@ -144,11 +138,6 @@ def knob_number(value: Any, num_layers: int | None) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
-
-
-def recipe_without_seed(recipe: dict[str, Any]) -> str:
-    """Two trials with the same key ran the same experiment with possibly different seeds."""
-    return json.dumps({k: v for k, v in recipe.items() if k != "seed"}, sort_keys=True)
 
 
 # -- formatting -----------------------------------------------------------------------------------------
@@ -214,17 +203,24 @@ def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | No
 
 # -- sections -------------------------------------------------------------------------------------------
 
+def _trial_count(trials: list[dict[str, Any]]) -> str:
+    reruns = sum(is_seed_check(t) for t in trials)
+    split = f" ({len(trials) - reruns} search + {reruns} seed check)" if reruns else ""
+    return f"{len(trials)}{split}, {sum(scored(t) for t in trials)} completed"
+
+
 def header_section(study: StudyRecord) -> str:
     """Who, what and the outcome at a glance: enough to decide whether to read further."""
-    row, options, best = study.row, study.row["options"], study.best
+    row, options, best, groups = study.row, study.row["options"], study.best, seed_groups(study.trials)
     facts = [
         ("Strategy", row["strategy"]), ("Metric", row["metric"]), ("Status", row["status"]),
         ("Stop reason", row["stop_reason"] or "(still running or interrupted)"),
-        ("Trials", f"{len(study.trials)} ({len(study.completed)} completed)"),
+        ("Trials", _trial_count(study.trials)),
         ("Time spent", _duration(row["spent_seconds"])), ("Budget", options.get("budget")),
         ("Data", options.get("data")), ("Validation", options.get("val") or
                                         f"stratified {options.get('val_fraction')} of the data"),
         ("Model", options.get("model") or "packaged all-MiniLM-L6-v2"), ("Started", row["created_at"]),
+        ("Seed check", seed_verdict(groups) if groups else "not run"),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     if best is None:
@@ -239,7 +235,20 @@ def header_section(study: StudyRecord) -> str:
         outcome = (f'<p class="best">Best: <b>trial {best["number"]}</b>, run <code>{_e(best["run_id"])}</code>, '
                    f"{_e(_objective_name(study.metric))} <b>{_value(best['value'])}</b> — "
                    + ", ".join(f"{_e(k)} {_e(v)}" for k, v in shown) + "</p>")
+        if len([g for g in groups if g.values]) >= 2:
+            outcome += ('<p class="note">Chosen as the best run of the recipe with the best mean over seeds '
+                        "(see the seed check).</p>")
     return f'<header><h1>Study {_e(study.id)}</h1>{outcome}<dl class="facts">{items}</dl></header>'
+
+
+def _trial_name(trial: dict[str, Any], best: dict[str, Any] | None) -> str:
+    """How a plot names a trial: its number, and whether it is the best, a seed-check re-run, unfinished."""
+    notes = ["best"] if best is not None and trial["number"] == best["number"] else []
+    if is_seed_check(trial):
+        notes.append(f"seed {trial['recipe'].get('seed')}")
+    if trial["status"] != "completed":
+        notes.append(trial["status"])
+    return f"trial {trial['number']}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _curve(epochs: list[dict[str, float]], column: str) -> tuple[list[int], list[float]]:
@@ -252,14 +261,13 @@ def _val_metric_figure(study: StudyRecord) -> Figure:
     figure = Figure(figsize=(9, 4.2), layout="constrained")
     axes = figure.add_subplot()
     with_curves = [t for t in study.trials if study.epochs.get(t["run_id"])]
-    for trial in with_curves:
+    for i, trial in enumerate(with_curves):
         is_best = best is not None and trial["number"] == best["number"]
         x, y = _curve(study.epochs[trial["run_id"]], column)
-        note = "" if trial["status"] == "completed" else f" ({trial['status']})"
-        axes.plot(x, y, marker="o", markersize=3 if not is_best else 5, linewidth=3 if is_best else 1.2,
-                  alpha=1 if is_best else 0.55, color=BEST_COLOR if is_best else None, zorder=3 if is_best else 2,
-                  linestyle="-" if trial["status"] == "completed" else "--",
-                  label=f"trial {trial['number']}{' (best)' if is_best else ''}{note}")
+        style = (dict(color=BEST_COLOR, linewidth=3, markersize=5, zorder=3) if is_best else
+                 dict(color=TRIAL_COLORS[i % len(TRIAL_COLORS)], linewidth=1.2, markersize=3, alpha=0.6))
+        axes.plot(x, y, marker="o", linestyle="-" if trial["status"] == "completed" else "--",
+                  label=_plot_text(_trial_name(trial, best)), **style)
     axes.set_xlabel("epoch")
     axes.set_ylabel(column.replace("_", " "))
     axes.set_title(f"{column.replace('_', ' ')} per epoch, one line per trial")
@@ -284,9 +292,8 @@ def _loss_figure(study: StudyRecord) -> Figure:
         is_best = best is not None and trial["number"] == best["number"]
         axes.plot(*_curve(epochs, "train_loss"), marker="o", markersize=3, color="#1f77b4", label="train loss")
         axes.plot(*_curve(epochs, "val_loss"), marker="o", markersize=3, color="#ff7f0e", label="val loss")
-        axes.set_title(f"trial {trial['number']}{' ★ best' if is_best else ''}"
-                       f"{'' if trial['status'] == 'completed' else ' (' + trial['status'] + ')'}",
-                       fontsize=9, color=BEST_COLOR if is_best else "black", fontweight="bold" if is_best else None)
+        axes.set_title(_plot_text(_trial_name(trial, best)), fontsize=9, color=BEST_COLOR if is_best else "black",
+                       fontweight="bold" if is_best else None)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.tick_params(labelsize=8)
         axes.grid(alpha=0.3)
@@ -301,49 +308,73 @@ def _loss_figure(study: StudyRecord) -> Figure:
 
 def curves_section(study: StudyRecord) -> str:
     """The curves are the evidence every diagnosis was read from, so they come before the decisions."""
-    if not any(study.epochs.get(t["run_id"]) for t in study.trials):
+    missing = [str(t["number"]) for t in study.trials if not study.epochs.get(t["run_id"])]
+    if len(missing) == len(study.trials):
         return "<section><h2>Learning curves</h2><p>No trial recorded an epoch yet.</p></section>"
+    absent = f" Trials {', '.join(missing)} recorded no epoch and are not drawn." if missing else ""
     return ("<section><h2>Learning curves</h2>"
             + _figure(_val_metric_figure(study), "validation metric per epoch of every trial",
                       "The study's validation metric per epoch; the best trial is the thick red line, "
-                      "dashed lines are trials that did not complete.")
+                      f"dashed lines are trials that did not complete.{absent}")
             + _figure(_loss_figure(study), "train and validation loss per trial",
                       "Train and validation loss per epoch, one panel per trial.")
             + "</section>")
 
 
+def verdicts(trials: list[dict[str, Any]]) -> dict[int, str]:
+    """Each completed search trial against the best before it: did this decision pay off? (Seed-check
+    re-runs answer another question, which the seed check section weighs.)"""
+    found, best_so_far = {}, None
+    for trial in trials:
+        value = trial["value"]
+        if not scored(trial) or is_seed_check(trial):
+            continue
+        if best_so_far is None:
+            found[trial["number"]] = "new best"
+        elif value > best_so_far:
+            found[trial["number"]] = f"new best (+{value - best_so_far:.4f})"
+        else:
+            found[trial["number"]] = f"below the best so far ({value - best_so_far:+.4f})"
+        best_so_far = value if best_so_far is None else max(best_so_far, value)
+    return found
+
+
+def _row_classes(trial: dict[str, Any], is_best: bool) -> str:
+    """CSS classes that set the best trial and seed-check re-runs apart, in the timeline and the table."""
+    return " ".join(name for name, on in (("best", is_best), ("seed", is_seed_check(trial))) if on)
+
+
+def _timeline_entry(study: StudyRecord, trial: dict[str, Any], knobs: list[str], verdict: str | None,
+                    is_best: bool) -> str:
+    star = ' <span class="star">★ best</span>' if is_best else ""
+    lines = [f'<div class="trial-head">Trial {trial["number"]}{star}</div>',
+             f'<p class="why"><span class="tag">why</span> {_e(trial["reason"])}</p>']
+    if knobs:
+        recipe = " · ".join(f"{_e(k)}={_e(_knob(trial['recipe'].get(k)))}" for k in knobs)
+        lines.append(f'<p class="recipe"><span class="tag">recipe</span> {recipe}</p>')
+    result = f"{_status(trial['status'])} {_e(_objective_name(study.metric))} <b>{_value(trial['value'])}</b>"
+    if verdict:
+        result += f" — {_e(verdict)}"
+    result += f" · {_duration(trial['seconds'])}"
+    if trial["run_id"]:
+        result += f" · run <code>{_e(trial['run_id'])}</code>"
+    lines.append(f'<p class="result"><span class="tag">result</span> {result}</p>')
+    if trial["diagnosis"]:
+        lines.append(f'<p class="diagnosis"><span class="tag">read</span> {_label(trial["diagnosis"])} '
+                     f'{_e(trial["diagnosis_summary"] or "")}</p>')
+    classes = _row_classes(trial, is_best)
+    opening = f'<li class="{classes}">' if classes else "<li>"
+    return opening + "".join(lines) + "</li>"
+
+
 def timeline_section(study: StudyRecord, knobs: list[str]) -> str:
     """The readable account of every decision: why each trial was run, what it gave, what was read off it."""
-    items, best_so_far = [], None
-    best = study.best
-    for trial in study.trials:
-        value = trial["value"]
-        if trial["status"] == "completed" and value is not None:
-            if best_so_far is None or value > best_so_far:
-                verdict = "new best" if best_so_far is None else f"new best (+{value - best_so_far:.4f})"
-                best_so_far = value
-            else:
-                verdict = f"below the best so far ({value - best_so_far:+.4f})"
-        else:
-            verdict = ""
-        is_best = best is not None and trial["number"] == best["number"]
-        recipe = " · ".join(f"{_e(k)}={_e(_knob(trial['recipe'].get(k)))}" for k in knobs)
-        result = (f"{_status(trial['status'])} {_e(_objective_name(study.metric))} <b>{_value(value)}</b>"
-                  + (f" — {_e(verdict)}" if verdict else "") + f" · {_duration(trial['seconds'])}"
-                  + (f" · run <code>{_e(trial['run_id'])}</code>" if trial["run_id"] else ""))
-        items.append(
-            f'<li class="{"best" if is_best else ""}">'
-            f'<div class="trial-head">Trial {trial["number"]}{" <span class=star>★ best</span>" if is_best else ""}'
-            f"</div>"
-            f'<p class="why"><span class="tag">why</span> {_e(trial["reason"])}</p>'
-            + (f'<p class="recipe"><span class="tag">recipe</span> {recipe}</p>' if recipe else "")
-            + f'<p class="result"><span class="tag">result</span> {result}</p>'
-            + (f'<p class="diagnosis"><span class="tag">read</span> {_label(trial["diagnosis"])} '
-               f'{_e(trial["diagnosis_summary"] or "")}</p>' if trial["diagnosis"] else "")
-            + "</li>")
+    best, found = study.best, verdicts(study.trials)
+    entries = "".join(_timeline_entry(study, t, knobs, found.get(t["number"]),
+                                      best is not None and t["number"] == best["number"]) for t in study.trials)
     return ('<section><h2>Decision timeline</h2><p class="note">Each trial in order: the reason it was proposed '
             "(the diagnosis it answers and the change it makes), its result, and the diagnosis read off its "
-            f'curves, which the next proposal answers.</p><ol class="timeline">{"".join(items)}</ol></section>')
+            f'curves, which the next proposal answers.</p><ol class="timeline">{entries}</ol></section>')
 
 
 def trials_section(study: StudyRecord, knobs: list[str]) -> str:
@@ -355,9 +386,11 @@ def trials_section(study: StudyRecord, knobs: list[str]) -> str:
         rows.append([f"{trial['number']}{' ★' if is_best else ''}", _status(trial["status"]), _value(trial["value"]),
                      *(_e(_knob(trial["recipe"].get(k))) for k in knobs), _label(trial["diagnosis"]),
                      _duration(trial["seconds"]), f"<code>{_e(trial['run_id'] or '')}</code>"])
-        classes.append("best" if is_best else "")
+        classes.append(_row_classes(trial, is_best))
     header = ["#", "status", _e(_objective_name(study.metric)), *(_e(k) for k in knobs), "diagnosis", "time", "run"]
     note = ("Knobs not shown were the same in every trial." if knobs else "Every trial ran the same recipe.")
+    if any(is_seed_check(t) for t in study.trials):
+        note += " Rows in grey italics are seed-check re-runs."
     return (f'<section><h2>Trials</h2><p class="note">★ marks the best trial. {note}</p>'
             f"{_table(header, rows, classes)}</section>")
 
@@ -382,17 +415,24 @@ def knob_effects(trials: list[dict[str, Any]], num_layers: int | None) -> list[K
             continue
         best: dict[str, tuple[Any, float]] = {}
         for t in trials:
-            key = json.dumps(t["recipe"][knob])
+            key = json.dumps(t["recipe"].get(knob))
             if key not in best or t["value"] > best[key][1]:
-                best[key] = (t["recipe"][knob], t["value"])
-        numbers = [knob_number(t["recipe"][knob], num_layers) for t in trials]
+                best[key] = (t["recipe"].get(knob), t["value"])
+        numbers = [knob_number(t["recipe"].get(knob), num_layers) for t in trials]
         rho = None
         if all(x is not None for x in numbers):
             rho = spearman_rho(numbers, [t["value"] for t in trials])
-        order = sorted(best.values(), key=lambda pair: (knob_number(pair[0], num_layers) is None,
-                                                         knob_number(pair[0], num_layers) or 0, str(pair[0])))
-        effects.append(KnobEffect(knob, order, rho, len(trials)))
+        effects.append(KnobEffect(knob, sorted(best.values(), key=lambda pair: _display_order(pair[0])), rho,
+                                  len(trials)))
     return effects
+
+
+def _display_order(value: Any) -> tuple[int, float, str]:
+    """Numbers ascending, then "all" (deeper than any number of layers), then text."""
+    if value == "all":
+        return 1, 0.0, ""
+    number = knob_number(value, None)
+    return (0, number, "") if number is not None else (2, 0.0, str(value))
 
 
 def optuna_importances(study: StudyRecord) -> tuple[dict[str, float] | None, str]:
@@ -419,32 +459,40 @@ def optuna_importances(study: StudyRecord) -> tuple[dict[str, float] | None, str
         return None, f"Optuna's importances are unavailable: {type(exc).__name__}: {exc}"
 
 
-def _importance_figure(effects: list[KnobEffect], importances: dict[str, float] | None) -> Figure:
+def _correlation_panel(axes, effects: list[KnobEffect]) -> None:
     correlated = [e for e in effects if e.rho is not None]
-    panels = 1 + (importances is not None)
-    height = 0.9 + 0.4 * max(len(correlated), len(importances or {}), 2)
-    figure = Figure(figsize=(5 * panels + 1, height), layout="constrained")
-    axes = figure.subplots(1, panels, squeeze=False)[0]
-    names = [e.knob for e in correlated]
-    rhos = [e.rho for e in correlated]
-    axes[0].barh(names, rhos, color=["#2ca02c" if r >= 0 else "#d62728" for r in rhos])
-    axes[0].axvline(0, color="black", linewidth=0.8)
-    axes[0].set_xlim(-1.1, 1.1)
-    axes[0].invert_yaxis()
-    axes[0].set_title("Spearman ρ of knob with objective", fontsize=10)
-    for y, r in enumerate(rhos):
-        axes[0].text(r + (0.04 if r >= 0 else -0.04), y, f"{r:+.2f}", va="center",
-                     ha="left" if r >= 0 else "right", fontsize=8)
+    axes.set_title("Spearman ρ of knob with objective", fontsize=10)
+    axes.set_xlim(-1.1, 1.1)
     if not correlated:
-        axes[0].text(0, 0.5, "no numeric knob with enough trials", ha="center", va="center",
-                     transform=axes[0].transAxes, fontsize=9)
-        axes[0].set_yticks([])
+        axes.text(0.5, 0.5, "no knob with a defined rank correlation\n(too few trials or a constant objective)",
+                  ha="center", va="center", transform=axes.transAxes, fontsize=9, color="#555")
+        axes.set_yticks([])
+        return
+    rhos = [e.rho for e in correlated]
+    axes.barh([e.knob for e in correlated], rhos, color=["#2ca02c" if r >= 0 else "#d62728" for r in rhos])
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.invert_yaxis()
+    for y, r in enumerate(rhos):
+        axes.text(r + (0.04 if r >= 0 else -0.04), y, f"{r:+.2f}", va="center", ha="left" if r >= 0 else "right",
+                  fontsize=8)
+
+
+def _optuna_panel(axes, importances: dict[str, float]) -> None:
+    ranked = sorted(importances.items(), key=lambda kv: kv[1], reverse=True)
+    axes.barh([_plot_text(k) for k, _ in ranked], [v for _, v in ranked], color="#1f77b4")
+    axes.set_xlim(0, 1.05)
+    axes.invert_yaxis()
+    axes.set_title("Optuna parameter importance", fontsize=10)
+
+
+def _importance_figure(effects: list[KnobEffect], importances: dict[str, float] | None) -> Figure:
+    panels = 1 + (importances is not None)
+    rows = max(sum(e.rho is not None for e in effects), len(importances or {}), 2)
+    figure = Figure(figsize=(5 * panels + 1, 0.9 + 0.4 * rows), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    _correlation_panel(axes[0], effects)
     if importances is not None:
-        ranked = sorted(importances.items(), key=lambda kv: kv[1], reverse=True)
-        axes[1].barh([_plot_text(k) for k, _ in ranked], [v for _, v in ranked], color="#1f77b4")
-        axes[1].set_xlim(0, 1.05)
-        axes[1].invert_yaxis()
-        axes[1].set_title("Optuna parameter importance", fontsize=10)
+        _optuna_panel(axes[1], importances)
     for ax in axes:
         ax.tick_params(labelsize=9)
         ax.grid(axis="x", alpha=0.3)
@@ -453,24 +501,27 @@ def _importance_figure(effects: list[KnobEffect], importances: dict[str, float] 
 
 def importance_section(study: StudyRecord) -> str:
     """Which knobs mattered: a rough, honest view (few trials, chosen not at random) next to Optuna's."""
-    effects = knob_effects(study.completed, study.num_layers())
+    effects = knob_effects([t for t in study.completed if not is_seed_check(t)], study.num_layers())
     importances, why_not = optuna_importances(study)
     if not effects and importances is None:
         return ("<section><h2>Parameter importance</h2><p>No knob took more than one value among the completed "
                 f"trials, so there is nothing to compare.</p><p class=note>{_e(why_not)}</p></section>")
-    rows = []
+    rows = []  # stays empty when only Optuna has something to say
     for effect in effects:
-        top = max(value for _, value in effect.best_by_value)
+        bests = [best for _, best in effect.best_by_value]
+        top = max(bests) if len(set(bests)) > 1 else None  # bold the winning value, if one wins
         cells = " · ".join((f"<b>{_e(_knob(v))}: {_value(best)}</b>" if best == top else
                             f"{_e(_knob(v))}: {_value(best)}") for v, best in effect.best_by_value)
         rho = "—" if effect.rho is None else f"{effect.rho:+.2f}"
         rows.append([_e(effect.knob), cells, f"{rho} (n={effect.n})"])
-    table = _table(["knob", f"best {_e(_objective_name(study.metric))} at each value", "Spearman ρ"], rows)
+    table = (_table(["knob", f"best {_e(_objective_name(study.metric))} at each value", "Spearman ρ"], rows)
+             if rows else "<p>No recipe knob took more than one value among the completed trials.</p>")
     optuna_note = ("Right panel: Optuna's importances of the sampler's parameters (normalised to sum to 1)."
                    if importances is not None else _e(why_not))
     return ("<section><h2>Parameter importance</h2>"
-            '<p class="note">Spearman ρ ranks each knob against the objective over the completed trials '
-            "(trainable_layers 'all' counts as the model's layer count + 1; text knobs have no order and no ρ). "
+            '<p class="note">Spearman ρ ranks each knob against the objective over the completed search '
+            "trials (seed-check re-runs left out, so the top recipes do not count several times; "
+            "trainable_layers 'all' counts as the model's layer count + 1; text knobs have no order and no ρ). "
             "With few trials, each chosen from the last, read it as a hint, not a measurement.</p>"
             + table
             + _figure(_importance_figure(effects, importances), "parameter importance bar chart", optuna_note)
@@ -490,7 +541,7 @@ def _validation_confusion(study: StudyRecord, best: dict[str, Any]) -> tuple[np.
     index = {name: i for i, name in enumerate(run.classes)}
     unknown = sorted(set(task.val.labels) - set(index))
     if unknown:
-        raise ConfigError([f"the validation data now has labels the model never saw: {', '.join(unknown)}"])
+        raise DataError(f"the validation data now has labels the model never saw: {', '.join(unknown)}")
     true = np.array([index[label] for label in task.val.labels])
     predicted = run.predict_texts(task.val.texts, run.recipe.precision).probabilities.argmax(1)
     k = len(run.classes)
@@ -501,7 +552,7 @@ def _validation_confusion(study: StudyRecord, best: dict[str, Any]) -> tuple[np.
     return confusion_matrix(true, predicted, k), run.classes, note
 
 
-def _confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
+def _confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Figure:
     k = len(classes)
     side = min(14.0, max(4.5, 0.55 * k + 2.5))
     figure = Figure(figsize=(side + 1.2, side), layout="constrained")
@@ -515,6 +566,7 @@ def _confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
     axes.set_yticks(range(k), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
+    axes.set_title(_plot_text(title), fontsize=10)
     if k <= 30:
         for i in range(k):
             for j in range(k):
@@ -527,46 +579,76 @@ def confusion_section(study: StudyRecord) -> str:
     """Where the best model goes wrong, measured now rather than read back, so it is never stale."""
     best = study.best
     title = "<h2>Confusion matrix of the best model</h2>"
-    if best is None:
-        return f"<section>{title}<p>No completed trial, so there is no model to evaluate.</p></section>"
+    if best is None or not best["run_id"]:
+        return f"<section>{title}<p>No completed trial with a saved model, so nothing to evaluate.</p></section>"
     try:
         matrix, classes, note = _validation_confusion(study, best)
     except (TuneloopError, OSError) as exc:
         return (f"<section>{title}<p>Not available: the validation data or the model could not be read again "
                 f"({_e(exc)}).</p></section>")
+    heading = f"trial {best['number']}, run {best['run_id']}, on the validation set"
     return (f"<section>{title}"
-            + _figure(_confusion_figure(matrix, classes), "confusion matrix heatmap",
+            + _figure(_confusion_figure(matrix, classes, heading), "confusion matrix heatmap",
                       f"Rows: true class, columns: predicted; numbers are counts. {_e(note)}")
             + "</section>")
+
+
+def _seed_figure(groups: list[SeedGroup], best: dict[str, Any] | None, metric: str) -> Figure:
+    figure = Figure(figsize=(max(4.5, 1.6 * len(groups) + 2.5), 3.6), layout="constrained")
+    axes = figure.add_subplot()
+    for x, group in enumerate(groups):
+        wins = best is not None and any(t["number"] == best["number"] for t in group.trials)
+        color = BEST_COLOR if wins else TRIAL_COLORS[0]
+        # Seeds that reached the same value share one dot and one label, so labels never overprint.
+        points: dict[tuple[float, str], list[str]] = {}
+        for t in (t for t in group.trials if t["value"] is not None):
+            points.setdefault((round(t["value"], 6), t["status"]), []).append(str(t["recipe"].get("seed")))
+        for (value, status), seeds in points.items():
+            counted = status == "completed"  # a pruned re-run stopped early: drawn hollow, not in the mean
+            axes.scatter([x], [value], s=30, zorder=2, alpha=0.7, color=color if counted else "none",
+                         edgecolors=color)
+            label = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}" + ("" if counted else f" ({status})")
+            axes.annotate(_plot_text(label), (x, value), xytext=(8, 0), textcoords="offset points", va="center",
+                          fontsize=7, color="#555")
+        if group.mean is not None:
+            axes.errorbar([x - 0.15], [group.mean], yerr=[[group.half_width or 0]] * 2, fmt="D", color=color,
+                          capsize=4, markersize=6, zorder=3)
+    axes.set_xticks(range(len(groups)), [f"recipe of trial {g.original}" for g in groups], fontsize=9)
+    axes.set_xlim(-0.6, len(groups) - 0.4)
+    axes.set_ylabel(_objective_name(metric))
+    axes.set_title("values over seeds; diamond: mean ± 95% half-width", fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    return figure
 
 
 def seed_check_section(study: StudyRecord) -> str:
     """Whether the winner's lead survives other seeds: the spread over seeds is the noise every gap in
     the trials table should be compared with."""
-    checks = [t for t in study.trials if t["reason"].lower().startswith(SEED_CHECK_PREFIX)]
+    groups = seed_groups(study.trials)
     title = "<h2>Seed check</h2>"
-    if not checks:
+    if not groups:
         return (f"<section>{title}<p>The seed check was not run: no trial re-ran a recipe with another seed, so the "
                 "gaps between trials above include seed noise of unknown size.</p></section>")
-    keys = list(dict.fromkeys(recipe_without_seed(t["recipe"]) for t in checks))
     rows = []
-    for key in keys:
-        group = [t for t in study.trials if recipe_without_seed(t["recipe"]) == key]
-        scored = [t for t in group if t["status"] == "completed" and t["value"] is not None]
-        values = [t["value"] for t in scored]
-        if values:
-            mean, half = mean_and_half_width(values)
-            summary = f"<b>{mean:.4f}</b>" + ("" if half is None else f" ± {half:.4f}")
-            spread = f"{min(values):.4f} – {max(values):.4f}"
-        else:
-            summary, spread = "—", "—"
-        rows.append([", ".join(str(t["number"]) for t in group),
-                     ", ".join(_e(t["recipe"].get("seed")) for t in scored) or "—",
-                     ", ".join(_value(v) for v in values) or "—", summary, spread, str(len(values))])
-    header = ["trials", "seeds", _e(_objective_name(study.metric)), "mean ± half-width", "min – max", "n"]
-    return (f'<section>{title}<p class="note">Trials that ran the same recipe with different seeds, grouped by recipe '
-            "(the original trial included). The half-width is that of the 95% Student-t interval of the mean.</p>"
-            f"{_table(header, rows)}</section>")
+    for group in groups:
+        mean = "—" if group.mean is None else f"<b>{group.mean:.4f}</b>"
+        if group.half_width is not None:
+            mean += f" ± {group.half_width:.4f}"
+        runs = "<br>".join(f"trial {t['number']}, seed {_e(t['recipe'].get('seed'))}: {_value(t['value'])}"
+                           + ("" if scored(t) else f" ({_e(t['status'])}, not counted)") for t in group.trials)
+        rows.append([f"trial {group.original}", runs, mean,
+                     f"{min(group.values):.4f} – {max(group.values):.4f}" if group.values else "—",
+                     str(len(group.values))])
+    header = ["recipe of", f"runs: {_e(_objective_name(study.metric))}", "mean ± half-width", "min – max", "n"]
+    return (f'<section>{title}<p class="verdict">{_e(seed_verdict(groups).capitalize())}.</p>'
+            '<p class="note">The top recipes of the search re-run with more seeds, grouped by recipe (the original '
+            "trial included); the half-width is that of the 95% Student-t interval of the mean. The best model is "
+            "the best run of the recipe with the best mean.</p>"
+            + _table(header, rows)
+            + _figure(_seed_figure(groups, study.best, study.metric), "values over seeds per recipe",
+                      "Each dot is one seed (hollow: stopped early, not counted); the diamond and bar are the "
+                      "mean and its 95% interval; red is the recipe of the best model.")
+            + "</section>")
 
 
 # -- the page -------------------------------------------------------------------------------------------
@@ -594,6 +676,8 @@ figcaption { color: #555; font-size: 13px; }
 .timeline p { margin: 2px 0; }
 .trial-head { font-weight: 700; font-size: 16px; } .star { color: #d62728; }
 .why { font-size: 15px; }
+.timeline li.seed { border-left-style: dashed; } tr.seed td { color: #666; font-style: italic; }
+.verdict { font-size: 16px; font-weight: 600; }
 .tag { display: inline-block; min-width: 52px; color: #888; font-size: 12px; text-transform: uppercase;
        letter-spacing: 0.04em; }
 .chip { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px; background: #eee; }

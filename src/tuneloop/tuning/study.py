@@ -27,6 +27,7 @@ from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import Callback, EpochRecord, StopTraining
 from tuneloop.tuning.diagnose import Diagnosis, diagnose
 from tuneloop.tuning.policy import recipe_key
+from tuneloop.tuning.seeds import SEED_CHECK_PREFIX, SeedGroup, best_trial, seed_groups, seed_verdict
 from tuneloop.tuning.strategies import PRUNERS, STRATEGIES, Proposal, Strategy, TrialOutcome, make_pruner
 
 CONVERGENCE_PATIENCE = 4  # proposals without a gain beyond noise before the study stops
@@ -52,7 +53,9 @@ class Budget:
         return cls(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
 
     def __str__(self) -> str:
-        return f"{self.trials} trials" if self.trials else f"{self.seconds / 60:g} min"
+        if self.trials:
+            return f"{self.trials} trials"
+        return f"{self.seconds:g}s" if self.seconds < 60 else f"{self.seconds / 60:.3g} min"
 
 
 @dataclass
@@ -85,13 +88,13 @@ class StudyCallback:
 class _ReportToOptuna(Callback):
     """Feeds the pruner per-epoch values, and ends training when pruned or when the budget is spent."""
 
-    def __init__(self, trial: optuna.trial.Trial, metric: str, deadline: float | None):
-        self.trial, self.metric, self.deadline = trial, metric, deadline
+    def __init__(self, trial: optuna.trial.Trial, metric: str, deadline: float | None, prunable: bool = True):
+        self.trial, self.metric, self.deadline, self.prunable = trial, metric, deadline, prunable
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         value = record.metric(self.metric)
         self.trial.report(-value if self.metric == "loss" else value, record.epoch)
-        if self.trial.should_prune():
+        if self.prunable and self.trial.should_prune():
             raise StopTraining("pruned")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise StopTraining("budget")
@@ -128,17 +131,19 @@ def check_study_options(strategy: str, prune: str, target: float | None) -> list
 
 
 SEED_CHECK_SEEDS = 2  # extra seeds for each of the top two recipes
-SEED_CHECK = "seed check"
 
 
 @dataclass(frozen=True)
 class SeedCheck:
     """The top recipes re-run with more seeds: per recipe the values over seeds, and the verdict."""
 
-    groups: list[dict[str, Any]]  # {"trial": number of the original trial, "values": [...], "mean", "half_width"}
-    lead: float | None
-    noise: float | None
+    groups: list[SeedGroup]
     verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict,
+                "groups": [{"trial": g.original, "values": g.values, "mean": g.mean, "half_width": g.half_width}
+                           for g in self.groups]}
 
 
 def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy: Strategy, budget: Budget, *,
@@ -192,11 +197,11 @@ class _StudyDriver:
             since_gain = 0 if _gained(best, _best(self.trials)) else since_gain + 1
         check = self._seed_check() if seed_check else None
         self.store.finish_study(self.study_id, stop_reason)
-        best = _best_after_check(self.trials, check)
+        best = _best_after_check(self.trials)
         return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check)
 
     def _search_trials(self) -> list[TrialRecord]:
-        return [t for t in self.trials if not t.reason.startswith(SEED_CHECK)]
+        return [t for t in self.trials if not t.reason.startswith(SEED_CHECK_PREFIX)]
 
     def _search_deadline(self, seed_check: bool) -> float | None:
         """With a time budget, the search stops early enough to leave the seed check its share."""
@@ -215,7 +220,9 @@ class _StudyDriver:
             callback.on_trial_start(record.number, proposal.recipe, proposal.reason)
         trial_started = time.monotonic()
         metric = self.base.metric
-        reporter = _ReportToOptuna(proposal.trial, metric, self.deadline)
+        # A seed-check re-run measures seed noise: cutting it short would hide exactly that.
+        reporter = _ReportToOptuna(proposal.trial, metric, self.deadline,
+                                   prunable=not proposal.reason.startswith(SEED_CHECK_PREFIX))
         training_callbacks = [c for cb in self.callbacks for c in cb.training_callbacks()] + [reporter]
         try:
             run, result = self.train_trial(proposal.recipe, training_callbacks, checkpoint_name)
@@ -265,49 +272,22 @@ class _StudyDriver:
                     continue
                 optuna_trial = self.study.ask()
                 optuna_trial.set_user_attr("tuneloop_recipe", recipe.to_dict())
-                reason = f"{SEED_CHECK}: the recipe of trial {trial.number} with seed {recipe.seed}"
+                reason = f"{SEED_CHECK_PREFIX}: the recipe of trial {trial.number} with seed {recipe.seed}"
                 name = f"seed-{trial.number}-{recipe.seed}"
                 self._run_trial(Proposal(optuna_trial, recipe, reason), name)
-        return _seed_verdict(top, self.trials)
+        groups = seed_groups(_rows(self.trials))
+        return SeedCheck(groups, seed_verdict(groups))
 
 
-def _seed_verdict(top: list[TrialRecord], trials: list[TrialRecord]) -> SeedCheck:
-    groups = []
-    for trial in top:
-        values = [t.value for t in trials if t.status == "completed" and t.value is not None
-                  and recipe_key(t.recipe) == recipe_key(trial.recipe)]
-        mean = sum(values) / len(values)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        half = _t95(len(values) - 1) * sd / math.sqrt(len(values)) if len(values) > 1 else math.inf
-        groups.append({"trial": trial.number, "values": values, "mean": mean, "sd": sd, "half_width": half})
-    if len(groups) < 2:
-        return SeedCheck(groups, None, None, "only one recipe completed: nothing to compare it with")
-    first, second = sorted(groups, key=lambda g: g["mean"], reverse=True)
-    lead = first["mean"] - second["mean"]
-    n1, n2 = len(first["values"]), len(second["values"])
-    noise = _t95(max(1, n1 + n2 - 2)) * math.sqrt(first["sd"] ** 2 / n1 + second["sd"] ** 2 / n2)
-    if lead > noise:
-        verdict = (f"the recipe of trial {first['trial']} leads by {lead:.4f} over seeds, more than seed noise "
-                   f"(±{noise:.4f})")
-    else:
-        verdict = (f"the recipe of trial {first['trial']} leads by {lead:.4f}, within seed noise (±{noise:.4f}): "
-                   f"trials {first['trial']} and {second['trial']} are equally good")
-    return SeedCheck(groups, lead, noise, verdict)
+def _rows(trials: list[TrialRecord]) -> list[dict[str, Any]]:
+    return [{"number": t.number, "reason": t.reason, "status": t.status, "value": t.value,
+             "recipe": t.recipe.to_dict(), "run_id": t.run_id} for t in trials]
 
 
-def _t95(df: int) -> float:
-    """Two-sided 95% Student t quantile (no scipy needed for the few degrees of freedom a seed check has)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-    return table.get(df, 1.96 if df > 30 else 2.1)
-
-
-def _best_after_check(trials: list[TrialRecord], check: SeedCheck | None) -> TrialRecord | None:
+def _best_after_check(trials: list[TrialRecord]) -> TrialRecord | None:
     """The best run of the recipe with the best mean over seeds; without a seed check, the best trial."""
-    if check is None or len(check.groups) < 2:
-        return _best(trials)
-    winner = max(check.groups, key=lambda g: g["mean"])
-    key = recipe_key(next(t.recipe for t in trials if t.number == winner["trial"]))
-    return _best([t for t in trials if recipe_key(t.recipe) == key])
+    row = best_trial(_rows(trials))
+    return next(t for t in trials if t.number == row["number"]) if row else None
 
 
 def _best(trials: list[TrialRecord]) -> TrialRecord | None:
@@ -367,7 +347,7 @@ def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list
                                          row["diagnosis_summary"] or "")
         if row["run_id"]:
             record.history = store.epochs(row["run_id"])
-        if (row["status"] == "interrupted" and not row["reason"].startswith(SEED_CHECK)
+        if (row["status"] == "interrupted" and not row["reason"].startswith(SEED_CHECK_PREFIX)
                 and recipe_not_finished(recipe, store.trials(study_id))):
             retries.append((recipe, row["number"]))
         trials.append(record)

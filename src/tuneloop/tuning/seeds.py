@@ -1,0 +1,110 @@
+"""The seed check, as pure functions over stored trial rows: which recipes were re-run with other seeds,
+their mean and 95% interval over seeds, whether the leader's lead is larger than seed noise, and which
+trial is therefore the best. The study driver and the report both read these, so they cannot disagree.
+
+A trial row is a dict with ``number``, ``reason``, ``status``, ``value`` and ``recipe`` (a dict), as
+``Workspace.trials`` returns it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SEED_CHECK_PREFIX = "seed check"
+# Two-sided 95% Student t quantiles by degrees of freedom, for the seed check's interval of the mean.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    """Two-sided 95% Student t quantile for ``df`` degrees of freedom (1.96 beyond the table)."""
+    return T_975[df - 1] if 1 <= df <= len(T_975) else 1.96
+
+
+def scored(trial: dict[str, Any]) -> bool:
+    return trial["status"] == "completed" and trial["value"] is not None
+
+
+def is_seed_check(trial: dict[str, Any]) -> bool:
+    return trial["reason"].startswith(SEED_CHECK_PREFIX)
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """One recipe run with several seeds: its original trial, every trial of it, and their values."""
+
+    original: int  # number of the search trial whose recipe was re-run
+    trials: list[dict[str, Any]]
+    values: list[float]  # of the completed ones
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+    @property
+    def half_width(self) -> float | None:
+        """Of the 95% Student-t interval of the mean; None for a single value, which has no interval."""
+        n = len(self.values)
+        return t95(n - 1) * self.sd / math.sqrt(n) if n > 1 else None
+
+
+def seed_groups(trials: list[dict[str, Any]]) -> list[SeedGroup]:
+    """The recipes the seed check re-ran, in the order it re-ran them, each with all its trials."""
+    keys = list(dict.fromkeys(recipe_without_seed(t["recipe"]) for t in trials if is_seed_check(t)))
+    groups = []
+    for key in keys:
+        members = [t for t in trials if recipe_without_seed(t["recipe"]) == key]
+        original = next((t for t in members if not is_seed_check(t)), members[0])
+        groups.append(SeedGroup(original["number"], members, [t["value"] for t in members if scored(t)]))
+    return groups
+
+
+def seed_verdict(groups: list[SeedGroup]) -> str:
+    """Is the leading recipe's lead over the runner-up larger than seed noise? As the study driver weighs it:
+    the gap of the means against the 95% t half-width of their difference; but a recipe with a single
+    completed run says nothing about noise, and the verdict says so rather than calling any lead real."""
+    measured = [g for g in groups if g.values]
+    if len(measured) < 2:
+        return "only one recipe completed: nothing to compare it with"
+    first, second = sorted(measured, key=lambda g: g.mean, reverse=True)[:2]
+    lead = first.mean - second.mean
+    n1, n2 = len(first.values), len(second.values)
+    if min(n1, n2) < 2:  # one value has no spread: the noise is unknown, not zero
+        thin = first if n1 < 2 else second
+        return (f"the recipe of trial {first.original} leads by {lead:.4f}, but seed noise is unknown: the recipe "
+                f"of trial {thin.original} has a single completed run (its re-runs were pruned or failed)")
+    noise = t95(max(1, n1 + n2 - 2)) * math.sqrt(first.sd ** 2 / n1 + second.sd ** 2 / n2)
+    if lead > noise:
+        return (f"the recipe of trial {first.original} leads by {lead:.4f} over seeds, more than seed noise "
+                f"(±{noise:.4f})")
+    return (f"the recipe of trial {first.original} leads by {lead:.4f}, within seed noise (±{noise:.4f}): "
+            f"trials {first.original} and {second.original} are equally good")
+
+
+def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best trial as the study driver picks it: after a seed check of two or more recipes, the best run
+    of the recipe with the best mean over seeds; otherwise the completed trial with the highest objective
+    (the first on ties)."""
+    groups = [g for g in seed_groups(trials) if g.values]
+    if len(groups) >= 2:
+        winner = max(groups, key=lambda g: g.mean)
+        trials = winner.trials
+    candidates = [t for t in trials if scored(t)]
+    return max(candidates, key=lambda t: t["value"]) if candidates else None
+
+
+def recipe_without_seed(recipe: dict[str, Any]) -> str:
+    """Two trials with the same key ran the same experiment with possibly different seeds."""
+    return json.dumps({k: v for k, v in recipe.items() if k != "seed"}, sort_keys=True)
+
+
