@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from tuneloop.config import Recipe
+from tuneloop.data.batches import Features
+from tuneloop.data.feature_cache import FeatureCache, feature_key
 from tuneloop.data.files import read_table, write_table
 from tuneloop.data.text import (
     TextExamples,
@@ -29,7 +31,7 @@ from tuneloop.data.text import (
 )
 from tuneloop.errors import ConfigError, ModelError, RunNotFoundError
 from tuneloop.models import get_adapter
-from tuneloop.models.hf_text import ADAPTER_FILE, default_backbone
+from tuneloop.models.hf_text import ADAPTER_FILE, HeadOnly, default_backbone
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
 from tuneloop.training.checkpoint import EpochCheckpoint
@@ -135,6 +137,7 @@ class TextTask:
     val: TextExamples
     classes: list[str]
     backbone: str
+    features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -161,6 +164,18 @@ class TextTask:
                 for part in (self.train, self.val))
         return self._encoded[recipe.max_length]
 
+    def cached_features(self, network, tokenizer, recipe: Recipe, device: torch.device,
+                        precision: str) -> tuple[Features, Features]:
+        """Train and validation text vectors of the frozen encoder, computed once per key (see FeatureCache)."""
+        adapter = get_adapter("hf_text")
+        train_set, val_set = self.encoded(tokenizer, recipe)
+        out = []
+        for part, encoded in ((self.train, train_set), (self.val, val_set)):
+            key = feature_key(self.backbone, part.fingerprint(), recipe.max_length, precision)
+            vectors = self.features.get(key, lambda e=encoded: adapter.embed_all(network, e, device, precision))
+            out.append(Features(vectors, encoded.label_ids))
+        return out[0], out[1]
+
 
 def check_options(recipe: Recipe, val_fraction: float) -> None:
     problems = recipe.problems()
@@ -172,7 +187,7 @@ def check_options(recipe: Recipe, val_fraction: float) -> None:
 
 
 def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Sequence[Callback] = (),
-              checkpoint: EpochCheckpoint | None = None) -> tuple[Run, Any]:
+              checkpoint: EpochCheckpoint | None = None, *, cache_features: bool = True) -> tuple[Run, Any]:
     """Train one run of ``recipe`` on ``task``, recorded in ``store``; returns the run and the TrainResult.
 
     The best epoch's model is saved as the run's artifact folder, except for a run that a callback stopped
@@ -184,12 +199,17 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
     train_set, val_set = task.encoded(tokenizer, recipe)
     device = pick_device()
     precision = resolve_precision(recipe.precision, device)
+    # A frozen encoder computes the same vectors every epoch and every trial: train the head on cached ones.
+    trainable: torch.nn.Module = network
+    if recipe.trainable_layers == 0 and cache_features:
+        train_set, val_set = task.cached_features(network, tokenizer, recipe, device, precision)
+        trainable = HeadOnly(network)
     run_id = store.start_run(task=TASK, adapter=adapter.name, backbone=task.backbone, train_source=task.train.source,
                              val_source=task.val.source, train_fingerprint=task.train.fingerprint(),
                              val_fingerprint=task.val.fingerprint(), n_train=len(train_set), n_val=len(val_set),
                              recipe=recipe.to_dict())
     try:
-        result = train(network, train_set, val_set, recipe, device, precision,
+        result = train(trainable, train_set, val_set, recipe, device, precision,
                        [*callbacks, _RecordEpochs(store, run_id)], checkpoint)
         if not result.history:
             raise ModelError(f"Training diverged in the first epoch (the loss became NaN or infinite) at learning "
@@ -199,6 +219,7 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
                    "resumed_from_epoch": result.resumed_from_epoch,
+                   "cached_features": trainable is not network,
                    "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
                    "device": device.type, "majority_class_rate": _majority_rate(task.val.labels),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
@@ -394,6 +415,7 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
     plan = make_strategy(options["strategy"], _num_layers(task.backbone))
 
     with Workspace.open(workspace, create=True) as store:
+        task.features = FeatureCache(store.root / "cache")
         if resume is None:
             stored = {k: (v if not isinstance(v, TextExamples) else v.source) for k, v in options.items()}
             store.create_study(study_id, options["strategy"], base.metric, stored)

@@ -17,6 +17,28 @@ MEGABATCH = 50  # batches sorted together; large enough to group lengths, small 
 
 
 @dataclass(frozen=True)
+class Batch:
+    """The keyword arguments of one model call, the labels, and which examples they are."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+    indices: np.ndarray  # positions of these examples in their data set
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
+        return Batch({k: v.to(device, non_blocking=True) for k, v in self.inputs.items()}, labels, self.indices)
+
+
+def _labels(label_ids: list[int] | None, indices: np.ndarray) -> torch.Tensor | None:
+    return None if label_ids is None else torch.tensor([label_ids[i] for i in indices], dtype=torch.long)
+
+
+@dataclass(frozen=True)
 class Encoded:
     """Token ids per example (unpadded) and label ids (or None when unlabelled)."""
 
@@ -31,23 +53,37 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
+    def batch(self, indices: np.ndarray) -> Batch:
+        """The chosen examples padded to the longest among them."""
+        rows = [self.input_ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[r, :len(row)] = 1
+        return Batch({"input_ids": ids, "attention_mask": mask}, _labels(self.label_ids, indices), indices)
+
 
 @dataclass(frozen=True)
-class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor | None
-    indices: np.ndarray  # positions of these examples in the Encoded set
+class Features:
+    """One fixed-size vector per example (a frozen encoder's cached output) and label ids."""
+
+    vectors: torch.Tensor  # examples x width
+    label_ids: list[int] | None
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.vectors)
 
-    def to(self, device: torch.device) -> Batch:
-        if device.type == "cpu":
-            return self
-        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
-        return Batch(self.input_ids.to(device, non_blocking=True), self.attention_mask.to(device, non_blocking=True),
-                     labels, self.indices)
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.ones(len(self.vectors), dtype=np.int64)
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        return Batch({"features": self.vectors[torch.from_numpy(indices)]}, _labels(self.label_ids, indices), indices)
+
+
+Examples = Encoded | Features
 
 
 def training_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -74,21 +110,6 @@ def inference_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(encoded: Encoded, indices: np.ndarray) -> Batch:
-    """Pad the chosen examples to the longest among them."""
-    rows = [encoded.input_ids[i] for i in indices]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), encoded.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[r, :len(row)] = 1
-    labels = None
-    if encoded.label_ids is not None:
-        labels = torch.tensor([encoded.label_ids[i] for i in indices], dtype=torch.long)
-    return Batch(ids, mask, labels, indices)
-
-
-def iterate(encoded: Encoded, order: list[np.ndarray]) -> Iterator[Batch]:
+def iterate(data: Examples, order: list[np.ndarray]) -> Iterator[Batch]:
     for indices in order:
-        yield collate(encoded, indices)
+        yield data.batch(indices)

@@ -38,10 +38,16 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embed(input_ids, attention_mask))
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text's vector: the encoder's last hidden states, averaged over the real tokens."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.head(self.dropout(pooled))
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def classify(self, embedded: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(embedded))
 
     def encoder_layers(self) -> nn.ModuleList:
         """The stack of transformer layers, found by its length so that any encoder architecture works."""
@@ -58,6 +64,18 @@ class TextClassifier(nn.Module):
             for layer in list(self.encoder_layers())[-trainable:]:
                 layer.requires_grad_(True)
         self.head.requires_grad_(True)
+
+
+class HeadOnly(nn.Module):
+    """The classifier's dropout and head alone, fed cached text vectors: what trains when the encoder is
+    frozen whole. Its parameters are the classifier's own, so training it trains the classifier."""
+
+    def __init__(self, classifier: TextClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier.classify(features)
 
 
 def _check_model_dir(path: Path) -> None:
@@ -127,6 +145,20 @@ class HFTextAdapter:
             if key in own:
                 renamed[key] = tensor
         return renamed
+
+    @torch.inference_mode()
+    def embed_all(self, model: TextClassifier, data: Encoded, device: torch.device, precision: str) -> torch.Tensor:
+        """Every example's text vector from the (frozen) encoder, in the order of ``data``, as fp32."""
+        from tuneloop.data.batches import inference_order
+        from tuneloop.training.device import autocast
+
+        model.to(device).eval()
+        out = torch.zeros((len(data), model.encoder.config.hidden_size), dtype=torch.float32)
+        for indices in inference_order(data.lengths, 64):
+            batch = data.batch(indices).to(device)
+            with autocast(device, precision):
+                out[torch.from_numpy(indices)] = model.embed(**batch.inputs).float().cpu()
+        return out
 
     def encode(self, tokenizer, texts: list[str], labels: list[int] | None, recipe: Recipe) -> Encoded:
         ids = tokenizer(texts, truncation=True, max_length=recipe.max_length, return_attention_mask=False,

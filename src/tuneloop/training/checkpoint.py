@@ -63,6 +63,9 @@ class EpochCheckpoint:
     def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
              rng: np.random.Generator) -> tuple[int, dict[str, torch.Tensor] | None, dict[str, Any]] | None:
         """Restore the newest saved epoch into the given objects; returns (epoch, best weights, loop state)."""
+        if self.folder.is_dir():  # a kill while saving leaves a partial folder: never read, removed here
+            for partial in self.folder.glob(".*.partial"):
+                shutil.rmtree(partial, ignore_errors=True)
         saved = self._epochs()
         if not saved:
             return None

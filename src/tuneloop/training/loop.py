@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneloop.config import Recipe
-from tuneloop.data.batches import Encoded, inference_order, iterate, training_order
+from tuneloop.data.batches import Examples, inference_order, iterate, training_order
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import autocast
 from tuneloop.training.fast_dropout import cpu_fast_dropout
@@ -88,7 +88,7 @@ class Evaluation:
     metrics: dict[str, float]
 
 
-def train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recipe, device: torch.device,
+def train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Recipe, device: torch.device,
           precision: str, callbacks: list[Callback] | tuple[Callback, ...] = (),
           checkpoint: EpochCheckpoint | None = None) -> TrainResult:
     """Train ``model`` in place by ``recipe``; afterwards it holds the weights of the best validation epoch.
@@ -101,7 +101,7 @@ def train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recipe
         return _train(model, train_set, val_set, recipe, device, precision, callbacks, checkpoint)
 
 
-def _train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recipe, device: torch.device,
+def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Recipe, device: torch.device,
            precision: str, callbacks: list[Callback] | tuple[Callback, ...],
            checkpoint: EpochCheckpoint | None) -> TrainResult:
     model.to(device)
@@ -141,7 +141,7 @@ def _train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recip
         for step, batch in enumerate(iterate(train_set, training_order(lengths, recipe.batch_size, rng)), 1):
             batch = batch.to(device)
             with autocast(device, precision):
-                logits = model(batch.input_ids, batch.attention_mask)
+                logits = model(**batch.inputs)
             # The loss in fp32: bf16 cross-entropy loses precision exactly where gradients are small.
             loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
             loss.backward()
@@ -203,7 +203,7 @@ def _train(model: nn.Module, train_set: Encoded, val_set: Encoded, recipe: Recip
 
 
 @torch.inference_mode()
-def predict_probabilities(model: nn.Module, data: Encoded, device: torch.device, precision: str,
+def predict_probabilities(model: nn.Module, data: Examples, device: torch.device, precision: str,
                           batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Class probabilities for every example, in the order of ``data``; batches sorted by length."""
     model.to(device)
@@ -213,7 +213,7 @@ def predict_probabilities(model: nn.Module, data: Encoded, device: torch.device,
     for batch in iterate(data, inference_order(data.lengths, batch_size)):
         batch = batch.to(device)
         with autocast(device, precision):
-            logits = model(batch.input_ids, batch.attention_mask)
+            logits = model(**batch.inputs)
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         if out is None:
             num_classes = probs.shape[1]
@@ -223,7 +223,7 @@ def predict_probabilities(model: nn.Module, data: Encoded, device: torch.device,
     return out
 
 
-def evaluate(model: nn.Module, data: Encoded, device: torch.device, precision: str) -> Evaluation:
+def evaluate(model: nn.Module, data: Examples, device: torch.device, precision: str) -> Evaluation:
     """Loss and metrics on labelled data."""
     assert data.label_ids is not None
     probabilities = predict_probabilities(model, data, device, precision)

@@ -202,6 +202,7 @@ RULES: dict[str, tuple[Move, ...]] = {
     "too_slow": (
         Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
         Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+        Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers"),
     ),
     "good_fit": _EXPLOIT,
     "noisy_validation": _EXPLOIT,

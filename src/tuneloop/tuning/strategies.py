@@ -20,6 +20,7 @@ from tuneloop.tuning.policy import next_recipe, recipe_key
 from tuneloop.tuning.space import GRID, SAMPLED_SPACE, grid_space, params_of, recipe_from_params
 
 STRATEGIES = ("guided", "grid", "random", "bayes")
+MAX_REDRAWS = 20  # samples drawn before a sampler that only proposes tried recipes counts as exhausted
 RECIPE_ATTR = "tuneloop_recipe"
 
 
@@ -126,10 +127,16 @@ class SamplerStrategy:
                 return None
             study.enqueue_trial(untried[0])
             reason = f"grid point {len(grid_points()) - len(untried) + 1} of {len(grid_points())}"
-        trial = study.ask(space)
-        recipe = recipe_from_params(base, trial.params)
-        trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
-        return Proposal(trial, recipe, reason)
+        tried = {recipe_key(t.recipe) for t in history}
+        for _ in range(MAX_REDRAWS):
+            trial = study.ask(space)
+            recipe = recipe_from_params(base, trial.params)
+            if retry is not None or recipe_key(recipe) not in tried:
+                trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
+                return Proposal(trial, recipe, reason)
+            trial.set_user_attr("tuneloop_skipped", "a recipe already run")  # never train the same recipe twice
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return None
 
 
 def grid_points() -> list[dict[str, Any]]:

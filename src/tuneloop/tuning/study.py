@@ -169,8 +169,14 @@ class _StudyDriver:
         storage = optuna.storages.RDBStorage(f"sqlite:///{store.root / 'tuneloop.db'}",
                                              engine_kwargs={"connect_args": {"timeout": 30}})
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # A resumed study's sampler must not replay the draws of the first run: offset its seed by the
+        # number of trials already asked (the stored trials themselves give TPE its history).
+        try:
+            asked = len(storage.get_all_trials(storage.get_study_id_from_name(study_id), deepcopy=False))
+        except KeyError:
+            asked = 0
         self.study = optuna.create_study(study_name=study_id, storage=storage, load_if_exists=True,
-                                         direction="maximize", sampler=strategy.sampler(base.seed),
+                                         direction="maximize", sampler=strategy.sampler(base.seed + asked),
                                          pruner=make_pruner(prune))
         _close_stale_optuna_trials(self.study)
         self.trials, self.retries = _read_back(store, study_id)

@@ -1,0 +1,73 @@
+"""Text vectors of a frozen encoder, computed once and reused by every epoch and every trial that trains
+the head alone.
+
+With the whole encoder frozen, each epoch would otherwise run the same 22M-parameter forward pass over the
+same texts again; caching its output turns a head-only trial into a few matrix products. The cache key is
+a fingerprint of everything the vectors depend on: the backbone (its config and weights file), the texts,
+the tokenizer length and the precision. Vectors stay in memory within a bound and are also written to the
+workspace (safetensors, atomically), so a resumed or later study reuses them; a changed input gives a
+different key, so a stale entry is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load, save
+
+from tuneloop.store.atomic import write_bytes_atomic
+
+MEMORY_LIMIT = 512 * 2**20  # bytes of vectors kept in memory; older entries are dropped (they stay on disk)
+
+
+def backbone_fingerprint(backbone: str) -> str:
+    """The backbone folder's config and the size and modification time of its weights."""
+    path = Path(backbone)
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    for name in ("config.json", "model.safetensors"):
+        file = path / name
+        if file.exists():
+            stat = os.stat(file)
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def feature_key(backbone: str, texts_fingerprint: str, max_length: int, precision: str) -> str:
+    parts = f"{backbone_fingerprint(backbone)}|{texts_fingerprint}|{max_length}|{precision}|mean-pooled"
+    return hashlib.sha256(parts.encode()).hexdigest()[:24]
+
+
+class FeatureCache:
+    def __init__(self, folder: str | Path | None = None, memory_limit: int = MEMORY_LIMIT):
+        self.folder = Path(folder) if folder is not None else None
+        self.memory_limit = memory_limit
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.computed = 0  # how many times vectors had to be computed
+        self.reused = 0  # how many times they came from memory or disk
+
+    def get(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.reused += 1
+            return self._memory[key]
+        file = self.folder / f"{key}.safetensors" if self.folder is not None else None
+        if file is not None and file.exists():
+            vectors = load(file.read_bytes())["vectors"]
+            self.reused += 1
+        else:
+            vectors = compute().contiguous()
+            self.computed += 1
+            if file is not None:
+                write_bytes_atomic(file, save({"vectors": vectors}))
+        self._remember(key, vectors)
+        return vectors
+
+    def _remember(self, key: str, vectors: torch.Tensor) -> None:
+        self._memory[key] = vectors
+        while len(self._memory) > 1 and sum(v.nbytes for v in self._memory.values()) > self.memory_limit:
+            self._memory.popitem(last=False)
