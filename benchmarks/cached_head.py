@@ -73,7 +73,8 @@ def main() -> None:
     if cached_later is not None:
         later_accuracy = results["cached"][1]["val_accuracy"]
         print(f"| cached, later trials (median) | {cached_later:.1f} | {later_accuracy:.4f} |")
-        print(f"speed-up of a cached trial: {uncached / cached_later:.1f}x; first cached trial: {uncached / first:.1f}x")
+        print(f"speed-up of a cached trial: {uncached / cached_later:.1f}x; "
+              f"first cached trial: {uncached / first:.1f}x")
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, **results}, indent=2))
 
