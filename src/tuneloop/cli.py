@@ -25,6 +25,8 @@ RECIPE_HELP = {
     "warmup_ratio": "share of steps spent warming up the learning rate", "schedule": "learning-rate decay",
     "trainable_layers": "encoder layers trained from the top: 0 = head only, 'all' = full fine-tune",
     "max_length": "tokens kept per text", "grad_clip": "gradient norm clip (0 = off)",
+    "l2sp": "pull of the encoder toward its pretrained weights, L2-SP (0 = off)",
+    "layer_lr_decay": "each lower layer's learning rate is the one above times this (1 = same for all)",
     "patience": "epochs without gain before stopping early (0 = off)",
     "metric": "validation metric for early stopping and the best epoch",
     "precision": "auto uses bf16 where the CPU or GPU computes it natively", "seed": "random seed",

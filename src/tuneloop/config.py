@@ -22,6 +22,9 @@ class Recipe:
 
     ``trainable_layers`` counts encoder layers from the top that are trained: 0 trains the
     classification head alone, ``"all"`` fine-tunes the whole network (embeddings included).
+    ``l2sp`` pulls the trained encoder weights back toward their pretrained values (L2-SP, Li et al. 2018),
+    protecting what the backbone knew; ``layer_lr_decay`` gives each layer below the top the learning rate
+    of the layer above times this factor (discriminative learning rates; 1.0 = one rate for all).
     """
 
     learning_rate: float = 5e-5
@@ -35,6 +38,8 @@ class Recipe:
     trainable_layers: int | str = "all"
     max_length: int = 128
     grad_clip: float = 1.0
+    l2sp: float = 0.0
+    layer_lr_decay: float = 1.0
     patience: int = 2
     metric: str = "macro_f1"
     precision: str = "auto"
@@ -73,6 +78,9 @@ class Recipe:
         check("max_length", is_int(self.max_length) and 8 <= self.max_length <= 8192,
               "an int in the range [8, 8192]")
         check("grad_clip", is_number(self.grad_clip) and self.grad_clip >= 0, "a float >= 0 (0 turns it off)")
+        check("l2sp", is_number(self.l2sp) and 0 <= self.l2sp <= 100, "a float in the range [0, 100] (0 turns it off)")
+        check("layer_lr_decay", is_number(self.layer_lr_decay) and 0 < self.layer_lr_decay <= 1,
+              "a float in the range (0, 1] (1 gives every layer the same rate)")
         check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0 (0 turns early stopping off)")
         check("metric", self.metric in METRICS, f"one of {', '.join(METRICS)}")
         check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")

@@ -158,3 +158,33 @@ def test_resumed_training_equals_uninterrupted_training(tiny_model, tmp_path):
     strip = [[{k: v for k, v in r.__dict__.items() if k not in timing} for r in h.history] for h in (straight, resumed)]
     assert strip[0] == strip[1]
     assert resumed.best_epoch == straight.best_epoch
+
+
+def distance_from_start(tiny_model, recipe: Recipe) -> float:
+    model, data, val = toy_sets(tiny_model, recipe)
+    start = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    train(model, data, val, recipe, CPU, "fp32")
+    return sum(float((v - start[k]).float().norm()) for k, v in model.encoder.state_dict().items())
+
+
+def test_l2sp_keeps_the_encoder_near_its_pretrained_weights(tiny_model):
+    recipe = Recipe(epochs=2, learning_rate=5e-3, batch_size=8, patience=0, weight_decay=0.0)
+    free = distance_from_start(tiny_model, recipe)
+    held = distance_from_start(tiny_model, recipe.replace(l2sp=50.0))
+    assert held < 0.6 * free, (held, free)
+
+
+def test_layer_lr_decay_gives_lower_layers_smaller_rates(tiny_model):
+    from tuneloop.training.schedule import make_optimizer
+
+    recipe = Recipe(learning_rate=1e-3, layer_lr_decay=0.5)
+    model, _, _ = toy_sets(tiny_model, recipe, n=2)
+    optimizer = make_optimizer(model, recipe, CPU)
+    rate_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert rate_of[id(named["head.weight"])] == pytest.approx(1e-3)
+    assert rate_of[id(named["encoder.encoder.layer.1.attention.self.query.weight"])] == pytest.approx(5e-4)
+    assert rate_of[id(named["encoder.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(2.5e-4)
+    assert rate_of[id(named["encoder.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
+    flat = make_optimizer(model, recipe.replace(layer_lr_decay=1.0), CPU)
+    assert {g["lr"] for g in flat.param_groups} == {1e-3}

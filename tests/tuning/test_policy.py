@@ -98,12 +98,18 @@ def test_overfitting_walks_its_moves_in_order_then_stops():
     decisions = walk("overfitting", Recipe(epochs=4), num_layers=6, best_epoch=2)
     assert [d.changes for d in decisions] == [
         {"weight_decay": (0.01, 0.05)},
+        {"l2sp": (0.0, 0.1)},
         {"dropout": (0.1, 0.2)},
         {"label_smoothing": (0.0, 0.1)},
         {"learning_rate": (5e-5, 2.5e-5)},
         {"epochs": (4, 2)},
         {"trainable_layers": ("all", 3)},
     ]
+
+
+def test_l2sp_is_not_proposed_for_a_head_alone():
+    decisions = walk("overfitting", Recipe(epochs=4, trainable_layers=0, learning_rate=1e-3), num_layers=6)
+    assert all("l2sp" not in d.changes for d in decisions)
 
 
 def test_halving_all_layers_needs_the_depth_and_is_skipped_without_it():
@@ -167,7 +173,8 @@ def test_epochs_double_up_to_the_cap():
 
 def test_weight_decay_and_dropout_caps():
     assert first("overfitting", Recipe(weight_decay=0.1)).changes == {"weight_decay": (0.1, 0.3)}
-    assert first("overfitting", Recipe(weight_decay=0.3, dropout=0.45)).changes == {"dropout": (0.45, 0.5)}
+    assert first("overfitting", Recipe(weight_decay=0.3, dropout=0.45, l2sp=10.0)).changes == {
+        "dropout": (0.45, 0.5)}
 
 
 @pytest.mark.parametrize("label", LABELS)
@@ -207,12 +214,12 @@ def test_never_proposes_a_recipe_already_run_and_runs_out(label):
 def test_seed_does_not_make_a_recipe_new():
     reseeded = Recipe(weight_decay=0.05, seed=7)
     assert recipe_key(reseeded) == recipe_key(Recipe(weight_decay=0.05))
-    assert first("overfitting", Recipe(), [reseeded]).changes == {"dropout": (0.1, 0.2)}
+    assert first("overfitting", Recipe(), [reseeded]).changes == {"l2sp": (0.0, 0.1)}
 
 
 def test_tried_may_hold_keys_instead_of_recipes():
     assert first("overfitting", Recipe(), {recipe_key(Recipe(weight_decay=0.05))}).changes == {
-        "dropout": (0.1, 0.2)}
+        "l2sp": (0.0, 0.1)}
 
 
 def test_unknown_label_is_refused():

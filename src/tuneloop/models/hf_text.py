@@ -57,6 +57,20 @@ class TextClassifier(nn.Module):
                 return module
         raise ModelError(f"Could not find the {depth} transformer layers of this {type(self.encoder).__name__}.")
 
+    def pretrained_parameter_names(self) -> list[str]:
+        """The encoder's parameters came from the backbone; the head is new."""
+        return [f"encoder.{name}" for name, _ in self.encoder.named_parameters()]
+
+    def parameter_depths(self) -> dict[str, int]:
+        """How many layers below the top each parameter sits: the head 0, the top encoder layer 1, ...,
+        everything else in the encoder (embeddings) one below the lowest layer."""
+        layers = list(self.encoder_layers())
+        depths = {f"head.{name}": 0 for name, _ in self.head.named_parameters()}
+        layer_of = {id(p): len(layers) - i for i, layer in enumerate(layers) for p in layer.parameters()}
+        for name, param in self.encoder.named_parameters():
+            depths[f"encoder.{name}"] = layer_of.get(id(param), len(layers) + 1)
+        return depths
+
     def set_trainable_layers(self, trainable: int | str) -> None:
         """Train the head and the top ``trainable`` encoder layers; 'all' also trains the embeddings."""
         self.encoder.requires_grad_(trainable == "all")

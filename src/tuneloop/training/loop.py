@@ -112,6 +112,7 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
     optimizer = make_optimizer(model, recipe, device)
     scheduler = make_scheduler(optimizer, recipe, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    anchors = _pretrained_anchors(model) if recipe.l2sp > 0 else {}
     higher_is_better = recipe.metric != "loss"
     for callback in callbacks:
         callback.on_train_start(total_steps, len(train_set), recipe.epochs)
@@ -148,6 +149,8 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
             if recipe.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
             optimizer.step()
+            if anchors:
+                _pull_toward(anchors, optimizer, recipe.l2sp)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)  # free the gradients now, not at the next backward
 
@@ -200,6 +203,24 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
     for callback in callbacks:
         callback.on_train_end(result)
     return result
+
+
+def _pretrained_anchors(model: nn.Module) -> dict[int, torch.Tensor]:
+    """The starting values of the trainable pretrained parameters (the model says which are pretrained)."""
+    names = set(getattr(model, "pretrained_parameter_names", lambda: [])())
+    return {id(p): p.detach().clone() for name, p in model.named_parameters() if p.requires_grad and name in names}
+
+
+@torch.no_grad()
+def _pull_toward(anchors: dict[int, torch.Tensor], optimizer: torch.optim.Optimizer, strength: float) -> None:
+    """L2-SP, decoupled like AdamW's weight decay: each step moves a pretrained weight back toward its
+    starting value by lr x strength of the distance, where weight decay would move it toward zero."""
+    for group in optimizer.param_groups:
+        weight = min(1.0, group["lr"] * strength)
+        for param in group["params"]:
+            anchor = anchors.get(id(param))
+            if anchor is not None:
+                param.lerp_(anchor, weight)
 
 
 @torch.inference_mode()

@@ -153,6 +153,17 @@ class Deeper:
 
 
 @dataclass(frozen=True)
+class PretrainedPull:
+    """L2-SP on, then stronger (x5 up to 10); only where encoder layers train, since a head has no
+    pretrained weights to be pulled toward."""
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        if recipe.trainable_layers == 0:
+            return {}
+        return {knob: _tidy(min(10.0, recipe.l2sp * 5)) if recipe.l2sp > 0 else 0.1}
+
+
+@dataclass(frozen=True)
 class Move:
     """One candidate step of the rule table: which knob, how it changes, and why (quoted in the reason)."""
 
@@ -181,6 +192,7 @@ _EXPLOIT = (
 RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
         Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("l2sp", PretrainedPull(), "pull the encoder toward its pretrained weights (L2-SP)"),
         Move("dropout", Step(+0.1, high=0.5), "more dropout"),
         Move("label_smoothing", AtLeast(0.1), "label smoothing"),
         Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
