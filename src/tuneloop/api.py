@@ -375,7 +375,7 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
     the top two recipes are re-run with two more seeds before the best is chosen (within the time budget;
     not counted in a trial budget).
     """
-    from tuneloop.tuning.strategies import make_strategy
+    from tuneloop.tuning.strategies import GuidedStrategy, make_strategy
     from tuneloop.tuning.study import Budget, check_study_options, new_study_id, run_study
 
     if resume is not None:
@@ -416,6 +416,8 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
 
     with Workspace.open(workspace, create=True) as store:
         task.features = FeatureCache(store.root / "cache")
+        if resume is None and isinstance(plan, GuidedStrategy):
+            _first_rate_from_range_test(plan, task, base)
         if resume is None:
             stored = {k: (v if not isinstance(v, TextExamples) else v.source) for k, v in options.items()}
             store.create_study(study_id, options["strategy"], base.metric, stored)
@@ -442,3 +444,51 @@ def _num_layers(backbone: str) -> int | None:
         return int(json.loads((Path(backbone) / "config.json").read_text()).get("num_hidden_layers"))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def lr_find(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None = None, *,
+            text_col: str | None = None, label_col: str | None = None, model: str | None = None,
+            recipe: Recipe | None = None, val_fraction: float = 0.2, plot: str | os.PathLike | None = None,
+            **recipe_changes: Any):
+    """The learning-rate range test for ``recipe`` on the training data; writes nothing but ``plot``.
+
+    A head-only recipe sweeps over cached encoder vectors, so it takes seconds.
+    """
+    from tuneloop.training.lr_find import find_learning_rate
+    from tuneloop.training.lr_find import plot as plot_finding
+
+    recipe = (recipe or Recipe()).replace(**recipe_changes)
+    check_options(recipe, val_fraction)
+    task = TextTask.load(data, val, text_col=text_col, label_col=label_col, model=model, val_fraction=val_fraction,
+                         seed=recipe.seed)
+    get_adapter("hf_text").check_backbone(task.backbone)
+    finding = _find_on(task, recipe, find_learning_rate)
+    if plot is not None:
+        plot_finding(finding, str(plot))
+    return finding
+
+
+def _first_rate_from_range_test(plan, task: TextTask, base: Recipe) -> None:
+    """The guided study's first (head-only) recipe takes its learning rate from the range test, which runs
+    on the cached encoder vectors that the first trial needs anyway."""
+    from tuneloop.training.lr_find import find_learning_rate
+
+    try:
+        finding = _find_on(task, plan.first_recipe(base), find_learning_rate)
+    except ValueError:  # the sweep diverged at once: keep the default rate
+        return
+    plan.first_learning_rate = min(1e-2, max(1e-4, finding.suggestion))
+    plan.first_note = f", at the learning rate the range test suggests ({finding.reason})"
+
+
+def _find_on(task: TextTask, recipe: Recipe, finder):
+    adapter = get_adapter("hf_text")
+    torch.manual_seed(recipe.seed)
+    network, tokenizer = adapter.build(task.backbone, len(task.classes), recipe)
+    device = pick_device()
+    precision = resolve_precision(recipe.precision, device)
+    if recipe.trainable_layers == 0:
+        train_set, _ = task.cached_features(network, tokenizer, recipe, device, precision)
+        return finder(HeadOnly(network), train_set, recipe, device, precision)
+    train_set, _ = task.encoded(tokenizer, recipe)
+    return finder(network, train_set, recipe, device, precision)

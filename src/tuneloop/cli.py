@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", metavar="FILE", help="HTML file to write [<workspace>/reports/<study>.html]")
     _common(report)
 
+    find = commands.add_parser("lr-find", help="the learning-rate range test: loss against learning rate, a suggestion")
+    find.add_argument("data", help="training data")
+    _training_data(find)
+    find.add_argument("-o", "--plot", metavar="PNG", help="write the loss curve here")
+    _common(find)
+    _add_recipe_flags(find)
+
     runs = commands.add_parser("runs", help="list the runs in the workspace")
     _common(runs)
 
@@ -271,6 +278,18 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"Wrote the report of study {args.study} to {path}")
 
 
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    finding = api.lr_find(args.data, args.val, text_col=args.text_col, label_col=args.label_col, model=args.model,
+                          recipe=_recipe_from(args), val_fraction=args.val_fraction, plot=args.plot)
+    _emit(args, {"suggestion": finding.suggestion, "reason": finding.reason,
+                 "learning_rates": finding.learning_rates, "losses": finding.losses, "plot": args.plot})
+    if not args.json:
+        print(f"Suggested learning rate: {finding.suggestion:g} ({finding.reason})"
+              + (f"; plot: {args.plot}" if args.plot else ""))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from tuneloop import api
 
@@ -291,7 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "report": cmd_report, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo}
+            "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo, "lr-find": cmd_lr_find}
 
 
 def main(argv: list[str] | None = None) -> int:

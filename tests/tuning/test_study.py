@@ -63,6 +63,7 @@ def test_guided_starts_head_only_and_says_why(tiny_model, toy_csv, workspace):
     result = tune(tiny_model, toy_csv, workspace, budget="2trials")
     first, second = result.trials
     assert first.recipe.trainable_layers == 0 and "cheapest capacity" in first.reason
+    assert "range test suggests" in first.reason
     assert first.diagnosis.label in second.reason and "->" in second.reason
 
 
@@ -139,21 +140,29 @@ def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = workspace / "tuneloop.db"
+
+    def third_trial_mid_run() -> bool:
+        """The third trial is running and its run has finished an epoch."""
+        if not db.exists():
+            return False
+        try:
+            with sqlite3.connect(db, timeout=5) as connection:
+                return bool(connection.execute(
+                    "SELECT t.number FROM tuneloop_trials t, runs r, epochs e WHERE t.status='running' "
+                    "AND t.number=2 AND r.status='running' AND e.run_id=r.id").fetchall())
+        except sqlite3.OperationalError:
+            return False
+
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if db.exists():
-            try:
-                with sqlite3.connect(db, timeout=5) as connection:
-                    # the third trial is running and its run has finished an epoch: kill it mid-trial
-                    running = connection.execute(
-                        "SELECT t.number FROM tuneloop_trials t, runs r, epochs e WHERE t.status='running' "
-                        "AND t.number=2 AND r.status='running' AND e.run_id=r.id").fetchall()
-            except sqlite3.OperationalError:
-                running = []
-            if running:
-                break
         assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.05)
+        if third_trial_mid_run():
+            # Freeze it, make sure it is still mid-trial (trials can be fast), then kill it there.
+            os.kill(process.pid, signal.SIGSTOP)
+            if third_trial_mid_run():
+                break
+            os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.02)
     else:
         pytest.fail("the study never reached its third trial")
     os.kill(process.pid, signal.SIGKILL)

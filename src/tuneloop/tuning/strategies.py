@@ -64,21 +64,23 @@ class GuidedStrategy:
 
     def __init__(self, num_layers: int | None):
         self.num_layers = num_layers
+        self.first_learning_rate = 2e-3  # a head's usual rate; the study driver's caller may set it from lr-find
+        self.first_note = ""
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)  # never asked to sample: every trial is fixed
 
-    @staticmethod
-    def first_recipe(base: Recipe) -> Recipe:
+    def first_recipe(self, base: Recipe) -> Recipe:
         """The cheapest capacity first: the head alone on the frozen encoder, at a head's learning rate."""
-        return base.replace(trainable_layers=0, learning_rate=2e-3, epochs=max(base.epochs, 5))
+        return base.replace(trainable_layers=0, learning_rate=self.first_learning_rate, epochs=max(base.epochs, 5))
 
     def propose(self, study, base, history, retry):
         if retry is not None:
             return _ask_fixed(study, retry, "re-run of an interrupted trial")
         if not history:
             return _ask_fixed(study, self.first_recipe(base),
-                              "start with the cheapest capacity: the head alone on the frozen encoder")
+                              "start with the cheapest capacity: the head alone on the frozen encoder"
+                              + self.first_note)
         scored = [t for t in history if t.status == "completed" and t.value is not None]
         if not scored:  # every trial so far failed: calm the first recipe down
             last = history[-1]
