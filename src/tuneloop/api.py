@@ -177,11 +177,16 @@ class TextTask:
         return out[0], out[1]
 
 
-def check_options(recipe: Recipe, val_fraction: float) -> None:
+def option_problems(recipe: Recipe, val_fraction: float) -> list[str]:
     problems = recipe.problems()
-    if not 0 < val_fraction < 1:
+    if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
         problems.append(f"The 'val_fraction' parameter must be a float in the range (0, 1). Got {val_fraction!r} "
                         "instead.")
+    return problems
+
+
+def check_options(recipe: Recipe, val_fraction: float) -> None:
+    problems = option_problems(recipe, val_fraction)
     if problems:
         raise ConfigError(problems)
 
@@ -388,16 +393,16 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
         if data is None:
             raise ConfigError(["tune needs a data file, or --resume STUDY to continue a study."])
         base = recipe or Recipe()
-        problems = base.problems() + check_study_options(strategy, prune, target)
+        problems = option_problems(base, val_fraction) + check_study_options(strategy, prune, target)
         if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
             problems.append(f"The 'name' parameter must be letters, digits, '_', '.', '-' (at most 64). "
                             f"Got {name!r} instead.")
-        if not 0 < val_fraction < 1:
-            problems.append(f"The 'val_fraction' parameter must be a float in the range (0, 1). "
-                            f"Got {val_fraction!r} instead.")
+        try:
+            Budget.parse(budget)
+        except ConfigError as error:
+            problems += error.problems
         if problems:
             raise ConfigError(problems)
-        Budget.parse(budget)
         options = {"data": _as_path(data), "val": _as_path(val) if val is not None else None, "budget": budget,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
                    "label_col": label_col, "model": model, "recipe": base.to_dict(), "val_fraction": val_fraction,

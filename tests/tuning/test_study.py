@@ -100,8 +100,8 @@ def test_grid_stops_when_exhausted(tiny_model, toy_csv, workspace, monkeypatch):
 def test_bad_study_options_are_all_reported(tiny_model, toy_csv, workspace):
     with pytest.raises(ConfigError) as caught:
         api.tune(toy_csv, model=str(tiny_model), workspace=workspace, strategy="hill", prune="maybe",
-                 name="../escape")
-    assert len(caught.value.problems) == 3
+                 name="../escape", budget="soon")
+    assert len(caught.value.problems) == 4
     assert not workspace.exists()
 
 
