@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneloop.config import Recipe
-from tuneloop.data.batches import Examples, inference_order, iterate, training_order
+from tuneloop.data.batches import Batch, Examples, inference_order, iterate, training_order
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import autocast
 from tuneloop.training.fast_dropout import cpu_fast_dropout
@@ -141,20 +141,8 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
         loss_sum, seen = 0.0, 0
         for step, batch in enumerate(iterate(train_set, training_order(lengths, recipe.batch_size, rng)), 1):
             batch = batch.to(device)
-            with autocast(device, precision):
-                logits = model(**batch.inputs)
-            # The loss in fp32: bf16 cross-entropy loses precision exactly where gradients are small.
-            loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
-            loss.backward()
-            if recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
-            optimizer.step()
-            if anchors:
-                _pull_toward(anchors, optimizer, recipe.l2sp)
+            loss_value = train_step(model, batch, optimizer, recipe, device, precision, trainable, anchors)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)  # free the gradients now, not at the next backward
-
-            loss_value = loss.item()
             if not math.isfinite(loss_value):
                 result.diverged = True
                 break
@@ -203,6 +191,24 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
     for callback in callbacks:
         callback.on_train_end(result)
     return result
+
+
+def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, recipe: Recipe,
+               device: torch.device, precision: str, trainable: list[torch.nn.Parameter],
+               anchors: dict[int, torch.Tensor] | None = None) -> float:
+    """One optimizer step on one batch (the training loop and the range test share it); returns the loss."""
+    with autocast(device, precision):
+        logits = model(**batch.inputs)
+    # The loss in fp32: bf16 cross-entropy loses precision exactly where gradients are small.
+    loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
+    loss.backward()
+    if recipe.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
+    optimizer.step()
+    if anchors:
+        _pull_toward(anchors, optimizer, recipe.l2sp)
+    optimizer.zero_grad(set_to_none=True)  # free the gradients now, not at the next backward
+    return loss.item()
 
 
 def _pretrained_anchors(model: nn.Module) -> dict[int, torch.Tensor]:

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tuneloop.config import Recipe
 from tuneloop.data.batches import Examples, iterate, training_order
 from tuneloop.store.atomic import write_bytes_atomic
-from tuneloop.training.device import autocast
+from tuneloop.training.loop import train_step
 from tuneloop.training.schedule import make_optimizer
 
 SMOOTHING = 0.9  # exponential moving average of the loss, as fastai plots it
@@ -40,6 +39,7 @@ def find_learning_rate(model: nn.Module, data: Examples, recipe: Recipe, device:
     was_training = model.training
     model.to(device).train()
     optimizer = make_optimizer(model, recipe.replace(learning_rate=start), device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     factor = (end / start) ** (1 / max(1, steps - 1))
     rng = np.random.default_rng(recipe.seed)
     batches: list[np.ndarray] = []
@@ -52,16 +52,7 @@ def find_learning_rate(model: nn.Module, data: Examples, recipe: Recipe, device:
             rate = start * factor ** step
             for group in optimizer.param_groups:
                 group["lr"] = rate
-            batch = batch.to(device)
-            with autocast(device, precision):
-                logits = model(**batch.inputs)
-            loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
-            loss.backward()
-            if recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = loss.item()
+            value = train_step(model, batch.to(device), optimizer, recipe, device, precision, trainable)
             if not math.isfinite(value):
                 break
             smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * value

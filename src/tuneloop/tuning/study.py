@@ -344,7 +344,8 @@ def _clear_checkpoint(store: Workspace, study_id: str, name: str) -> None:
 def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list[tuple[Recipe, int]]]:
     """The study's finished trials, and the recipes and numbers of interrupted ones, to be re-run first."""
     trials, retries = [], []
-    for row in store.trials(study_id):
+    rows = store.trials(study_id)
+    for row in rows:
         recipe = Recipe.from_dict(row["recipe"])
         record = TrialRecord(row["number"], recipe, row["reason"], row["status"], row["run_id"], row["value"],
                              seconds=row["seconds"] or 0.0)
@@ -354,7 +355,7 @@ def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list
         if row["run_id"]:
             record.history = store.epochs(row["run_id"])
         if (row["status"] == "interrupted" and not row["reason"].startswith(SEED_CHECK_PREFIX)
-                and recipe_not_finished(recipe, store.trials(study_id))):
+                and recipe_not_finished(recipe, rows)):
             retries.append((recipe, row["number"]))
         trials.append(record)
     return trials, retries
