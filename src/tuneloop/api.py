@@ -10,6 +10,7 @@ import json
 import os
 import re
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuneloop.config import Recipe
-from tuneloop.data.batches import Features
+from tuneloop.config import PRECISIONS, Recipe
+from tuneloop.data.batches import Features, TokenStates
 from tuneloop.data.feature_cache import FeatureCache, feature_key
 from tuneloop.data.files import read_table, write_table
 from tuneloop.data.text import (
@@ -31,7 +32,8 @@ from tuneloop.data.text import (
 )
 from tuneloop.errors import ConfigError, ModelError, RunNotFoundError
 from tuneloop.models import get_adapter
-from tuneloop.models.hf_text import ADAPTER_FILE, HeadOnly, default_backbone
+from tuneloop.models.hf_text import ADAPTER_FILE, HeadOnly, TopLayers, default_backbone
+from tuneloop.models.quantize import MIN_AGREEMENT, agreement, agreement_sample, quantize_int8
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
 from tuneloop.training.checkpoint import EpochCheckpoint
@@ -43,6 +45,7 @@ TASK = "text-classification"
 LABELS_FILE = "labels.json"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamically quantized linear layers, on the CPU
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Predictions:
     labels: list[str]
     probabilities: np.ndarray  # examples x classes
     classes: list[str]
+    agreement_with_fp32: float | None = None  # int8 only: share of sampled labels that fp32 predicts too
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,14 @@ class EvaluationReport:
     confusion: np.ndarray  # rows: true class, columns: predicted class
     classes: list[str]
     n: int
+    agreement_with_fp32: float | None = None  # int8 only, as in Predictions
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "metrics": self.metrics, "classes": self.classes,
-                "confusion_matrix": self.confusion.tolist()}
+        report = {"n": self.n, "metrics": self.metrics, "classes": self.classes,
+                  "confusion_matrix": self.confusion.tolist()}
+        if self.agreement_with_fp32 is not None:
+            report["agreement_with_fp32"] = self.agreement_with_fp32
+        return report
 
 
 @dataclass
@@ -75,6 +83,8 @@ class Run:
     classes: list[str]
     history: list[dict[str, float]] = field(default_factory=list)
     _loaded: tuple[torch.nn.Module, Any] | None = field(default=None, repr=False)
+    _int8: torch.nn.Module | None = field(default=None, repr=False)
+    _int8_agreement: float | None = field(default=None, repr=False)
 
     @classmethod
     def from_dir(cls, path: Path, run_id: str | None = None, history: list | None = None) -> Run:
@@ -90,12 +100,46 @@ class Run:
             self._loaded = get_adapter("hf_text").load(str(self.path))
         return self._loaded
 
+    def int8_model(self) -> torch.nn.Module:
+        """The model with int8 linear layers, built on first use; the CPU only (ModelError on a GPU)."""
+        if self._int8 is None:
+            model = self.model()[0]
+            if getattr(model, "uses_lora", False):  # fresh from training, adapters apart: the saved one is merged
+                model = get_adapter("hf_text").load(str(self.path))[0]
+            self._int8 = quantize_int8(model, pick_device())
+        return self._int8
+
     def predict_texts(self, texts: Sequence[str], precision: str = "auto") -> Predictions:
+        """Labels and class probabilities; with precision 'int8' also how often its labels agree with fp32."""
+        if precision not in INFERENCE_PRECISIONS:
+            raise ConfigError([f"The 'precision' parameter must be one of {', '.join(INFERENCE_PRECISIONS)}. "
+                               f"Got {precision!r} instead."])
+        texts = list(texts)
         model, tokenizer = self.model()
+        encoded = get_adapter("hf_text").encode(tokenizer, texts, None, self.recipe)
+        if precision == "int8":
+            probabilities = predict_probabilities(self.int8_model(), encoded, torch.device("cpu"), "fp32")
+            if self._int8_agreement is None:
+                self._int8_agreement = self._int8_check(texts, probabilities)
+            return Predictions([self.classes[i] for i in probabilities.argmax(1)], probabilities, self.classes,
+                               self._int8_agreement)
         device = pick_device()
-        encoded = get_adapter("hf_text").encode(tokenizer, list(texts), None, self.recipe)
         probabilities = predict_probabilities(model, encoded, device, resolve_precision(precision, device))
         return Predictions([self.classes[i] for i in probabilities.argmax(1)], probabilities, self.classes)
+
+    def _int8_check(self, texts: list[str], int8_probabilities: np.ndarray) -> float:
+        """How often int8 and fp32 pick the same label, on a sample of the first texts predicted with int8;
+        a warning where it is below MIN_AGREEMENT. Once per run: the quantized weights do not change."""
+        model, tokenizer = self.model()
+        sample = agreement_sample(len(texts))
+        encoded = get_adapter("hf_text").encode(tokenizer, [texts[i] for i in sample], None, self.recipe)
+        reference = predict_probabilities(model, encoded, torch.device("cpu"), "fp32")
+        share = agreement(reference, int8_probabilities[sample])
+        if share < MIN_AGREEMENT:
+            warnings.warn(f"int8 predictions agree with fp32 on {share:.1%} of {len(sample)} sampled texts (below "
+                          f"{MIN_AGREEMENT:.0%}); predict with precision 'fp32' or 'bf16' where labels matter.",
+                          stacklevel=3)
+        return share
 
     def predict(self, data: str | os.PathLike | Sequence[str], *, text_col: str | None = None,
                 precision: str = "auto") -> Predictions:
@@ -114,7 +158,7 @@ class Run:
         predicted = predictions.probabilities.argmax(1)
         k = len(self.classes)
         return EvaluationReport(classification_metrics(true, predicted, k), confusion_matrix(true, predicted, k),
-                                self.classes, len(true))
+                                self.classes, len(true), predictions.agreement_with_fp32)
 
 
 class _RecordEpochs(Callback):
@@ -176,6 +220,20 @@ class TextTask:
             out.append(Features(vectors, encoded.label_ids))
         return out[0], out[1]
 
+    def cached_states(self, network, tokenizer, recipe: Recipe, depth: int, device: torch.device,
+                      precision: str) -> tuple[TokenStates, TokenStates]:
+        """Train and validation hidden states entering encoder layer ``depth`` (the frozen layers' output),
+        computed once per key (see FeatureCache)."""
+        adapter = get_adapter("hf_text")
+        train_set, val_set = self.encoded(tokenizer, recipe)
+        out = []
+        for part, encoded in ((self.train, train_set), (self.val, val_set)):
+            key = feature_key(self.backbone, part.fingerprint(), recipe.max_length, precision, f"layer-{depth}")
+            states = self.features.get(
+                key, lambda e=encoded: adapter.hidden_all(network, e, depth, device, precision))
+            out.append(TokenStates.packed(states, encoded.lengths, encoded.label_ids))
+        return out[0], out[1]
+
 
 def option_problems(recipe: Recipe, val_fraction: float) -> list[str]:
     problems = recipe.problems()
@@ -204,11 +262,8 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
     train_set, val_set = task.encoded(tokenizer, recipe)
     device = pick_device()
     precision = resolve_precision(recipe.precision, device)
-    # A frozen encoder computes the same vectors every epoch and every trial: train the head on cached ones.
-    trainable: torch.nn.Module = network
-    if recipe.trainable_layers == 0 and cache_features:
-        train_set, val_set = task.cached_features(network, tokenizer, recipe, device, precision)
-        trainable = HeadOnly(network)
+    cached = frozen_input_plan(recipe, network, train_set, val_set) if cache_features else None
+    trainable, train_set, val_set = _on_cached_inputs(task, network, tokenizer, recipe, cached, device, precision)
     run_id = store.start_run(task=TASK, adapter=adapter.name, backbone=task.backbone, train_source=task.train.source,
                              val_source=task.val.source, train_fingerprint=task.train.fingerprint(),
                              val_fingerprint=task.val.fingerprint(), n_train=len(train_set), n_val=len(val_set),
@@ -224,7 +279,7 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
                    "resumed_from_epoch": result.resumed_from_epoch,
-                   "cached_features": trainable is not network,
+                   "cached_inputs": cached,
                    "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
                    "device": device.type, "majority_class_rate": _majority_rate(task.val.labels),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
@@ -247,6 +302,40 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
               (network.cpu().eval(), tokenizer))
     return run, result
+
+
+def _on_cached_inputs(task: TextTask, network, tokenizer, recipe: Recipe, cached: str | None,
+                      device: torch.device, precision: str) -> tuple[torch.nn.Module, Any, Any]:
+    """The module to train and its training and validation inputs under the plan ``cached``: frozen layers'
+    outputs are the same every epoch and every trial, so the trainable part trains on cached ones."""
+    train_set, val_set = task.encoded(tokenizer, recipe)
+    if cached == "vectors":
+        train_set, val_set = task.cached_features(network, tokenizer, recipe, device, precision)
+        return HeadOnly(network), train_set, val_set
+    if cached is not None:
+        depth = int(cached.removeprefix("layer-"))
+        train_set, val_set = task.cached_states(network, tokenizer, recipe, depth, device, precision)
+        return TopLayers(network, depth), train_set, val_set
+    return network, train_set, val_set
+
+
+STATES_LIMIT = 2 * 2**30  # bytes of cached token states above which a top-k trial runs the frozen layers itself
+
+
+def frozen_input_plan(recipe: Recipe, network, train_set, val_set) -> str | None:
+    """What a trial can train on instead of running its frozen layers: "vectors" (the whole encoder is
+    frozen), "layer-D" (the hidden states entering layer D, below which everything is frozen), or None
+    (nothing frozen, or the states would take more than STATES_LIMIT bytes)."""
+    if recipe.trainable_layers == 0:
+        return "vectors"
+    if recipe.trainable_layers == "all":
+        return None
+    depth = max(0, len(network.encoder_layers()) - recipe.trainable_layers)
+    tokens = int(train_set.lengths.sum() + val_set.lengths.sum())
+    bytes_per_value = 2 if resolve_precision(recipe.precision, pick_device()) == "bf16" else 4
+    if tokens * network.encoder.config.hidden_size * bytes_per_value > STATES_LIMIT:
+        return None
+    return f"layer-{depth}"
 
 
 def fit(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None = None, *,
@@ -457,7 +546,7 @@ def lr_find(data: str | os.PathLike | TextExamples, val: str | os.PathLike | Tex
             **recipe_changes: Any):
     """The learning-rate range test for ``recipe`` on the training data; writes nothing but ``plot``.
 
-    A head-only recipe sweeps over cached encoder vectors, so it takes seconds.
+    Frozen layers run once: a head-only recipe sweeps over cached encoder vectors, so it takes seconds.
     """
     from tuneloop.training.lr_find import find_learning_rate
     from tuneloop.training.lr_find import plot as plot_finding
@@ -492,8 +581,7 @@ def _find_on(task: TextTask, recipe: Recipe, finder):
     network, tokenizer = adapter.build(task.backbone, len(task.classes), recipe)
     device = pick_device()
     precision = resolve_precision(recipe.precision, device)
-    if recipe.trainable_layers == 0:
-        train_set, _ = task.cached_features(network, tokenizer, recipe, device, precision)
-        return finder(HeadOnly(network), train_set, recipe, device, precision)
-    train_set, _ = task.encoded(tokenizer, recipe)
-    return finder(network, train_set, recipe, device, precision)
+    train_set, val_set = task.encoded(tokenizer, recipe)
+    cached = frozen_input_plan(recipe, network, train_set, val_set)
+    trainable, train_set, _ = _on_cached_inputs(task, network, tokenizer, recipe, cached, device, precision)
+    return finder(trainable, train_set, recipe, device, precision)

@@ -13,20 +13,26 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import METRICS, PRECISIONS, SCHEDULES, Recipe
+from tuneloop.config import METRICS, PRECISIONS, SCHEDULES, UNFREEZING, Recipe
 from tuneloop.errors import ConfigError, TuneloopError
 
-CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS, "metric": METRICS}
+CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS, "metric": METRICS, "unfreezing": UNFREEZING}
 SHORT_FLAGS = {"learning_rate": ["--lr"]}
 RECIPE_HELP = {
     "learning_rate": "peak learning rate", "epochs": "maximum number of epochs",
     "batch_size": "training batch size", "weight_decay": "AdamW weight decay",
-    "dropout": "dropout in the encoder and before the head", "label_smoothing": "label smoothing of the loss",
+    "dropout": "dropout on the encoder's hidden states", "attention_dropout": "dropout on the attention weights",
+    "head_dropout": "dropout on the text vector before the head", "label_smoothing": "label smoothing of the loss",
     "warmup_ratio": "share of steps spent warming up the learning rate", "schedule": "learning-rate decay",
     "trainable_layers": "encoder layers trained from the top: 0 = head only, 'all' = full fine-tune",
     "max_length": "tokens kept per text", "grad_clip": "gradient norm clip (0 = off)",
     "l2sp": "pull of the encoder toward its pretrained weights, L2-SP (0 = off)",
     "layer_lr_decay": "each lower layer's learning rate is the one above times this (1 = same for all)",
+    "unfreezing": "gradual: head alone in epoch 1, then one more layer each epoch",
+    "lora_rank": "rank of LoRA adapters trained instead of the layers' weights (0 = off)",
+    "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / rank)",
+    "lora_dropout": "dropout on the LoRA adapters' input",
+    "lora_targets": "LoRA modules: attention, all-linear, or comma-separated module names",
     "patience": "epochs without gain before stopping early (0 = off)",
     "metric": "validation metric for early stopping and the best epoch",
     "precision": "auto uses bf16 where the CPU or GPU computes it natively", "seed": "random seed",
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data")
     evaluate.add_argument("--text-col")
     evaluate.add_argument("--label-col")
+    evaluate.add_argument("--precision", default="auto", choices=(*PRECISIONS, "int8"),
+                          help="auto uses bf16 where the CPU or GPU computes it natively; int8 quantizes the "
+                               "linear layers (CPU only) and checks a sample of labels against fp32 [auto]")
     _common(evaluate)
 
     predict = commands.add_parser("predict", help="predict labels and class probabilities for a file of texts")
@@ -106,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-o", "--output", required=True, metavar="OUT",
                          help="output file (.csv, .tsv, .jsonl or .parquet): the input rows plus predictions")
     predict.add_argument("--text-col")
+    predict.add_argument("--precision", default="auto", choices=(*PRECISIONS, "int8"),
+                         help="auto uses bf16 where the CPU or GPU computes it natively; int8 quantizes the "
+                              "linear layers (CPU only) and checks a sample of labels against fp32 [auto]")
     _common(predict)
 
     tune = commands.add_parser("tune", help="train, diagnose and adjust until a budget, a target or convergence")
@@ -191,13 +203,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tuneloop import api
 
     report = api.evaluate(args.run, args.data, text_col=args.text_col, label_col=args.label_col,
-                          workspace=args.workspace)
+                          workspace=args.workspace, precision=args.precision)
     _emit(args, report.to_dict())
     if not args.json:
         from tuneloop.report.console import confusion_table, stdout
 
         print(f"{report.n} examples: accuracy {report.metrics['accuracy']:.4f}, "
               f"macro-F1 {report.metrics['macro_f1']:.4f}")
+        if report.agreement_with_fp32 is not None:
+            print(f"int8 labels agree with fp32 on {report.agreement_with_fp32:.1%} of the sampled texts.")
         if not args.quiet:
             stdout.print(confusion_table(report.confusion, report.classes))
 
@@ -208,12 +222,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from tuneloop import api
 
     predictions = api.predict_file(args.run, args.data, args.output, text_col=args.text_col,
-                                   workspace=args.workspace)
+                                   workspace=args.workspace, precision=args.precision)
     counts = dict(Counter(predictions.labels).most_common())
-    _emit(args, {"output": str(args.output), "n": len(predictions.labels), "label_counts": counts})
+    payload = {"output": str(args.output), "n": len(predictions.labels), "label_counts": counts}
+    if predictions.agreement_with_fp32 is not None:
+        payload["agreement_with_fp32"] = predictions.agreement_with_fp32
+    _emit(args, payload)
     if not args.json:
         print(f"Wrote {len(predictions.labels)} predictions to {args.output}: "
               + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if predictions.agreement_with_fp32 is not None:
+            print(f"int8 labels agree with fp32 on {predictions.agreement_with_fp32:.1%} of the sampled texts.")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:

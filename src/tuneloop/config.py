@@ -14,6 +14,8 @@ from tuneloop.errors import ConfigError
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 METRICS = ("accuracy", "macro_f1", "loss")
+UNFREEZING = ("none", "gradual")
+LORA_TARGETS = ("attention", "all-linear")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,13 @@ class Recipe:
 
     ``trainable_layers`` counts encoder layers from the top that are trained: 0 trains the
     classification head alone, ``"all"`` fine-tunes the whole network (embeddings included).
+    ``unfreezing="gradual"`` trains the head alone in the first epoch and unfreezes one more layer each
+    epoch after, down to ``trainable_layers`` (ULMFiT's gradual unfreezing).
+    ``lora_rank`` > 0 trains low-rank adapters (LoRA) in the trainable layers instead of their weights:
+    ``lora_targets`` is "attention" (query, key, value), "all-linear", or comma-separated module names;
+    the adapters are merged into the weights when the model is saved.
+    Dropout: ``dropout`` on the encoder's hidden states, ``attention_dropout`` on its attention weights,
+    ``head_dropout`` on the text vector the head reads.
     ``l2sp`` pulls the trained encoder weights back toward their pretrained values (L2-SP, Li et al. 2018),
     protecting what the backbone knew; ``layer_lr_decay`` gives each layer below the top the learning rate
     of the layer above times this factor (discriminative learning rates; 1.0 = one rate for all).
@@ -32,6 +41,8 @@ class Recipe:
     batch_size: int = 16
     weight_decay: float = 0.01
     dropout: float = 0.1
+    attention_dropout: float = 0.1
+    head_dropout: float = 0.1
     label_smoothing: float = 0.0
     warmup_ratio: float = 0.06
     schedule: str = "linear"
@@ -40,6 +51,11 @@ class Recipe:
     grad_clip: float = 1.0
     l2sp: float = 0.0
     layer_lr_decay: float = 1.0
+    unfreezing: str = "none"
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: str = "attention"
     patience: int = 2
     metric: str = "macro_f1"
     precision: str = "auto"
@@ -66,7 +82,8 @@ class Recipe:
               "an int in the range [1, 4096]")
         check("weight_decay", is_number(self.weight_decay) and 0 <= self.weight_decay <= 1,
               "a float in the range [0, 1]")
-        check("dropout", is_number(self.dropout) and 0 <= self.dropout < 1, "a float in the range [0, 1)")
+        for name in ("dropout", "attention_dropout", "head_dropout", "lora_dropout"):
+            check(name, is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1, "a float in the range [0, 1)")
         check("label_smoothing", is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
               "a float in the range [0, 1)")
         check("warmup_ratio", is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
@@ -81,6 +98,19 @@ class Recipe:
         check("l2sp", is_number(self.l2sp) and 0 <= self.l2sp <= 100, "a float in the range [0, 100] (0 turns it off)")
         check("layer_lr_decay", is_number(self.layer_lr_decay) and 0 < self.layer_lr_decay <= 1,
               "a float in the range (0, 1] (1 gives every layer the same rate)")
+        check("unfreezing", self.unfreezing in UNFREEZING, f"one of {', '.join(UNFREEZING)}")
+        check("lora_rank", is_int(self.lora_rank) and 0 <= self.lora_rank <= 1024,
+              "an int in the range [0, 1024] (0 turns LoRA off)")
+        check("lora_alpha", is_number(self.lora_alpha) and self.lora_alpha > 0, "a float > 0")
+        check("lora_targets", isinstance(self.lora_targets, str) and bool(self.lora_targets.strip()),
+              f"one of {', '.join(LORA_TARGETS)} or comma-separated module names")
+        frozen = self.trainable_layers == 0
+        if frozen and is_int(self.lora_rank) and self.lora_rank > 0:
+            found.append("LoRA (lora_rank > 0) adapts encoder layers, but trainable_layers is 0 (the head alone). "
+                         "Set trainable_layers to a number of layers or 'all', or lora_rank to 0.")
+        if frozen and self.unfreezing == "gradual":
+            found.append("Gradual unfreezing needs layers to unfreeze, but trainable_layers is 0 (the head alone). "
+                         "Set trainable_layers to a number of layers or 'all', or unfreezing to 'none'.")
         check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0 (0 turns early stopping off)")
         check("metric", self.metric in METRICS, f"one of {', '.join(METRICS)}")
         check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")

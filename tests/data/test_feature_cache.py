@@ -41,6 +41,8 @@ def test_key_changes_with_everything_the_vectors_depend_on(tiny_model, tmp_path)
     assert base != feature_key(str(tiny_model), "texts-b", 128, "bf16")
     assert base != feature_key(str(tiny_model), "texts-a", 64, "bf16")
     assert base != feature_key(str(tiny_model), "texts-a", 128, "fp32")
+    layer_1 = feature_key(str(tiny_model), "texts-a", 128, "bf16", "layer-1")
+    assert layer_1 not in (base, feature_key(str(tiny_model), "texts-a", 128, "bf16", "layer-2")), "new depth, new key"
     weights = tiny_model / "model.safetensors"
     stat = os.stat(weights)
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
@@ -50,7 +52,7 @@ def test_key_changes_with_everything_the_vectors_depend_on(tiny_model, tmp_path)
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_head_only_trials_share_one_cache_and_deeper_trials_do_not_use_it(tiny_model, toy_csv, workspace,
+def test_trials_at_one_depth_share_one_cache_and_other_depths_have_their_own(tiny_model, toy_csv, workspace,
                                                                              monkeypatch, tmp_path):
     monkeypatch.setattr("tuneloop.tuning.strategies.GRID", {"trainable_layers": [0, 2], "lr_multiplier": [1.0, 3.0]})
     base = Recipe(epochs=2, batch_size=8, patience=0)
@@ -58,10 +60,11 @@ def test_head_only_trials_share_one_cache_and_deeper_trials_do_not_use_it(tiny_m
                       strategy="grid", prune="none", seed_check=False)
     cached = {t.recipe.trainable_layers: [] for t in result.trials}
     for trial in result.trials:
-        cached[trial.recipe.trainable_layers].append(api.load_run(trial.run_id, workspace).metrics["cached_features"])
-    assert cached == {0: [True, True], 2: [False, False]}
+        cached[trial.recipe.trainable_layers].append(api.load_run(trial.run_id, workspace).metrics["cached_inputs"])
+    # The tiny model has 2 layers: training both leaves the embeddings frozen, so their output is cached.
+    assert cached == {0: ["vectors", "vectors"], 2: ["layer-0", "layer-0"]}
     files = sorted((workspace / "cache").iterdir())
-    assert len(files) == 2, "one file each for the training and validation vectors, shared by both head-only trials"
+    assert len(files) == 4, "training and validation vectors, and states, each shared by the trials of one depth"
     stamps = [f.stat().st_mtime_ns for f in files]
 
     # The model saved from a head trained on cached vectors is the whole classifier: evaluating it from
@@ -77,5 +80,5 @@ def test_head_only_trials_share_one_cache_and_deeper_trials_do_not_use_it(tiny_m
     other = write_csv(tmp_path / "other.csv", ["text", "label"], sentiment_rows(30, seed=9))
     api.tune(other, model=str(tiny_model), workspace=workspace, recipe=base, budget="1trial", strategy="grid",
              prune="none", seed_check=False)
-    assert len(list((workspace / "cache").iterdir())) == 4, "other texts: new vectors, not the stale ones"
+    assert len(list((workspace / "cache").iterdir())) == 6, "other texts: new vectors, not the stale ones"
     assert [f.stat().st_mtime_ns for f in files] == stamps

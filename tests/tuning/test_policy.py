@@ -100,11 +100,27 @@ def test_overfitting_walks_its_moves_in_order_then_stops():
         {"weight_decay": (0.01, 0.05)},
         {"l2sp": (0.0, 0.1)},
         {"dropout": (0.1, 0.2)},
+        {"head_dropout": (0.1, 0.2)},
         {"label_smoothing": (0.0, 0.1)},
+        {"lora_rank": (0, 8), "learning_rate": (5e-5, 5e-4)},
         {"learning_rate": (5e-5, 2.5e-5)},
         {"epochs": (4, 2)},
         {"trainable_layers": ("all", 3)},
     ]
+
+
+def test_a_frozen_encoder_gets_head_dropout_and_never_encoder_dropout_or_adapters():
+    decisions = walk("overfitting", Recipe(epochs=4, trainable_layers=0, learning_rate=1e-3), num_layers=6)
+    knobs = {knob for d in decisions for knob in d.changes}
+    assert "head_dropout" in knobs
+    assert not knobs & {"dropout", "lora_rank", "l2sp"}
+
+
+def test_lora_rank_goes_down_on_overfitting_and_up_on_underfitting():
+    lora = Recipe(trainable_layers="all", lora_rank=8, learning_rate=5e-4, epochs=4)
+    assert {"lora_rank": (8, 4)} in [d.changes for d in walk("overfitting", lora)]
+    assert {"lora_rank": (8, 16)} in [d.changes for d in walk("underfitting", lora)]
+    assert learning_rate_cap(lora) > learning_rate_cap(lora.replace(lora_rank=0)), "adapters take higher rates"
 
 
 def test_l2sp_is_not_proposed_for_a_head_alone():
@@ -132,7 +148,8 @@ def test_underfitting_climbs_the_trainable_depth(layers, num_layers, expected):
 
 def test_underfitting_lowers_regularization_last_and_switches_tiny_weight_decay_off():
     decisions = walk("underfitting", Recipe(weight_decay=0.002, dropout=0.05, learning_rate=2e-4, epochs=20))
-    assert [d.changes for d in decisions] == [{"weight_decay": (0.002, 0.0)}, {"dropout": (0.05, 0.0)}]
+    assert [d.changes for d in decisions] == [{"weight_decay": (0.002, 0.0)}, {"dropout": (0.05, 0.0)},
+                                              {"head_dropout": (0.1, 0.0)}]
 
 
 def test_diverged_walks_rate_warmup_then_clipping():

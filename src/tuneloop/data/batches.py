@@ -83,7 +83,41 @@ class Features:
         return Batch({"features": self.vectors[torch.from_numpy(indices)]}, _labels(self.label_ids, indices), indices)
 
 
-Examples = Encoded | Features
+@dataclass(frozen=True)
+class TokenStates:
+    """Per-token hidden states of every example (the cached output of frozen lower encoder layers), packed
+    example after example without padding, and label ids. Batches are padded like token ids are."""
+
+    states: torch.Tensor  # all examples' tokens x width
+    offsets: np.ndarray  # example i's tokens are states[offsets[i]:offsets[i + 1]]
+    label_ids: list[int] | None
+
+    @classmethod
+    def packed(cls, states: torch.Tensor, lengths: np.ndarray, label_ids: list[int] | None) -> TokenStates:
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        if offsets[-1] != len(states):
+            raise ValueError(f"{len(states)} cached token states do not fit examples of {offsets[-1]} tokens in all.")
+        return cls(states, offsets, label_ids)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        width = max(end - start for start, end in spans)
+        hidden = torch.zeros((len(spans), width, self.states.shape[1]), dtype=torch.float32)
+        mask = torch.zeros((len(spans), width), dtype=torch.long)
+        for r, (start, end) in enumerate(spans):
+            hidden[r, :end - start] = self.states[start:end]
+            mask[r, :end - start] = 1
+        return Batch({"hidden": hidden, "attention_mask": mask}, _labels(self.label_ids, indices), indices)
+
+
+Examples = Encoded | Features | TokenStates
 
 
 def training_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
-"""Text vectors of a frozen encoder, computed once and reused by every epoch and every trial that trains
-the head alone.
+"""Outputs of frozen encoder layers, computed once and reused by every epoch and every trial that freezes
+the same layers: text vectors for trials that train the head alone, per-token hidden states for trials
+that train the top k layers.
 
 With the whole encoder frozen, each epoch would otherwise run the same 22M-parameter forward pass over the
 same texts again; caching its output turns a head-only trial into a few matrix products. The cache key is
@@ -37,8 +38,10 @@ def backbone_fingerprint(backbone: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def feature_key(backbone: str, texts_fingerprint: str, max_length: int, precision: str) -> str:
-    parts = f"{backbone_fingerprint(backbone)}|{texts_fingerprint}|{max_length}|{precision}|mean-pooled"
+def feature_key(backbone: str, texts_fingerprint: str, max_length: int, precision: str,
+                what: str = "mean-pooled") -> str:
+    """``what``: "mean-pooled" for text vectors, "layer-D" for the token states entering layer D."""
+    parts = f"{backbone_fingerprint(backbone)}|{texts_fingerprint}|{max_length}|{precision}|{what}"
     return hashlib.sha256(parts.encode()).hexdigest()[:24]
 
 

@@ -6,9 +6,12 @@ sentence embeddings that already separate topics; the [CLS] pooler of such check
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -21,6 +24,8 @@ from tuneloop.models import register_adapter
 WEIGHTS = "model.safetensors"
 ADAPTER_FILE = "tuneloop-model.json"
 DROPOUT_KEYS = ("hidden_dropout_prob", "dropout", "hidden_dropout")
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+ATTENTION_PROJECTIONS = frozenset({"query", "key", "value", "q_lin", "k_lin", "v_lin", "q_proj", "k_proj", "v_proj"})
 
 
 def default_backbone() -> str:
@@ -49,6 +54,47 @@ class TextClassifier(nn.Module):
     def classify(self, embedded: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(embedded))
 
+    def hidden_states_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int) -> torch.Tensor:
+        """The hidden states that enter encoder layer ``depth`` (counted from the bottom, 0-based); the layers
+        from ``depth`` up are not run."""
+        layer = self.encoder_layers()[depth]
+
+        def capture(module, args, kwargs):
+            raise _Captured(args[0] if args else kwargs["hidden_states"])
+
+        handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        except _Captured as captured:
+            return captured.hidden
+        finally:
+            handle.remove()
+        raise ModelError(f"Encoder layer {depth} of this {type(self.encoder).__name__} was never called.")
+
+    def embed_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor, depth: int) -> torch.Tensor:
+        """The text vector computed from ``hidden``, the states entering layer ``depth``: only the layers from
+        ``depth`` up run. The encoder still prepares its attention mask itself, so every architecture's own
+        mask format is kept; its embedding layer runs on placeholder ids whose output is discarded."""
+        placeholder = torch.zeros(attention_mask.shape, dtype=torch.long, device=attention_mask.device)
+        with self._starting_at(depth, hidden):
+            return self.embed(placeholder, attention_mask)
+
+    @contextlib.contextmanager
+    def _starting_at(self, depth: int, hidden: torch.Tensor) -> Iterator[None]:
+        layers = self.encoder_layers()
+        lower = [layers[i] for i in range(depth)]
+        for i in range(depth):
+            layers[i] = _PassThrough()
+        handle = layers[depth].register_forward_pre_hook(
+            lambda module, args, kwargs: ((hidden, *args[1:]), kwargs) if args else
+            (args, {**kwargs, "hidden_states": hidden}), with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            for i, layer in enumerate(lower):
+                layers[i] = layer
+
     def encoder_layers(self) -> nn.ModuleList:
         """The stack of transformer layers, found by its length so that any encoder architecture works."""
         depth = getattr(self.encoder.config, "num_hidden_layers", None)
@@ -58,8 +104,12 @@ class TextClassifier(nn.Module):
         raise ModelError(f"Could not find the {depth} transformer layers of this {type(self.encoder).__name__}.")
 
     def pretrained_parameter_names(self) -> list[str]:
-        """The encoder's parameters came from the backbone; the head is new."""
-        return [f"encoder.{name}" for name, _ in self.encoder.named_parameters()]
+        """The encoder's parameters came from the backbone; the head and LoRA adapters are new."""
+        return [f"encoder.{name}" for name, _ in self.encoder.named_parameters() if "lora_" not in name]
+
+    @property
+    def uses_lora(self) -> bool:
+        return any("lora_" in name for name, _ in self.encoder.named_parameters())
 
     def parameter_depths(self) -> dict[str, int]:
         """How many layers below the top each parameter sits: the head 0, the top encoder layer 1, ...,
@@ -72,12 +122,81 @@ class TextClassifier(nn.Module):
         return depths
 
     def set_trainable_layers(self, trainable: int | str) -> None:
-        """Train the head and the top ``trainable`` encoder layers; 'all' also trains the embeddings."""
+        """Train the head and the top ``trainable`` encoder layers; 'all' also trains the embeddings.
+
+        With LoRA adapters in the encoder, only the adapters (and the head) train: every pretrained weight
+        stays frozen, and the adapters sit only in the layers chosen when they were added.
+        """
+        self.head.requires_grad_(True)
+        if self.uses_lora:
+            for name, param in self.encoder.named_parameters():
+                param.requires_grad_("lora_" in name)
+            return
         self.encoder.requires_grad_(trainable == "all")
         if trainable != "all" and trainable > 0:
             for layer in list(self.encoder_layers())[-trainable:]:
                 layer.requires_grad_(True)
-        self.head.requires_grad_(True)
+
+    def add_lora(self, trainable: int | str, rank: int, alpha: float, dropout: float, targets: str) -> None:
+        """Put LoRA adapters (peft) on the ``targets`` linear layers of the top ``trainable`` encoder layers."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        layers = list(self.encoder_layers())
+        chosen = layers if trainable == "all" else layers[len(layers) - trainable:]
+        names = lora_module_names(self.encoder, chosen, targets)
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
+        inject_adapter_in_model(config, self.encoder)
+
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights with every LoRA adapter folded into the layer it adapts (W + B @ A x alpha / r), under
+        the plain layer's names: a model that loads and runs without peft."""
+        from peft.tuners.lora import LoraLayer
+
+        state = {k: v.detach() for k, v in self.state_dict().items() if "lora_" not in k}
+        for name, module in self.named_modules():
+            if isinstance(module, LoraLayer):
+                with torch.no_grad():
+                    delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+                state[f"{name}.weight"] = (state.pop(f"{name}.base_layer.weight") + delta).contiguous()
+                if f"{name}.base_layer.bias" in state:
+                    state[f"{name}.bias"] = state.pop(f"{name}.base_layer.bias")
+        return state
+
+
+class _Captured(Exception):
+    """Carries the hidden states out of the encoder at the layer that ``hidden_states_at`` stops at."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__("captured")
+        self.hidden = hidden
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a lower encoder layer whose output comes from the cache: returns its input unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+def lora_module_names(encoder: nn.Module, layers: list[nn.Module], targets: str) -> list[str]:
+    """Full names of the linear modules inside ``layers`` that ``targets`` picks: "attention" (query, key
+    and value projections), "all-linear", or comma-separated last name parts such as "query,value,dense"."""
+    wanted = {t.strip() for t in targets.split(",") if t.strip()}
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    names = []
+    for name, module in encoder.named_modules():
+        if not isinstance(module, nn.Linear) or id(module) not in inside:
+            continue
+        last = name.rsplit(".", 1)[-1]
+        if (targets == "all-linear" or (targets == "attention" and last in ATTENTION_PROJECTIONS)
+                or last in wanted):
+            names.append(name)
+    if not names:
+        available = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules()
+                            if isinstance(m, nn.Linear) and id(m) in inside})
+        raise ModelError(f"lora_targets={targets!r} matches no linear layer of this {type(encoder).__name__}. "
+                         f"Its layers' linear modules are: {', '.join(available)}.")
+    return names
 
 
 class HeadOnly(nn.Module):
@@ -90,6 +209,27 @@ class HeadOnly(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier.classify(features)
+
+    def parameter_depths(self) -> dict[str, int]:
+        return {f"classifier.{k}": v for k, v in self.classifier.parameter_depths().items()}
+
+
+class TopLayers(nn.Module):
+    """The classifier from encoder layer ``depth`` up, fed the cached hidden states that enter that layer:
+    what trains when the layers below are frozen. Its parameters are the classifier's own."""
+
+    def __init__(self, classifier: TextClassifier, depth: int):
+        super().__init__()
+        self.classifier, self.depth = classifier, depth
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier.classify(self.classifier.embed_from(hidden, attention_mask, self.depth))
+
+    def parameter_depths(self) -> dict[str, int]:
+        return {f"classifier.{k}": v for k, v in self.classifier.parameter_depths().items()}
+
+    def pretrained_parameter_names(self) -> list[str]:
+        return [f"classifier.{name}" for name in self.classifier.pretrained_parameter_names()]
 
 
 def _check_model_dir(path: Path) -> None:
@@ -124,9 +264,10 @@ class HFTextAdapter:
         path = Path(backbone)
         _check_model_dir(path)
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        for key in DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, recipe.dropout)
+        for keys, value in ((DROPOUT_KEYS, recipe.dropout), (ATTENTION_DROPOUT_KEYS, recipe.attention_dropout)):
+            for key in keys:
+                if hasattr(config, key):
+                    setattr(config, key, value)
         encoder = _encoder_from_config(config)
         weights = self._weights_file(path)
         missing, unexpected = encoder.load_state_dict(self._encoder_state(weights, encoder), strict=False)
@@ -134,7 +275,10 @@ class HFTextAdapter:
             raise ModelError(f"{weights}: these weights do not fit a {config.model_type} encoder "
                              f"({len(missing)} tensors missing, e.g. {missing[0]}).")
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = TextClassifier(encoder, num_labels, recipe.dropout)
+        model = TextClassifier(encoder, num_labels, recipe.head_dropout)
+        if recipe.lora_rank > 0:
+            model.add_lora(recipe.trainable_layers, recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout,
+                           recipe.lora_targets)
         model.set_trainable_layers(recipe.trainable_layers)
         return model, tokenizer
 
@@ -174,6 +318,27 @@ class HFTextAdapter:
                 out[torch.from_numpy(indices)] = model.embed(**batch.inputs).float().cpu()
         return out
 
+    @torch.inference_mode()
+    def hidden_all(self, model: TextClassifier, data: Encoded, depth: int, device: torch.device,
+                   precision: str) -> torch.Tensor:
+        """Every example's hidden states entering layer ``depth``, packed in the order of ``data`` (tokens x
+        width, no padding); kept in bf16 when computed in bf16, which halves their memory."""
+        from tuneloop.data.batches import inference_order
+        from tuneloop.training.device import autocast
+
+        model.to(device).eval()
+        lengths = data.lengths
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        out = torch.zeros((int(offsets[-1]), model.encoder.config.hidden_size), dtype=dtype)
+        for indices in inference_order(lengths, 64):
+            batch = data.batch(indices).to(device)
+            with autocast(device, precision):
+                hidden = model.hidden_states_at(**batch.inputs, depth=depth).to(dtype).cpu()
+            for row, i in enumerate(indices):
+                out[offsets[i]:offsets[i + 1]] = hidden[row, :lengths[i]]
+        return out
+
     def encode(self, tokenizer, texts: list[str], labels: list[int] | None, recipe: Recipe) -> Encoded:
         ids = tokenizer(texts, truncation=True, max_length=recipe.max_length, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"]
@@ -183,7 +348,7 @@ class HFTextAdapter:
         out = Path(directory)
         model.encoder.config.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.contiguous().cpu() for k, v in model.merged_state_dict().items()}
         save_file(state, str(out / WEIGHTS))
         info = {"adapter": self.name, "num_labels": model.head.out_features, "pooling": "mean"}
         (out / ADAPTER_FILE).write_text(json.dumps(info, indent=2))

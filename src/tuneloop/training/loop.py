@@ -111,7 +111,9 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
     total_steps = steps_per_epoch * recipe.epochs
     optimizer = make_optimizer(model, recipe, device)
     scheduler = make_scheduler(optimizer, recipe, total_steps)
+    trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
     trainable = [p for p in model.parameters() if p.requires_grad]
+    unfreezing = _gradual_depths(model, trainable_names) if recipe.unfreezing == "gradual" else None
     anchors = _pretrained_anchors(model) if recipe.l2sp > 0 else {}
     higher_is_better = recipe.metric != "loss"
     for callback in callbacks:
@@ -136,6 +138,8 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
     for epoch in range(first_epoch, recipe.epochs + 1):
         if finished:
             break
+        if unfreezing is not None:
+            _unfreeze_for_epoch(model, unfreezing, epoch)
         model.train()
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
@@ -165,7 +169,7 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
         if is_best:
             best_score, result.best_epoch, epochs_without_gain = score, epoch, 0
             # Only trainable tensors change, so only they need copying to restore the best epoch later.
-            best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+            best_state = {name: p.detach().clone() for name, p in model.named_parameters() if name in trainable_names}
         else:
             epochs_without_gain += 1
         try:
@@ -187,6 +191,8 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
 
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
+    for param in trainable:
+        param.requires_grad_(True)
     result.seconds = time.perf_counter() - started
     for callback in callbacks:
         callback.on_train_end(result)
@@ -209,6 +215,29 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         _pull_toward(anchors, optimizer, recipe.l2sp)
     optimizer.zero_grad(set_to_none=True)  # free the gradients now, not at the next backward
     return loss.item()
+
+
+def unfrozen_depth(epoch: int) -> int:
+    """Gradual unfreezing: how many layers below the head train in ``epoch`` (1-based): the head alone in
+    the first, then one layer more each epoch."""
+    return epoch - 1
+
+
+def _gradual_depths(model: nn.Module, trainable_names: set[str]) -> dict[str, int]:
+    """Each trainable parameter's depth below the top (the head 0, the top layer 1, ...); the model says."""
+    if not hasattr(model, "parameter_depths"):
+        raise ValueError(f"Gradual unfreezing needs to know the layer of each parameter; a "
+                         f"{type(model).__name__} does not say (no parameter_depths).")
+    depths = model.parameter_depths()
+    return {name: depths.get(name, 0) for name in trainable_names}
+
+
+def _unfreeze_for_epoch(model: nn.Module, depths: dict[str, int], epoch: int) -> None:
+    """Of the parameters the recipe trains, only those within ``unfrozen_depth(epoch)`` of the top train now.
+    The optimizer holds them all; it skips a parameter without a gradient, so frozen ones do not move."""
+    for name, param in model.named_parameters():
+        if name in depths:
+            param.requires_grad_(depths[name] <= unfrozen_depth(epoch))
 
 
 def _pretrained_anchors(model: nn.Module) -> dict[int, torch.Tensor]:

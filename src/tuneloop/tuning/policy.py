@@ -24,7 +24,9 @@ INTEGER_KNOBS = frozenset({"epochs", "batch_size", "max_length", "patience"})  #
 def learning_rate_cap(recipe: Recipe) -> float:
     """The highest learning rate a raise may reach: a freshly initialised head tolerates far more than
     pretrained layers, which a large rate wrecks."""
-    return 1e-2 if recipe.trainable_layers == 0 else 2e-4
+    if recipe.trainable_layers == 0:
+        return 1e-2
+    return 3e-3 if recipe.lora_rank > 0 else 2e-4
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,45 @@ class PretrainedPull:
 
 
 @dataclass(frozen=True)
+class EncoderOnly:
+    """Another change, applied only where encoder layers train (a head alone has no hidden dropout or
+    adapters to change: with the encoder frozen its output is computed once, without dropout)."""
+
+    change: Change
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        return {} if recipe.trainable_layers == 0 else self.change.apply(recipe, knob, context)
+
+
+@dataclass(frozen=True)
+class LoraInstead:
+    """Train low-rank adapters instead of the layers' weights (far fewer trainable parameters: a regularizer).
+    Adapters start at zero and need a rate well above a full fine-tune's, so the rate rises in the same move."""
+
+    rank: int = 8
+    learning_rate: float = 5e-4
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        if recipe.trainable_layers == 0 or recipe.lora_rank > 0:
+            return {}
+        return {knob: self.rank, "learning_rate": max(recipe.learning_rate, self.learning_rate)}
+
+
+@dataclass(frozen=True)
+class LoraRank:
+    """Scale the rank of existing adapters by ``factor`` within [low, high]; nothing where LoRA is off."""
+
+    factor: float
+    low: int = 2
+    high: int = 64
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        if recipe.lora_rank == 0:
+            return {}
+        return {knob: int(min(max(recipe.lora_rank * self.factor, self.low), self.high))}
+
+
+@dataclass(frozen=True)
 class Move:
     """One candidate step of the rule table: which knob, how it changes, and why (quoted in the reason)."""
 
@@ -193,8 +234,11 @@ RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
         Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
         Move("l2sp", PretrainedPull(), "pull the encoder toward its pretrained weights (L2-SP)"),
-        Move("dropout", Step(+0.1, high=0.5), "more dropout"),
+        Move("lora_rank", LoraRank(1 / 2), "lower LoRA rank"),
+        Move("dropout", EncoderOnly(Step(+0.1, high=0.5)), "more dropout"),
+        Move("head_dropout", Step(+0.1, high=0.5), "more dropout before the head"),
         Move("label_smoothing", AtLeast(0.1), "label smoothing"),
+        Move("lora_rank", LoraInstead(), "low-rank adapters (LoRA) instead of the layers' weights"),
         Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
         Move("epochs", ToBestEpoch(), "stop at the best epoch"),
         Move("trainable_layers", Shallower(), "fewer trainable layers"),
@@ -203,8 +247,10 @@ RULES: dict[str, tuple[Move, ...]] = {
         Move("trainable_layers", Deeper(), "more trainable layers"),
         Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
         Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+        Move("lora_rank", LoraRank(2), "higher LoRA rank"),
         Move("weight_decay", Scale(1 / 5, zero_below=1e-3), "less weight decay"),
-        Move("dropout", Step(-0.1), "less dropout"),
+        Move("dropout", EncoderOnly(Step(-0.1)), "less dropout"),
+        Move("head_dropout", Step(-0.1), "less dropout before the head"),
     ),
     "diverged": (
         Move("learning_rate", Scale(1 / 10, low=MIN_LEARNING_RATE), "much lower learning rate"),

@@ -16,14 +16,17 @@ from tuneloop.config import Recipe
 DEPTHS = (0, 2, 4, "all")
 
 
-def base_learning_rate(trainable_layers: int | str) -> float:
+def base_learning_rate(trainable_layers: int | str, lora_rank: int = 0) -> float:
     if trainable_layers == 0:
         return 2e-3
+    if lora_rank > 0:  # low-rank adapters start at zero and want rates near a head's
+        return 5e-4
     return 5e-5 if trainable_layers == "all" else 1e-4
 
 
 SAMPLED_SPACE: dict[str, BaseDistribution] = {
     "trainable_layers": CategoricalDistribution(DEPTHS),
+    "lora_rank": CategoricalDistribution((0, 4, 16)),  # ignored (0) where the head alone trains
     "lr_multiplier": FloatDistribution(0.1, 10.0, log=True),
     "weight_decay": FloatDistribution(0.0, 0.1),
     "dropout": FloatDistribution(0.0, 0.3),
@@ -47,8 +50,11 @@ def recipe_from_params(base: Recipe, params: dict[str, Any]) -> Recipe:
     """``base`` with the sampled knobs set; knobs not sampled keep the base's values."""
     values = {k: v for k, v in params.items() if k != "lr_multiplier"}
     depth = values.get("trainable_layers", base.trainable_layers)
+    if depth == 0:
+        values["lora_rank"] = 0  # LoRA adapts encoder layers; a head-only trial has none
+    rank = values.get("lora_rank", base.lora_rank)
     if "lr_multiplier" in params:
-        values["learning_rate"] = float(f"{base_learning_rate(depth) * params['lr_multiplier']:.4g}")
+        values["learning_rate"] = float(f"{base_learning_rate(depth, rank) * params['lr_multiplier']:.4g}")
     for name in ("weight_decay", "dropout", "label_smoothing", "warmup_ratio"):
         if name in values:
             values[name] = round(float(values[name]), 4)
@@ -58,5 +64,6 @@ def recipe_from_params(base: Recipe, params: dict[str, Any]) -> Recipe:
 def params_of(recipe: Recipe) -> dict[str, Any]:
     """The recipe as sampler parameters (used to re-queue an interrupted trial's parameters)."""
     params = {name: getattr(recipe, name) for name in SAMPLED_SPACE if name != "lr_multiplier"}
-    params["lr_multiplier"] = float(f"{recipe.learning_rate / base_learning_rate(recipe.trainable_layers):.4g}")
+    base_rate = base_learning_rate(recipe.trainable_layers, recipe.lora_rank)
+    params["lr_multiplier"] = float(f"{recipe.learning_rate / base_rate:.4g}")
     return params
