@@ -120,6 +120,8 @@ def test_lora_rank_goes_down_on_overfitting_and_up_on_underfitting():
     lora = Recipe(trainable_layers="all", lora_rank=8, learning_rate=5e-4, epochs=4)
     assert {"lora_rank": (8, 4)} in [d.changes for d in walk("overfitting", lora)]
     assert {"lora_rank": (8, 16)} in [d.changes for d in walk("underfitting", lora)]
+    assert {"lora_targets": ("attention", "all-linear")} in [d.changes for d in walk("underfitting", lora)]
+    assert not any("lora_targets" in d.changes for d in walk("underfitting", lora.replace(lora_rank=0)))
     assert learning_rate_cap(lora) > learning_rate_cap(lora.replace(lora_rank=0)), "adapters take higher rates"
 
 

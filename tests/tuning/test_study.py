@@ -232,12 +232,14 @@ class MemoryProbe:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
-def test_memory_does_not_grow_over_thirty_trials(tiny_model, toy_csv, workspace, monkeypatch):
-    monkeypatch.setattr("tuneloop.tuning.study.CONVERGENCE_PATIENCE", 1000)  # run all 30
+def test_memory_does_not_grow_over_forty_trials(tiny_model, toy_csv, workspace, monkeypatch):
+    """The allocator settles over the first trials (new batch shapes, LoRA and cached-state variants); after
+    that, memory must stay flat: a leak of 1.6 MiB per trial fails this."""
+    monkeypatch.setattr("tuneloop.tuning.study.CONVERGENCE_PATIENCE", 1000)  # run all 40
     probe = MemoryProbe()
-    result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, budget="30trials", strategy="random",
+    result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, budget="40trials", strategy="random",
                       prune="none", seed_check=False, callbacks=[probe],
                       recipe=Recipe(epochs=1, batch_size=16, patience=0))
-    assert len(result.trials) == 30
-    growth = probe.samples[-1] - probe.samples[9]
-    assert growth < 40, f"resident memory grew {growth:.0f} MiB from trial 10 to trial 30: {probe.samples}"
+    assert len(result.trials) == 40
+    growth = probe.samples[-1] - probe.samples[14]
+    assert growth < 40, f"resident memory grew {growth:.0f} MiB from trial 15 to trial 40: {probe.samples}"

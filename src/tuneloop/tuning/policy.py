@@ -205,6 +205,14 @@ class LoraRank:
 
 
 @dataclass(frozen=True)
+class LoraEverywhere:
+    """Adapters on every linear layer of the trainable layers, not only attention; nothing where LoRA is off."""
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        return {knob: "all-linear"} if recipe.lora_rank > 0 else {}
+
+
+@dataclass(frozen=True)
 class Move:
     """One candidate step of the rule table: which knob, how it changes, and why (quoted in the reason)."""
 
@@ -248,6 +256,7 @@ RULES: dict[str, tuple[Move, ...]] = {
         Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
         Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
         Move("lora_rank", LoraRank(2), "higher LoRA rank"),
+        Move("lora_targets", LoraEverywhere(), "LoRA adapters on every linear layer"),
         Move("weight_decay", Scale(1 / 5, zero_below=1e-3), "less weight decay"),
         Move("dropout", EncoderOnly(Step(-0.1)), "less dropout"),
         Move("head_dropout", Step(-0.1), "less dropout before the head"),
