@@ -20,28 +20,28 @@ import numpy as np
 import torch
 
 from tuneloop.config import PRECISIONS, Recipe
-from tuneloop.data.batches import Features, TokenStates
-from tuneloop.data.feature_cache import FeatureCache, feature_key
+from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.data.files import read_table, write_table
+from tuneloop.data.tabular import TableExamples, load_table_examples
 from tuneloop.data.text import (
     TextExamples,
     check_validation_labels,
-    class_names,
     load_text_examples,
-    stratified_split,
 )
 from tuneloop.errors import ConfigError, ModelError, RunNotFoundError
 from tuneloop.models import get_adapter
-from tuneloop.models.hf_text import ADAPTER_FILE, HeadOnly, TopLayers, default_backbone
+from tuneloop.models.hf_text import ADAPTER_FILE
 from tuneloop.models.quantize import MIN_AGREEMENT, agreement, agreement_sample, quantize_int8
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
+from tuneloop.tasks import modality_of
+from tuneloop.tasks.table import TableTask, features_of
+from tuneloop.tasks.text import TextTask
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import pick_device, resolve_precision
 from tuneloop.training.loop import Callback, EpochRecord, predict_probabilities, train
 from tuneloop.training.metrics import classification_metrics, confusion_matrix
 
-TASK = "text-classification"
 LABELS_FILE = "labels.json"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
@@ -95,9 +95,15 @@ class Run:
         classes = json.loads((path / LABELS_FILE).read_text())
         return cls(run_id or path.name, path, recipe, metrics, classes, history or [])
 
+    @property
+    def adapter(self) -> str:
+        """The model adapter that saved this run: 'hf_text' (texts) or 'tabular_mlp' (table rows)."""
+        return json.loads((self.path / ADAPTER_FILE).read_text())["adapter"]
+
     def model(self) -> tuple[torch.nn.Module, Any]:
+        """The network and its preprocessor (a tokenizer, or a table's fitted preprocessing)."""
         if self._loaded is None:
-            self._loaded = get_adapter("hf_text").load(str(self.path))
+            self._loaded = get_adapter(self.adapter).load(str(self.path))
         return self._loaded
 
     def int8_model(self) -> torch.nn.Module:
@@ -115,6 +121,8 @@ class Run:
             raise ConfigError([f"The 'precision' parameter must be one of {', '.join(INFERENCE_PRECISIONS)}. "
                                f"Got {precision!r} instead."])
         texts = list(texts)
+        if self.adapter != "hf_text":
+            raise ConfigError([f"run {self.id} classifies table rows, not texts: predict a data file with it."])
         model, tokenizer = self.model()
         encoded = get_adapter("hf_text").encode(tokenizer, texts, None, self.recipe)
         if precision == "int8":
@@ -143,18 +151,40 @@ class Run:
 
     def predict(self, data: str | os.PathLike | Sequence[str], *, text_col: str | None = None,
                 precision: str = "auto") -> Predictions:
-        """Predict labels for a list of texts or for the texts of a data file."""
+        """Predict labels for a list of texts, or for the texts or table rows of a data file."""
+        if self.adapter == "tabular_mlp":
+            if not isinstance(data, (str, os.PathLike, TableExamples)):
+                raise ConfigError([f"run {self.id} classifies table rows: give it a data file."])
+            rows = data if isinstance(data, TableExamples) else load_table_examples(data, labelled=False)
+            return self.predict_rows(rows, precision)
         if isinstance(data, (str, os.PathLike)):
             data = load_text_examples(data, text_col, labelled=False).texts
         return self.predict_texts(data, precision)
 
+    def predict_rows(self, rows: TableExamples, precision: str = "auto") -> Predictions:
+        """Labels and class probabilities for table rows, preprocessed as the training rows were."""
+        if precision not in PRECISIONS:
+            raise ConfigError([f"The 'precision' parameter of a table model must be one of {', '.join(PRECISIONS)}. "
+                               f"Got {precision!r} instead."])
+        model, preprocessing = self.model()
+        features = features_of(TableExamples(rows.columns, None, rows.locations, rows.source), preprocessing)
+        device = pick_device()
+        probabilities = predict_probabilities(model, features, device, resolve_precision(precision, device))
+        return Predictions([self.classes[i] for i in probabilities.argmax(1)], probabilities, self.classes)
+
     def evaluate(self, data: str | os.PathLike, *, text_col: str | None = None, label_col: str | None = None,
                  precision: str = "auto") -> EvaluationReport:
-        examples = load_text_examples(data, text_col, label_col)
-        check_validation_labels(examples, self.classes)
-        predictions = self.predict_texts(examples.texts, precision)
-        index = {name: i for i, name in enumerate(self.classes)}
-        true = np.array([index[label] for label in examples.labels])
+        if self.adapter == "tabular_mlp":
+            rows = load_table_examples(data, label_col)
+            _, preprocessing = self.model()
+            true = preprocessing.target.encode(rows)  # a class unseen in training is an error naming it
+            predictions = self.predict_rows(rows, precision)
+        else:
+            examples = load_text_examples(data, text_col, label_col)
+            check_validation_labels(examples, self.classes)
+            predictions = self.predict_texts(examples.texts, precision)
+            index = {name: i for i, name in enumerate(self.classes)}
+            true = np.array([index[label] for label in examples.labels])
         predicted = predictions.probabilities.argmax(1)
         k = len(self.classes)
         return EvaluationReport(classification_metrics(true, predicted, k), confusion_matrix(true, predicted, k),
@@ -173,68 +203,6 @@ class _RecordEpochs(Callback):
             self.workspace.record_epoch(self.run_id, record.__dict__)
 
 
-@dataclass
-class TextTask:
-    """Checked training and validation texts with their classes; tokenized once per tokenizer length."""
-
-    train: TextExamples
-    val: TextExamples
-    classes: list[str]
-    backbone: str
-    features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
-    _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def load(cls, data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None, *,
-             text_col: str | None, label_col: str | None, model: str | None, val_fraction: float,
-             seed: int) -> TextTask:
-        """Read and check the data (everything that can fail on bad input), before any workspace write."""
-        train_examples = data if isinstance(data, TextExamples) else load_text_examples(data, text_col, label_col)
-        classes = class_names(train_examples)
-        if val is None:
-            train_examples, val_examples = stratified_split(train_examples, val_fraction, seed)
-        else:
-            val_examples = val if isinstance(val, TextExamples) else load_text_examples(val, text_col, label_col)
-            check_validation_labels(val_examples, classes)
-        return cls(train_examples, val_examples, classes, str(model) if model else default_backbone())
-
-    def encoded(self, tokenizer, recipe: Recipe):
-        """Train and validation token ids for ``recipe.max_length``, tokenized on first use only."""
-        if recipe.max_length not in self._encoded:
-            adapter = get_adapter("hf_text")
-            index = {name: i for i, name in enumerate(self.classes)}
-            self._encoded[recipe.max_length] = tuple(
-                adapter.encode(tokenizer, part.texts, [index[y] for y in part.labels], recipe)
-                for part in (self.train, self.val))
-        return self._encoded[recipe.max_length]
-
-    def cached_features(self, network, tokenizer, recipe: Recipe, device: torch.device,
-                        precision: str) -> tuple[Features, Features]:
-        """Train and validation text vectors of the frozen encoder, computed once per key (see FeatureCache)."""
-        adapter = get_adapter("hf_text")
-        train_set, val_set = self.encoded(tokenizer, recipe)
-        out = []
-        for part, encoded in ((self.train, train_set), (self.val, val_set)):
-            key = feature_key(self.backbone, part.fingerprint(), recipe.max_length, precision)
-            vectors = self.features.get(key, lambda e=encoded: adapter.embed_all(network, e, device, precision))
-            out.append(Features(vectors, encoded.label_ids))
-        return out[0], out[1]
-
-    def cached_states(self, network, tokenizer, recipe: Recipe, depth: int, device: torch.device,
-                      precision: str) -> tuple[TokenStates, TokenStates]:
-        """Train and validation hidden states entering encoder layer ``depth`` (the frozen layers' output),
-        computed once per key (see FeatureCache)."""
-        adapter = get_adapter("hf_text")
-        train_set, val_set = self.encoded(tokenizer, recipe)
-        out = []
-        for part, encoded in ((self.train, train_set), (self.val, val_set)):
-            key = feature_key(self.backbone, part.fingerprint(), recipe.max_length, precision, f"layer-{depth}")
-            states = self.features.get(
-                key, lambda e=encoded: adapter.hidden_all(network, e, depth, device, precision))
-            out.append(TokenStates.packed(states, encoded.lengths, encoded.label_ids))
-        return out[0], out[1]
-
-
 def option_problems(recipe: Recipe, val_fraction: float) -> list[str]:
     problems = recipe.problems()
     if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
@@ -249,23 +217,23 @@ def check_options(recipe: Recipe, val_fraction: float) -> None:
         raise ConfigError(problems)
 
 
-def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Sequence[Callback] = (),
+def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, callbacks: Sequence[Callback] = (),
               checkpoint: EpochCheckpoint | None = None, *, cache_features: bool = True) -> tuple[Run, Any]:
     """Train one run of ``recipe`` on ``task``, recorded in ``store``; returns the run and the TrainResult.
 
     The best epoch's model is saved as the run's artifact folder, except for a run that a callback stopped
     for pruning: that one is recorded with its metrics and without a model (disk stays bounded).
     """
-    adapter = get_adapter("hf_text")
-    torch.manual_seed(recipe.seed)  # the head's initial weights
-    network, tokenizer = adapter.build(task.backbone, len(task.classes), recipe)
-    train_set, val_set = task.encoded(tokenizer, recipe)
+    torch.manual_seed(recipe.seed)  # the head's (or network's) initial weights
     device = pick_device()
     precision = resolve_precision(recipe.precision, device)
-    cached = frozen_input_plan(recipe, network, train_set, val_set) if cache_features else None
-    trainable, train_set, val_set = _on_cached_inputs(task, network, tokenizer, recipe, cached, device, precision)
-    run_id = store.start_run(task=TASK, adapter=adapter.name, backbone=task.backbone, train_source=task.train.source,
-                             val_source=task.val.source, train_fingerprint=task.train.fingerprint(),
+    prepared = task.prepare(recipe, device, precision, cache_features=cache_features)
+    network, trainable = prepared.network, prepared.trainable
+    train_set, val_set = prepared.train_set, prepared.val_set
+    adapter = get_adapter(task.adapter_name)
+    run_id = store.start_run(task=task.kind, adapter=adapter.name, backbone=task.backbone,
+                             train_source=task.train.source, val_source=task.val.source,
+                             train_fingerprint=task.train.fingerprint(),
                              val_fingerprint=task.val.fingerprint(), n_train=len(train_set), n_val=len(val_set),
                              recipe=recipe.to_dict())
     try:
@@ -279,16 +247,16 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
                    "resumed_from_epoch": result.resumed_from_epoch,
-                   "cached_inputs": cached,
+                   "cached_inputs": prepared.cached,
                    "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
-                   "device": device.type, "majority_class_rate": _majority_rate(task.val.labels),
+                   "device": device.type, "majority_class_rate": _majority_rate(task.val_labels),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
         if result.stopped_by == "pruned":
             store.fail_run(run_id, f"stopped: {result.stopped_by}", status="pruned", metrics=metrics)
             return Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id)), result
 
         def fill(folder: Path) -> None:
-            adapter.save(network, tokenizer, str(folder))
+            adapter.save(network, prepared.preprocessor, str(folder))
             (folder / LABELS_FILE).write_text(json.dumps(task.classes, indent=2))
             (folder / RECIPE_FILE).write_text(recipe.to_yaml())
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -300,62 +268,45 @@ def train_run(store: Workspace, task: TextTask, recipe: Recipe, callbacks: Seque
         store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip(), status=status)
         raise
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
-              (network.cpu().eval(), tokenizer))
+              (network.cpu().eval(), prepared.preprocessor))
     return run, result
 
 
-def _on_cached_inputs(task: TextTask, network, tokenizer, recipe: Recipe, cached: str | None,
-                      device: torch.device, precision: str) -> tuple[torch.nn.Module, Any, Any]:
-    """The module to train and its training and validation inputs under the plan ``cached``: frozen layers'
-    outputs are the same every epoch and every trial, so the trainable part trains on cached ones."""
-    train_set, val_set = task.encoded(tokenizer, recipe)
-    if cached == "vectors":
-        train_set, val_set = task.cached_features(network, tokenizer, recipe, device, precision)
-        return HeadOnly(network), train_set, val_set
-    if cached is not None:
-        depth = int(cached.removeprefix("layer-"))
-        train_set, val_set = task.cached_states(network, tokenizer, recipe, depth, device, precision)
-        return TopLayers(network, depth), train_set, val_set
-    return network, train_set, val_set
-
-
-STATES_LIMIT = 2 * 2**30  # bytes of cached token states above which a top-k trial runs the frozen layers itself
-
-
-def frozen_input_plan(recipe: Recipe, network, train_set, val_set) -> str | None:
-    """What a trial can train on instead of running its frozen layers: "vectors" (the whole encoder is
-    frozen), "layer-D" (the hidden states entering layer D, below which everything is frozen), or None
-    (nothing frozen, or the states would take more than STATES_LIMIT bytes)."""
-    if recipe.trainable_layers == 0:
-        return "vectors"
-    if recipe.trainable_layers == "all":
-        return None
-    depth = max(0, len(network.encoder_layers()) - recipe.trainable_layers)
-    tokens = int(train_set.lengths.sum() + val_set.lengths.sum())
-    bytes_per_value = 2 if resolve_precision(recipe.precision, pick_device()) == "bf16" else 4
-    if tokens * network.encoder.config.hidden_size * bytes_per_value > STATES_LIMIT:
-        return None
-    return f"layer-{depth}"
-
-
-def fit(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None = None, *,
+def fit(data: str | os.PathLike | TextExamples | TableExamples,
+        val: str | os.PathLike | TextExamples | TableExamples | None = None, *, task: str = "auto",
         text_col: str | None = None, label_col: str | None = None, model: str | None = None,
         recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
         callbacks: Sequence[Callback] = (), **recipe_changes: Any) -> Run:
-    """Fine-tune a text classifier on ``data`` and save it as a run in the workspace.
+    """Train a classifier on ``data`` and save it as a run in the workspace: a fine-tuned text encoder for
+    texts, an MLP for table rows (``task`` "text" or "tabular"; "auto" tells by a text column).
 
     ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out.
-    Recipe values come from ``recipe`` and then ``recipe_changes`` (e.g. ``epochs=2``).
+    ``label_col`` names the label (or, for tables, target) column. Recipe values come from ``recipe`` and
+    then ``recipe_changes`` (e.g. ``epochs=2``).
     """
     recipe = (recipe or Recipe()).replace(**recipe_changes)
     check_options(recipe, val_fraction)
-    task = TextTask.load(data, val, text_col=text_col, label_col=label_col, model=model, val_fraction=val_fraction,
-                         seed=recipe.seed)
-    get_adapter("hf_text").check_backbone(task.backbone)
+    loaded = load_task(data, val, task=task, text_col=text_col, label_col=label_col, model=model,
+                       val_fraction=val_fraction, seed=recipe.seed)
+    task = loaded
     # Everything is checked: only now does the workspace get written.
     with Workspace.open(workspace, create=True) as store:
         run, _ = train_run(store, task, recipe, callbacks)
     return run
+
+
+def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col: str | None, model: str | None,
+              val_fraction: float, seed: int) -> TextTask | TableTask:
+    """The checked task for ``data``; every check that can fail on bad input runs here, before any write."""
+    if modality_of(data, task, text_col) == "tabular":
+        if model is not None:
+            raise ConfigError([f"--model {model}: table rows train an MLP from scratch; a pretrained backbone "
+                               "applies to texts only. Leave out --model, or give a text column."])
+        return TableTask.load(data, val, target_col=label_col, val_fraction=val_fraction, seed=seed)
+    loaded = TextTask.load(data, val, text_col=text_col, label_col=label_col, model=model,
+                           val_fraction=val_fraction, seed=seed)
+    get_adapter("hf_text").check_backbone(loaded.backbone)
+    return loaded
 
 
 def _majority_rate(labels: list[str]) -> float:
@@ -394,11 +345,11 @@ def runs(workspace: str | os.PathLike | None = None) -> list[RunRecord]:
 
 def predict_file(run: str | Run, data: str | os.PathLike, output: str | os.PathLike, *, text_col: str | None = None,
                  workspace: str | os.PathLike | None = None, precision: str = "auto") -> Predictions:
-    """Predict the texts of ``data`` and write its rows with the predicted label and class probabilities."""
+    """Predict the texts or table rows of ``data`` and write its rows with the predicted label and class
+    probabilities."""
     run = run if isinstance(run, Run) else load_run(run, workspace)
     table = read_table(data)
-    examples = load_text_examples(data, text_col, labelled=False)
-    predictions = run.predict_texts(examples.texts, precision)
+    predictions = run.predict(data, text_col=text_col, precision=precision)
     columns = dict(table.columns)
     columns["predicted_label"] = predictions.labels
     columns["probability"] = [round(float(p), 6) for p in predictions.probabilities.max(1)]
@@ -501,6 +452,10 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
         spent_before = 0.0
         study_id = name or new_study_id()
     base = Recipe.from_dict(options["recipe"])
+    if modality_of(options["data"], "auto", options["text_col"]) == "tabular":
+        raise ConfigError([f"{options['data']}: has no text column, so it is a table; tune searches recipes for "
+                           "text classifiers so far. Train a table with 'fit' (its --hidden-layers and "
+                           "--hidden-units set the MLP's capacity), or name the text column with --text-col."])
     task = TextTask.load(options["data"], options["val"], text_col=options["text_col"],
                          label_col=options["label_col"], model=options["model"],
                          val_fraction=options["val_fraction"], seed=base.seed)
@@ -575,13 +530,9 @@ def _first_rate_from_range_test(plan, task: TextTask, base: Recipe) -> None:
     plan.first_note = f", at the learning rate the range test suggests ({finding.reason})"
 
 
-def _find_on(task: TextTask, recipe: Recipe, finder):
-    adapter = get_adapter("hf_text")
+def _find_on(task: TextTask | TableTask, recipe: Recipe, finder):
     torch.manual_seed(recipe.seed)
-    network, tokenizer = adapter.build(task.backbone, len(task.classes), recipe)
     device = pick_device()
     precision = resolve_precision(recipe.precision, device)
-    train_set, val_set = task.encoded(tokenizer, recipe)
-    cached = frozen_input_plan(recipe, network, train_set, val_set)
-    trainable, train_set, _ = _on_cached_inputs(task, network, tokenizer, recipe, cached, device, precision)
-    return finder(trainable, train_set, recipe, device, precision)
+    prepared = task.prepare(recipe, device, precision)
+    return finder(prepared.trainable, prepared.train_set, recipe, device, precision)

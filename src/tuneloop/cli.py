@@ -15,6 +15,7 @@ from typing import Any
 
 from tuneloop.config import METRICS, PRECISIONS, SCHEDULES, UNFREEZING, Recipe
 from tuneloop.errors import ConfigError, TuneloopError
+from tuneloop.tasks import MODALITIES
 
 CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS, "metric": METRICS, "unfreezing": UNFREEZING}
 SHORT_FLAGS = {"learning_rate": ["--lr"]}
@@ -33,6 +34,7 @@ RECIPE_HELP = {
     "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / rank)",
     "lora_dropout": "dropout on the LoRA adapters' input",
     "lora_targets": "LoRA modules: attention, all-linear, or comma-separated module names",
+    "hidden_layers": "tables: hidden layers of the MLP", "hidden_units": "tables: units per hidden layer of the MLP",
     "patience": "epochs without gain before stopping early (0 = off)",
     "metric": "validation metric for early stopping and the best epoch",
     "precision": "auto uses bf16 where the CPU or GPU computes it natively", "seed": "random seed",
@@ -83,9 +85,10 @@ def _training_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share held out when there is no --val [0.2]")
     parser.add_argument("--text-col", help="text column [found by name: text, sentence, content, ...]")
-    parser.add_argument("--label-col", help="label column [found by name: label, class, category, ...]")
+    parser.add_argument("--label-col", help="label column, or a table's target column [found by name: label, "
+                                             "class, target, ...]")
     parser.add_argument("--model", metavar="PATH",
-                        help="a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
+                        help="texts: a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tuneloop {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fit = commands.add_parser("fit", help="fine-tune a text classifier on a labelled file")
+    fit = commands.add_parser("fit", help="train a classifier on a labelled file: texts or table rows")
     fit.add_argument("data", help="training data: .csv, .tsv, .jsonl or .parquet")
+    fit.add_argument("--task", choices=MODALITIES, default="auto",
+                     help="text (fine-tune an encoder) or tabular (an MLP on the other columns); auto: text when a "
+                          "text column is found [auto]")
     _training_data(fit)
     _common(fit)
     _add_recipe_flags(fit)
@@ -190,8 +196,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from tuneloop import api
 
     recipe = _recipe_from(args)
-    run = api.fit(args.data, args.val, text_col=args.text_col, label_col=args.label_col, model=args.model,
-                  recipe=recipe, workspace=args.workspace, val_fraction=args.val_fraction,
+    run = api.fit(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
+                  model=args.model, recipe=recipe, workspace=args.workspace, val_fraction=args.val_fraction,
                   callbacks=_callbacks(args))
     _emit(args, {"run": run.id, "path": str(run.path), "metrics": run.metrics, "recipe": run.recipe.to_dict(),
                  "history": run.history})

@@ -31,6 +31,8 @@ class Recipe:
     the adapters are merged into the weights when the model is saved.
     Dropout: ``dropout`` on the encoder's hidden states, ``attention_dropout`` on its attention weights,
     ``head_dropout`` on the text vector the head reads.
+    Tables: ``hidden_layers`` and ``hidden_units`` are the depth and width of the MLP (its capacity), and
+    ``dropout`` is applied after each hidden layer; the encoder knobs do not apply.
     ``l2sp`` pulls the trained encoder weights back toward their pretrained values (L2-SP, Li et al. 2018),
     protecting what the backbone knew; ``layer_lr_decay`` gives each layer below the top the learning rate
     of the layer above times this factor (discriminative learning rates; 1.0 = one rate for all).
@@ -56,6 +58,8 @@ class Recipe:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     lora_targets: str = "attention"
+    hidden_layers: int = 2
+    hidden_units: int = 256
     patience: int = 2
     metric: str = "macro_f1"
     precision: str = "auto"
@@ -101,6 +105,10 @@ class Recipe:
         check("unfreezing", self.unfreezing in UNFREEZING, f"one of {', '.join(UNFREEZING)}")
         check("lora_rank", is_int(self.lora_rank) and 0 <= self.lora_rank <= 1024,
               "an int in the range [0, 1024] (0 turns LoRA off)")
+        check("hidden_layers", is_int(self.hidden_layers) and 0 <= self.hidden_layers <= 16,
+              "an int in the range [0, 16] (0 is a linear model)")
+        check("hidden_units", is_int(self.hidden_units) and 1 <= self.hidden_units <= 8192,
+              "an int in the range [1, 8192]")
         check("lora_alpha", is_number(self.lora_alpha) and self.lora_alpha > 0, "a float > 0")
         check("lora_targets", isinstance(self.lora_targets, str) and bool(self.lora_targets.strip()),
               f"one of {', '.join(LORA_TARGETS)} or comma-separated module names")

@@ -1,7 +1,8 @@
 """Model adapters: each module registers the adapter it defines under a name.
 
-An adapter builds a fresh model from a backbone, encodes inputs, saves a trained model to a directory
-and loads it back. ``hf_text`` is the text classifier on a Hugging Face encoder.
+An adapter builds a fresh model, saves a trained model to a directory and loads it back; how it is built
+and fed depends on the modality. ``hf_text`` is the text classifier on a Hugging Face encoder, and
+``tabular_mlp`` the multilayer perceptron over preprocessed table rows.
 """
 
 from __future__ import annotations
@@ -10,26 +11,17 @@ from typing import Protocol
 
 import torch
 
-from tuneloop.config import Recipe
-from tuneloop.data.batches import Encoded
-
 
 class ModelAdapter(Protocol):
+    """What every adapter does; building and feeding a model are modality-specific methods of each."""
+
     name: str
-
-    def check_backbone(self, backbone: str) -> None:
-        """Raise ModelError if ``backbone`` cannot be loaded; called before anything is written."""
-        ...
-
-    def build(self, backbone: str, num_labels: int, recipe: Recipe) -> tuple[torch.nn.Module, object]:
-        """A model with a fresh head on ``backbone`` and the preprocessor (tokenizer) that feeds it."""
-        ...
-
-    def encode(self, preprocessor: object, inputs: list, labels: list[int] | None, recipe: Recipe) -> Encoded: ...
 
     def save(self, model: torch.nn.Module, preprocessor: object, directory: str) -> None: ...
 
-    def load(self, directory: str) -> tuple[torch.nn.Module, object]: ...
+    def load(self, directory: str) -> tuple[torch.nn.Module, object]:
+        """The saved model in evaluation mode and the preprocessor (tokenizer, table preprocessing) it needs."""
+        ...
 
 
 ADAPTERS: dict[str, ModelAdapter] = {}
@@ -46,4 +38,4 @@ def get_adapter(name: str) -> ModelAdapter:
     return ADAPTERS[name]
 
 
-from tuneloop.models import hf_text  # noqa: E402,F401  (registers itself)
+from tuneloop.models import hf_text, tabular_mlp  # noqa: E402,F401  (each registers itself)

@@ -1,0 +1,63 @@
+"""Tasks: what is learned from which data. Each task reads and checks its data before anything is written,
+and for a recipe prepares a fresh network and the inputs it trains on; the training loop, the study and the
+workspace are the same for every task.
+
+``text.TextTask`` classifies texts with a pretrained encoder; ``table.TableTask`` classifies table rows
+with an MLP. ``modality_of`` tells which a data file is for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tuneloop.errors import ConfigError
+
+MODALITIES = ("auto", "text", "tabular")
+PROSE_WORDS = 4
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One run's fresh network, the preprocessor saved with it, the module that trains (the network, or its
+    trainable part on cached inputs), its training and validation inputs, and what was cached (or None)."""
+
+    network: torch.nn.Module
+    preprocessor: Any
+    trainable: torch.nn.Module
+    train_set: Any
+    val_set: Any
+    cached: str | None = None
+
+
+def modality_of(data: Any, requested: str = "auto", text_col: str | None = None) -> str:
+    """"text" or "tabular": as requested, else "text" when the data has a text column (named by ``text_col``,
+    a name with a common one as a word, such as 'text' or 'review_text', or a column of sentences), else
+    "tabular"."""
+    from tuneloop.data.files import read_table
+    from tuneloop.data.tabular import TableExamples
+    from tuneloop.data.text import TEXT_COLUMNS, TextExamples
+
+    if requested not in MODALITIES:
+        raise ConfigError([f"The 'task' parameter must be one of {', '.join(MODALITIES)}. Got {requested!r} instead."])
+    if requested != "auto":
+        return requested
+    if isinstance(data, TextExamples) or text_col is not None:
+        return "text"
+    if isinstance(data, TableExamples):
+        return "tabular"
+    if not isinstance(data, (str, os.PathLike)):
+        return "text"
+    columns = read_table(data).columns
+    named = any(set(re.split(r"[^a-z0-9]+", name.lower())) & set(TEXT_COLUMNS) for name in columns)
+    return "text" if named or any(_holds_prose(values) for values in columns.values()) else "tabular"
+
+
+def _holds_prose(values: list[Any]) -> bool:
+    """Most of the column's cells are text of at least PROSE_WORDS words: sentences, not categories."""
+    cells = [v for v in values if isinstance(v, str) and v.strip()]
+    return bool(cells) and sum(len(v.split()) >= PROSE_WORDS for v in cells) >= len(cells) / 2

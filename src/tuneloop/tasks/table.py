@@ -1,0 +1,89 @@
+"""The tabular-classification task: a table with a target column, its preprocessing learned from the
+training rows, and an MLP trained from scratch on the preprocessed row vectors.
+
+The preprocessing (``data/tabular.py``) is fitted once, when the data is loaded, and every row of the
+training and validation sets is transformed then: a bad cell anywhere is reported before anything is
+written, and every trial of a study trains on the same vectors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tuneloop.config import Recipe
+from tuneloop.data.batches import Features
+from tuneloop.data.feature_cache import FeatureCache
+from tuneloop.data.tabular import (
+    TableExamples,
+    TabularPreprocessor,
+    TargetEncoder,
+    infer_task,
+    load_table_examples,
+    split_table,
+)
+from tuneloop.errors import ConfigError
+from tuneloop.models import get_adapter
+from tuneloop.models.tabular_mlp import TablePreprocessing
+from tuneloop.tasks import Prepared
+
+KIND = "tabular-classification"
+
+
+@dataclass
+class TableTask:
+    """Checked training and validation rows, their fitted preprocessing, and the vectors it gives."""
+
+    train: TableExamples
+    val: TableExamples
+    preprocessing: TablePreprocessing
+    train_features: Features
+    val_features: Features
+    backbone: str = "mlp (trained from scratch)"
+    features: FeatureCache = field(default_factory=FeatureCache)  # unused: nothing frozen to cache
+    kind = KIND
+    adapter_name = "tabular_mlp"
+
+    @classmethod
+    def load(cls, data: str | os.PathLike | TableExamples, val: str | os.PathLike | TableExamples | None, *,
+             target_col: str | None, val_fraction: float, seed: int) -> TableTask:
+        """Read and check the data, fit the preprocessing on the training rows and transform every row."""
+        train = data if isinstance(data, TableExamples) else load_table_examples(data, target_col)
+        task = infer_task(train.targets)
+        if task != "classification":
+            raise ConfigError([f"{train.source}: the target '{train.target_column}' holds numbers, so this is a "
+                               "regression table; tuneloop trains tabular classifiers only so far. Give a target "
+                               "column of classes."])
+        if val is None:
+            train, val_examples = split_table(train, val_fraction, seed, task)
+        else:
+            val_examples = val if isinstance(val, TableExamples) else load_table_examples(val, target_col)
+        preprocessing = TablePreprocessing(TabularPreprocessor().fit(train), TargetEncoder(task).fit(train))
+        train_features, val_features = (features_of(part, preprocessing) for part in (train, val_examples))
+        return cls(train, val_examples, preprocessing, train_features, val_features)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.preprocessing.target.classes or [])
+
+    @property
+    def val_labels(self) -> list[str]:
+        return [str(label) for label in self.preprocessing.target.inverse(self.val_features.label_ids)]
+
+    def prepare(self, recipe: Recipe, device: torch.device, precision: str, *, cache_features: bool = True
+                ) -> Prepared:
+        network = get_adapter(self.adapter_name).build(self.preprocessing, recipe)
+        return Prepared(network, self.preprocessing, network, self.train_features, self.val_features)
+
+
+def features_of(examples: TableExamples, preprocessing: TablePreprocessing) -> Features:
+    """The rows of ``examples`` as the network's input (labels too, where the examples have targets)."""
+    vectors = preprocessing.features.transform(examples.columns, source=examples.source,
+                                               locations=examples.locations)
+    labels = preprocessing.target.encode(examples) if examples.targets is not None else None
+    return Features(torch.from_numpy(np.ascontiguousarray(vectors)),
+                    None if labels is None else labels.tolist())
+

@@ -1,0 +1,140 @@
+"""The text-classification task: checked texts and classes, tokenized once per tokenizer length, and the
+outputs of frozen encoder layers cached across epochs and trials."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tuneloop.config import Recipe
+from tuneloop.data.batches import Features, TokenStates
+from tuneloop.data.feature_cache import FeatureCache, feature_key
+from tuneloop.data.text import (
+    TextExamples,
+    check_validation_labels,
+    class_names,
+    load_text_examples,
+    stratified_split,
+)
+from tuneloop.models import get_adapter
+from tuneloop.models.hf_text import HeadOnly, TopLayers, default_backbone
+from tuneloop.tasks import Prepared
+from tuneloop.training.device import pick_device, resolve_precision
+
+KIND = "text-classification"
+
+
+@dataclass
+class TextTask:
+    """Checked training and validation texts with their classes; tokenized once per tokenizer length."""
+
+    train: TextExamples
+    val: TextExamples
+    classes: list[str]
+    backbone: str
+    kind = KIND
+    adapter_name = "hf_text"
+    features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
+    _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None, *,
+             text_col: str | None, label_col: str | None, model: str | None, val_fraction: float,
+             seed: int) -> TextTask:
+        """Read and check the data (everything that can fail on bad input), before any workspace write."""
+        train_examples = data if isinstance(data, TextExamples) else load_text_examples(data, text_col, label_col)
+        classes = class_names(train_examples)
+        if val is None:
+            train_examples, val_examples = stratified_split(train_examples, val_fraction, seed)
+        else:
+            val_examples = val if isinstance(val, TextExamples) else load_text_examples(val, text_col, label_col)
+            check_validation_labels(val_examples, classes)
+        return cls(train_examples, val_examples, classes, str(model) if model else default_backbone())
+
+    @property
+    def val_labels(self) -> list[str]:
+        return self.val.labels
+
+    def encoded(self, tokenizer, recipe: Recipe):
+        """Train and validation token ids for ``recipe.max_length``, tokenized on first use only."""
+        if recipe.max_length not in self._encoded:
+            adapter = get_adapter("hf_text")
+            index = {name: i for i, name in enumerate(self.classes)}
+            self._encoded[recipe.max_length] = tuple(
+                adapter.encode(tokenizer, part.texts, [index[y] for y in part.labels], recipe)
+                for part in (self.train, self.val))
+        return self._encoded[recipe.max_length]
+
+    def cached_features(self, network, tokenizer, recipe: Recipe, device: torch.device,
+                        precision: str) -> tuple[Features, Features]:
+        """Train and validation text vectors of the frozen encoder, computed once per key (see FeatureCache)."""
+        adapter = get_adapter("hf_text")
+        train_set, val_set = self.encoded(tokenizer, recipe)
+        out = []
+        for part, encoded in ((self.train, train_set), (self.val, val_set)):
+            key = feature_key(self.backbone, part.fingerprint(), recipe.max_length, precision)
+            vectors = self.features.get(key, lambda e=encoded: adapter.embed_all(network, e, device, precision))
+            out.append(Features(vectors, encoded.label_ids))
+        return out[0], out[1]
+
+    def prepare(self, recipe: Recipe, device: torch.device, precision: str, *, cache_features: bool = True
+                ) -> Prepared:
+        """A fresh classifier for ``recipe`` and what it trains on: frozen layers' outputs come from the cache
+        where the recipe freezes layers (and ``cache_features``), else the token ids."""
+        adapter = get_adapter("hf_text")
+        network, tokenizer = adapter.build(self.backbone, len(self.classes), recipe)
+        train_set, val_set = self.encoded(tokenizer, recipe)
+        cached = frozen_input_plan(recipe, network, train_set, val_set) if cache_features else None
+        trainable, train_set, val_set = _on_cached_inputs(self, network, tokenizer, recipe, cached, device, precision)
+        return Prepared(network, tokenizer, trainable, train_set, val_set, cached)
+
+    def cached_states(self, network, tokenizer, recipe: Recipe, depth: int, device: torch.device,
+                      precision: str) -> tuple[TokenStates, TokenStates]:
+        """Train and validation hidden states entering encoder layer ``depth`` (the frozen layers' output),
+        computed once per key (see FeatureCache)."""
+        adapter = get_adapter("hf_text")
+        train_set, val_set = self.encoded(tokenizer, recipe)
+        out = []
+        for part, encoded in ((self.train, train_set), (self.val, val_set)):
+            key = feature_key(self.backbone, part.fingerprint(), recipe.max_length, precision, f"layer-{depth}")
+            states = self.features.get(
+                key, lambda e=encoded: adapter.hidden_all(network, e, depth, device, precision))
+            out.append(TokenStates.packed(states, encoded.lengths, encoded.label_ids))
+        return out[0], out[1]
+
+
+def _on_cached_inputs(task: TextTask, network, tokenizer, recipe: Recipe, cached: str | None,
+                      device: torch.device, precision: str) -> tuple[torch.nn.Module, Any, Any]:
+    """The module to train and its training and validation inputs under the plan ``cached``: frozen layers'
+    outputs are the same every epoch and every trial, so the trainable part trains on cached ones."""
+    train_set, val_set = task.encoded(tokenizer, recipe)
+    if cached == "vectors":
+        train_set, val_set = task.cached_features(network, tokenizer, recipe, device, precision)
+        return HeadOnly(network), train_set, val_set
+    if cached is not None:
+        depth = int(cached.removeprefix("layer-"))
+        train_set, val_set = task.cached_states(network, tokenizer, recipe, depth, device, precision)
+        return TopLayers(network, depth), train_set, val_set
+    return network, train_set, val_set
+
+
+STATES_LIMIT = 2 * 2**30  # bytes of cached token states above which a top-k trial runs the frozen layers itself
+
+
+def frozen_input_plan(recipe: Recipe, network, train_set, val_set) -> str | None:
+    """What a trial can train on instead of running its frozen layers: "vectors" (the whole encoder is
+    frozen), "layer-D" (the hidden states entering layer D, below which everything is frozen), or None
+    (nothing frozen, or the states would take more than STATES_LIMIT bytes)."""
+    if recipe.trainable_layers == 0:
+        return "vectors"
+    if recipe.trainable_layers == "all":
+        return None
+    depth = max(0, len(network.encoder_layers()) - recipe.trainable_layers)
+    tokens = int(train_set.lengths.sum() + val_set.lengths.sum())
+    bytes_per_value = 2 if resolve_precision(recipe.precision, pick_device()) == "bf16" else 4
+    if tokens * network.encoder.config.hidden_size * bytes_per_value > STATES_LIMIT:
+        return None
+    return f"layer-{depth}"

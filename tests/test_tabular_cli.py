@@ -1,0 +1,106 @@
+"""Tabular classification end to end through the command line, on scikit-learn's bundled wine and breast
+cancer data (both BSD-licensed with scikit-learn, from the UCI repository)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuneloop import api
+
+sklearn_datasets = pytest.importorskip("sklearn.datasets")
+
+FAST = ["--epochs", "30", "--lr", "1e-3", "--patience", "5", "--quiet"]
+
+
+def tuneloop(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def wine(tmp_path_factory) -> tuple[Path, Path]:
+    """The wine table (178 rows, 13 numeric columns, 3 cultivars) with a class-name target, and its first
+    20 rows without the target."""
+    folder = tmp_path_factory.mktemp("wine")
+    frame = sklearn_datasets.load_wine(as_frame=True).frame
+    frame["target"] = frame["target"].map({0: "cultivar_a", 1: "cultivar_b", 2: "cultivar_c"})
+    frame.to_csv(folder / "wine.csv", index=False)
+    frame.drop(columns=["target"]).head(20).to_csv(folder / "new.csv", index=False)
+    return folder / "wine.csv", folder / "new.csv"
+
+
+def test_fit_predict_evaluate_a_table_from_the_command_line(wine, tmp_path):
+    data, new = wine
+    workspace = str(tmp_path / "ws")
+    fitted = tuneloop("fit", str(data), "--workspace", workspace, "--json", *FAST)
+    assert fitted.returncode == 0, fitted.stderr
+    result = json.loads(fitted.stdout)
+    assert result["metrics"]["val_accuracy"] > 0.9, result["metrics"]  # majority class is 0.40
+    assert result["metrics"]["cached_inputs"] is None
+
+    out = tmp_path / "predicted.csv"
+    predicted = tuneloop("predict", "latest", str(new), "-o", str(out), "--workspace", workspace)
+    assert predicted.returncode == 0, predicted.stderr
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 20 and all(r["predicted_label"] == "cultivar_a" for r in rows), "the first rows are class a"
+    in_memory = api.load_run("latest", workspace).predict(new)
+    assert [r["predicted_label"] for r in rows] == in_memory.labels
+
+    evaluated = tuneloop("evaluate", "latest", str(data), "--workspace", workspace, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["n"] == 178 and report["metrics"]["accuracy"] > 0.9
+    assert report["classes"] == ["cultivar_a", "cultivar_b", "cultivar_c"]
+
+
+def test_a_binary_table_with_integer_classes_trains_through_the_api(tmp_path):
+    frame = sklearn_datasets.load_breast_cancer(as_frame=True).frame  # target 0/1: two classes
+    frame.to_csv(tmp_path / "cancer.csv", index=False)
+    run = api.fit(tmp_path / "cancer.csv", workspace=tmp_path / "ws", epochs=20, learning_rate=1e-3, patience=5)
+    assert run.classes == ["0", "1"]
+    assert run.metrics["val_accuracy"] > 0.9  # majority class is 0.63
+
+
+def test_a_bad_cell_at_prediction_names_file_line_and_column_and_writes_nothing(wine, tmp_path):
+    data, _ = wine
+    workspace = str(tmp_path / "ws")
+    assert tuneloop("fit", str(data), "--workspace", workspace, "--epochs", "2", "--quiet").returncode == 0
+    bad = tmp_path / "bad.csv"
+    lines = data.read_text().splitlines()
+    header, row = lines[0], lines[1].split(",")
+    row[1] = "lots"  # malic_acid
+    bad.write_text(header.rsplit(",", 1)[0] + "\n" + ",".join(row[:-1]) + "\n")
+    out = tmp_path / "out.csv"
+    predicted = tuneloop("predict", "latest", str(bad), "-o", str(out), "--workspace", workspace)
+    assert predicted.returncode == 2
+    assert "bad.csv, line 2, column 'malic_acid'" in predicted.stderr and "'lots'" in predicted.stderr
+    assert not out.exists()
+
+
+def test_table_specific_mistakes_are_reported_before_anything_is_written(wine, tmp_path):
+    data, _ = wine
+    workspace = tmp_path / "ws"
+    with_model = tuneloop("fit", str(data), "--model", str(tmp_path), "--workspace", str(workspace))
+    assert with_model.returncode == 2 and "train an MLP from scratch" in with_model.stderr
+
+    regression = tmp_path / "diabetes.csv"
+    sklearn_datasets.load_diabetes(as_frame=True, scaled=False).frame.to_csv(regression, index=False)
+    fitted = tuneloop("fit", str(regression), "--workspace", str(workspace))
+    assert fitted.returncode == 2 and "regression" in fitted.stderr
+
+    tuned = tuneloop("tune", str(data), "--workspace", str(workspace), "--budget", "1trial")
+    assert tuned.returncode == 2 and "table" in tuned.stderr
+    assert not workspace.exists()
+
+
+def test_task_text_on_a_table_asks_for_the_text_column(wine, tmp_path):
+    data, _ = wine
+    fitted = tuneloop("fit", str(data), "--task", "text", "--workspace", str(tmp_path / "ws"))
+    assert fitted.returncode == 2 and "text" in fitted.stderr.lower()
