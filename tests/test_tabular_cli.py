@@ -95,9 +95,30 @@ def test_table_specific_mistakes_are_reported_before_anything_is_written(wine, t
     fitted = tuneloop("fit", str(regression), "--workspace", str(workspace))
     assert fitted.returncode == 2 and "regression" in fitted.stderr
 
-    tuned = tuneloop("tune", str(data), "--workspace", str(workspace), "--budget", "1trial")
-    assert tuned.returncode == 2 and "table" in tuned.stderr
+    tuned = tuneloop("tune", str(data), "--workspace", str(workspace), "--budget", "1trial", "--strategy", "random")
+    assert tuned.returncode == 2 and "only 'guided'" in tuned.stderr
     assert not workspace.exists()
+
+
+def test_guided_tuning_of_a_table_makes_capacity_decisions_and_reports_them(wine, tmp_path):
+    data, _ = wine
+    workspace = tmp_path / "ws"
+    tuned = tuneloop("tune", str(data), "--workspace", str(workspace), "--budget", "4trials", "--no-seed-check",
+                     "--name", "wine", "--json")
+    assert tuned.returncode == 0, tuned.stderr
+    result = json.loads(tuned.stdout)
+    trials = result["trials"]
+    assert trials[0]["recipe"]["hidden_layers"] == 1 and trials[0]["recipe"]["hidden_units"] == 64
+    assert "MLP" in trials[0]["reason"]
+    later = [t["reason"] for t in trials[1:]]
+    assert later and all("->" in reason for reason in later), "each later trial says what changed and why"
+    assert all(t["recipe"]["trainable_layers"] == trials[0]["recipe"]["trainable_layers"] for t in trials), \
+        "no encoder knobs are moved for a table"
+    assert result["best_metrics"]["val_accuracy"] > 0.9
+    report = tmp_path / "report.html"
+    reported = tuneloop("report", "wine", "--workspace", str(workspace), "-o", str(report))
+    assert reported.returncode == 0, reported.stderr
+    assert "MLP" in report.read_text()
 
 
 def test_task_text_on_a_table_asks_for_the_text_column(wine, tmp_path):

@@ -407,8 +407,9 @@ class TuneResult:
         }
 
 
-def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.PathLike | TextExamples | None = None,
-         *, budget: str = "15m", strategy: str = "guided", target: float | None = None, prune: str = "median",
+def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
+         val: str | os.PathLike | TextExamples | TableExamples | None = None, *, task: str = "auto",
+         budget: str = "15m", strategy: str = "guided", target: float | None = None, prune: str = "median",
          text_col: str | None = None, label_col: str | None = None, model: str | None = None,
          recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
          name: str | None = None, resume: str | None = None, seed_check: bool = True,
@@ -418,7 +419,7 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
     ``resume`` continues a study by id with the data and options it was started with: finished trials are
     not re-run, interrupted ones are, and the time budget counts what was already spent. With ``seed_check``
     the top two recipes are re-run with two more seeds before the best is chosen (within the time budget;
-    not counted in a trial budget).
+    not counted in a trial budget). ``task`` is "text", "tabular" or "auto", as for ``fit``.
     """
     from tuneloop.tuning.strategies import GuidedStrategy, make_strategy
     from tuneloop.tuning.study import Budget, check_study_options, new_study_id, run_study
@@ -446,29 +447,27 @@ def tune(data: str | os.PathLike | TextExamples | None = None, val: str | os.Pat
         options = {"data": _as_path(data), "val": _as_path(val) if val is not None else None, "budget": budget,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
                    "label_col": label_col, "model": model, "recipe": base.to_dict(), "val_fraction": val_fraction,
-                   "seed_check": seed_check}
-        if isinstance(data, TextExamples) or isinstance(val, TextExamples):
+                   "seed_check": seed_check, "task": modality_of(data, task, text_col)}
+        if isinstance(data, (TextExamples, TableExamples)) or isinstance(val, (TextExamples, TableExamples)):
             options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
         spent_before = 0.0
         study_id = name or new_study_id()
     base = Recipe.from_dict(options["recipe"])
-    if modality_of(options["data"], "auto", options["text_col"]) == "tabular":
-        raise ConfigError([f"{options['data']}: has no text column, so it is a table; tune searches recipes for "
-                           "text classifiers so far. Train a table with 'fit' (its --hidden-layers and "
-                           "--hidden-units set the MLP's capacity), or name the text column with --text-col."])
-    task = TextTask.load(options["data"], options["val"], text_col=options["text_col"],
-                         label_col=options["label_col"], model=options["model"],
-                         val_fraction=options["val_fraction"], seed=base.seed)
-    adapter = get_adapter("hf_text")
-    adapter.check_backbone(task.backbone)
-    plan = make_strategy(options["strategy"], _num_layers(task.backbone))
+    modality = options.get("task", "text")
+    loaded = load_task(options["data"], options["val"], task=modality, text_col=options["text_col"],
+                       label_col=options["label_col"], model=options["model"],
+                       val_fraction=options["val_fraction"], seed=base.seed)
+    task = loaded
+    num_layers = _num_layers(loaded.backbone) if modality == "text" else None
+    plan = make_strategy(options["strategy"], num_layers, modality)
 
     with Workspace.open(workspace, create=True) as store:
         task.features = FeatureCache(store.root / "cache")
         if resume is None and isinstance(plan, GuidedStrategy):
             _first_rate_from_range_test(plan, task, base)
         if resume is None:
-            stored = {k: (v if not isinstance(v, TextExamples) else v.source) for k, v in options.items()}
+            stored = {k: (v.source if isinstance(v, (TextExamples, TableExamples)) else v)
+                      for k, v in options.items()}
             store.create_study(study_id, options["strategy"], base.metric, stored)
 
         def train_trial(trial_recipe: Recipe, training_callbacks: list[Callback], checkpoint_name: str):

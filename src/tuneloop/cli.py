@@ -81,6 +81,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _training_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=MODALITIES, default="auto",
+                        help="text (fine-tune an encoder) or tabular (an MLP on the other columns); auto: text "
+                             "when a text column is found [auto]")
     parser.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share held out when there is no --val [0.2]")
@@ -98,9 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="train a classifier on a labelled file: texts or table rows")
     fit.add_argument("data", help="training data: .csv, .tsv, .jsonl or .parquet")
-    fit.add_argument("--task", choices=MODALITIES, default="auto",
-                     help="text (fine-tune an encoder) or tabular (an MLP on the other columns); auto: text when a "
-                          "text column is found [auto]")
     _training_data(fit)
     _common(fit)
     _add_recipe_flags(fit)
@@ -249,8 +249,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
         from tuneloop.report.console import StudyDisplay
 
         callbacks.append(StudyDisplay())
-    result = api.tune(args.data, args.val, budget=args.budget, strategy=args.strategy, target=args.target,
-                      prune=args.prune, text_col=args.text_col, label_col=args.label_col, model=args.model,
+    result = api.tune(args.data, args.val, task=args.task, budget=args.budget, strategy=args.strategy,
+                      target=args.target, prune=args.prune, text_col=args.text_col, label_col=args.label_col,
+                      model=args.model,
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
                       name=args.name, resume=args.resume, seed_check=args.seed_check, callbacks=callbacks)
     payload = result.to_dict()

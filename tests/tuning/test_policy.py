@@ -244,3 +244,36 @@ def test_tried_may_hold_keys_instead_of_recipes():
 def test_unknown_label_is_refused():
     with pytest.raises(ValueError, match="'diagnosis.label' must be one of"):
         next_recipe(diagnosis("confused"), Recipe(), [], num_layers=6)
+
+
+# -- tables: an MLP from scratch ------------------------------------------------------------------------------
+
+def walk_table(label: str, recipe: Recipe) -> list:
+    tried, decisions = [], []
+    while (decision := next_recipe(diagnosis(label, best_epoch=2), recipe, tried, num_layers=None,
+                                   modality="tabular")) is not None:
+        decisions.append(decision)
+        tried.append(decision.recipe)
+        assert len(decisions) < 50
+    return decisions
+
+
+def test_an_underfitting_table_gets_more_neurons_then_more_layers():
+    decisions = walk_table("underfitting", Recipe(hidden_layers=1, hidden_units=64, learning_rate=1e-3))
+    assert [d.changes for d in decisions[:2]] == [{"hidden_units": (64, 128)}, {"hidden_layers": (1, 2)}]
+    assert "more neurons" in decisions[0].reason
+
+
+def test_an_overfitting_table_is_regularized_then_made_smaller():
+    decisions = walk_table("overfitting", Recipe(hidden_layers=2, hidden_units=256, epochs=30))
+    knobs = [next(iter(d.changes)) for d in decisions]
+    assert knobs[:2] == ["weight_decay", "dropout"]
+    assert {"hidden_units": (256, 128)} in [d.changes for d in decisions]
+    assert {"hidden_layers": (2, 1)} in [d.changes for d in decisions]
+
+
+@pytest.mark.parametrize("label", sorted(RULES))
+def test_a_table_never_gets_encoder_moves(label):
+    decisions = walk_table(label, Recipe(hidden_layers=2, hidden_units=256, epochs=30, grad_clip=0.0))
+    moved = {knob for d in decisions for knob in d.changes}
+    assert not moved & {"trainable_layers", "lora_rank", "lora_targets", "l2sp", "head_dropout", "unfreezing"}

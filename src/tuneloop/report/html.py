@@ -530,20 +530,23 @@ def importance_section(study: StudyRecord) -> str:
 
 def _validation_confusion(study: StudyRecord, best: dict[str, Any]) -> tuple[np.ndarray, list[str], str]:
     """Rebuild the study's validation split from its stored options and run the best model on it."""
-    from tuneloop.api import TextTask, load_run
+    from tuneloop.api import load_run, load_task
     from tuneloop.training.metrics import classification_metrics, confusion_matrix
 
     options = study.row["options"]
-    task = TextTask.load(options["data"], options["val"], text_col=options["text_col"],
-                         label_col=options["label_col"], model=options["model"],
-                         val_fraction=options["val_fraction"], seed=Recipe.from_dict(options["recipe"]).seed)
+    task = load_task(options["data"], options["val"], task=options.get("task", "text"),
+                     text_col=options["text_col"], label_col=options["label_col"], model=options["model"],
+                     val_fraction=options["val_fraction"], seed=Recipe.from_dict(options["recipe"]).seed)
     run = load_run(best["run_id"], study.root)
     index = {name: i for i, name in enumerate(run.classes)}
-    unknown = sorted(set(task.val.labels) - set(index))
+    unknown = sorted(set(task.val_labels) - set(index))
     if unknown:
         raise DataError(f"the validation data now has labels the model never saw: {', '.join(unknown)}")
-    true = np.array([index[label] for label in task.val.labels])
-    predicted = run.predict_texts(task.val.texts, run.recipe.precision).probabilities.argmax(1)
+    true = np.array([index[label] for label in task.val_labels])
+    if run.adapter == "tabular_mlp":
+        predicted = run.predict(task.val, precision=run.recipe.precision).probabilities.argmax(1)
+    else:
+        predicted = run.predict_texts(task.val.texts, run.recipe.precision).probabilities.argmax(1)
     k = len(run.classes)
     accuracy = classification_metrics(true, predicted, k)["accuracy"]
     recorded = run.metrics.get("val_accuracy")

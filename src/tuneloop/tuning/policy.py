@@ -18,7 +18,11 @@ from tuneloop.tuning.diagnose import Diagnosis
 MIN_LEARNING_RATE = 1e-7
 MAX_EPOCHS = 20
 DEEPER_STEPS = (2, 4)  # trainable_layers climbs 0 -> 2 -> 4 -> "all"
-INTEGER_KNOBS = frozenset({"epochs", "batch_size", "max_length", "patience"})  # by the Recipe's field types
+INTEGER_KNOBS = frozenset({"epochs", "batch_size", "max_length", "patience", "hidden_units", "hidden_layers"})
+TABLE_MAX_EPOCHS = 200  # an MLP epoch over a table takes milliseconds
+TABLE_MAX_RATE = 3e-2
+MAX_HIDDEN_UNITS = 2048
+MAX_HIDDEN_LAYERS = 6
 
 
 def learning_rate_cap(recipe: Recipe) -> float:
@@ -89,7 +93,8 @@ class Step:
 
     def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
         old = getattr(recipe, knob)
-        return {knob: _tidy(_bounded(old, old + self.delta, self.low, self.high, self.delta > 0))}
+        new = _bounded(old, old + self.delta, self.low, self.high, self.delta > 0)
+        return {knob: int(new) if knob in INTEGER_KNOBS else _tidy(new)}
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,45 @@ RULES: dict[str, tuple[Move, ...]] = {
 }
 
 
+# Tables: an MLP trained from scratch, so capacity is its width and depth ("add neurons or layers"), and
+# there are no pretrained weights to pull toward or unfreeze.
+_TABLE_EXPLOIT = (
+    Move("hidden_units", Scale(2, high=MAX_HIDDEN_UNITS), "converged at this size: a wider MLP"),
+    Move("hidden_layers", Step(+1, high=MAX_HIDDEN_LAYERS), "a deeper MLP"),
+    Move("learning_rate", Scale(1.5, high=TABLE_MAX_RATE), "a little higher learning rate"),
+    Move("learning_rate", Scale(1 / 1.5, low=MIN_LEARNING_RATE), "a little lower learning rate"),
+)
+
+TABLE_RULES: dict[str, tuple[Move, ...]] = {
+    "overfitting": (
+        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("dropout", Step(+0.1, high=0.5), "more dropout"),
+        Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
+        Move("epochs", ToBestEpoch(), "stop at the best epoch"),
+        Move("hidden_units", Scale(1 / 2, low=16), "a narrower MLP"),
+        Move("hidden_layers", Step(-1, low=1), "a shallower MLP"),
+    ),
+    "underfitting": (
+        Move("hidden_units", Scale(2, high=MAX_HIDDEN_UNITS), "more neurons"),
+        Move("hidden_layers", Step(+1, high=MAX_HIDDEN_LAYERS), "more layers"),
+        Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "higher learning rate"),
+        Move("epochs", Scale(2, high=TABLE_MAX_EPOCHS), "more epochs"),
+        Move("weight_decay", Scale(1 / 5, zero_below=1e-3), "less weight decay"),
+        Move("dropout", Step(-0.1), "less dropout"),
+    ),
+    "diverged": RULES["diverged"],
+    "too_slow": (
+        Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "higher learning rate"),
+        Move("epochs", Scale(2, high=TABLE_MAX_EPOCHS), "more epochs"),
+        Move("hidden_units", Scale(2, high=MAX_HIDDEN_UNITS), "still slow at the highest rate: more neurons"),
+    ),
+    "good_fit": _TABLE_EXPLOIT,
+    "noisy_validation": _TABLE_EXPLOIT,
+}
+
+RULES_BY_MODALITY = {"text": RULES, "tabular": TABLE_RULES}
+
+
 RecipeKey = tuple[tuple[str, Any], ...]
 
 
@@ -295,19 +339,21 @@ class Decision:
 
 
 def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | Hashable], *,
-                num_layers: int | None) -> Decision | None:
+                num_layers: int | None, modality: str = "text") -> Decision | None:
     """The first move of ``RULES[diagnosis.label]`` that yields a valid recipe not yet run, or None.
 
     ``tried`` holds recipes already run, or their ``recipe_key``s; ``recipe`` itself counts as run. Seeds are
     ignored in that comparison, so a reseeded copy of a run recipe is not proposed either. ``num_layers`` is
-    the backbone's depth, needed to halve ``trainable_layers="all"``. None means nothing is left to try.
+    the backbone's depth, needed to halve ``trainable_layers="all"``; ``modality`` picks the rule table
+    (``RULES`` for texts, ``TABLE_RULES`` for tables). None means nothing is left to try.
     """
-    if diagnosis.label not in RULES:
+    rules = RULES_BY_MODALITY[modality]
+    if diagnosis.label not in rules:
         raise ValueError(f"The 'diagnosis.label' must be one of {', '.join(RULES)}. Got {diagnosis.label!r} instead.")
     seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
     best_epoch = diagnosis.evidence.get("best_epoch")
     context = Context(best_epoch if isinstance(best_epoch, int) else None, num_layers)
-    for move in RULES[diagnosis.label]:
+    for move in rules[diagnosis.label]:
         changes = move.changes(recipe, context)
         if not changes:
             continue

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import optuna
 
 from tuneloop.config import Recipe
+from tuneloop.errors import ConfigError
 from tuneloop.tuning.diagnose import Diagnosis
 from tuneloop.tuning.policy import next_recipe, recipe_key
 from tuneloop.tuning.space import GRID, SAMPLED_SPACE, grid_space, params_of, recipe_from_params
@@ -62,8 +63,8 @@ def _ask_fixed(study: optuna.Study, recipe: Recipe, reason: str) -> Proposal:
 class GuidedStrategy:
     name = "guided"
 
-    def __init__(self, num_layers: int | None):
-        self.num_layers = num_layers
+    def __init__(self, num_layers: int | None, modality: str = "text"):
+        self.num_layers, self.modality = num_layers, modality
         self.first_learning_rate = 2e-3  # a head's usual rate; the study driver's caller may set it from lr-find
         self.first_note = ""
 
@@ -71,27 +72,34 @@ class GuidedStrategy:
         return optuna.samplers.RandomSampler(seed=seed)  # never asked to sample: every trial is fixed
 
     def first_recipe(self, base: Recipe) -> Recipe:
-        """The cheapest capacity first: the head alone on the frozen encoder, at a head's learning rate."""
+        """The cheapest capacity first: the head alone on the frozen encoder, at a head's learning rate; for
+        a table, a small MLP (one layer of 64 units)."""
+        if self.modality == "tabular":
+            return base.replace(hidden_layers=1, hidden_units=64, learning_rate=self.first_learning_rate,
+                                epochs=max(base.epochs, 30), patience=max(base.patience, 5))
         return base.replace(trainable_layers=0, learning_rate=self.first_learning_rate, epochs=max(base.epochs, 5))
+
+    def first_reason(self) -> str:
+        if self.modality == "tabular":
+            return "start with the cheapest capacity: an MLP of one layer of 64 units" + self.first_note
+        return "start with the cheapest capacity: the head alone on the frozen encoder" + self.first_note
 
     def propose(self, study, base, history, retry):
         if retry is not None:
             return _ask_fixed(study, retry, "re-run of an interrupted trial")
         if not history:
-            return _ask_fixed(study, self.first_recipe(base),
-                              "start with the cheapest capacity: the head alone on the frozen encoder"
-                              + self.first_note)
+            return _ask_fixed(study, self.first_recipe(base), self.first_reason())
         scored = [t for t in history if t.status == "completed" and t.value is not None]
         if not scored:  # every trial so far failed: calm the first recipe down
             last = history[-1]
             if last.diagnosis is None:
                 return None
             decision = next_recipe(last.diagnosis, last.recipe, [t.recipe for t in history],
-                                   num_layers=self.num_layers)
+                                   num_layers=self.num_layers, modality=self.modality)
         else:
             best = max(scored, key=lambda t: t.value)
             decision = next_recipe(best.diagnosis, best.recipe, [t.recipe for t in history],
-                                   num_layers=self.num_layers)
+                                   num_layers=self.num_layers, modality=self.modality)
         if decision is None:
             return None
         return _ask_fixed(study, decision.recipe, decision.reason)
@@ -146,9 +154,12 @@ def grid_points() -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(GRID[n] for n in names))]
 
 
-def make_strategy(name: str, num_layers: int | None) -> Strategy:
+def make_strategy(name: str, num_layers: int | None, modality: str = "text") -> Strategy:
     if name == "guided":
-        return GuidedStrategy(num_layers)
+        return GuidedStrategy(num_layers, modality)
+    if name in STRATEGIES and modality != "text":
+        raise ConfigError([f"The '{name}' strategy searches a text classifier's space; for a table, only "
+                           "'guided' works so far. Use --strategy guided."])
     if name in STRATEGIES:
         return SamplerStrategy(name)
     raise ValueError(f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. Got {name!r} instead.")
