@@ -247,7 +247,7 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
                    "resumed_from_epoch": result.resumed_from_epoch,
-                   "cached_inputs": prepared.cached,
+                   "cached_inputs": prepared.cached, "not_cached": prepared.not_cached,
                    "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
                    "device": device.type, "majority_class_rate": _majority_rate(task.val_labels),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
@@ -288,6 +288,7 @@ def fit(data: str | os.PathLike | TextExamples | TableExamples,
     check_options(recipe, val_fraction)
     loaded = load_task(data, val, task=task, text_col=text_col, label_col=label_col, model=model,
                        val_fraction=val_fraction, seed=recipe.seed)
+    check_task_recipe(loaded, recipe)
     task = loaded
     # Everything is checked: only now does the workspace get written.
     with Workspace.open(workspace, create=True) as store:
@@ -307,6 +308,13 @@ def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col
                            val_fraction=val_fraction, seed=seed)
     get_adapter("hf_text").check_backbone(loaded.backbone)
     return loaded
+
+
+def check_task_recipe(task: TextTask | TableTask, recipe: Recipe) -> None:
+    """Knobs that the task cannot honour are errors, not silently ignored."""
+    if isinstance(task, TableTask) and recipe.augment > 0:
+        raise ConfigError([f"The 'augment' parameter augments texts; tables have no augmentation yet. Got "
+                           f"{recipe.augment!r} for a table: set it to 0."])
 
 
 def _majority_rate(labels: list[str]) -> float:
@@ -457,6 +465,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     loaded = load_task(options["data"], options["val"], task=modality, text_col=options["text_col"],
                        label_col=options["label_col"], model=options["model"],
                        val_fraction=options["val_fraction"], seed=base.seed)
+    check_task_recipe(loaded, base)
     task = loaded
     num_layers = _num_layers(loaded.backbone) if modality == "text" else None
     plan = make_strategy(options["strategy"], num_layers, modality)

@@ -34,6 +34,7 @@ RECIPE_HELP = {
     "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / rank)",
     "lora_dropout": "dropout on the LoRA adapters' input",
     "lora_targets": "LoRA modules: attention, all-linear, or comma-separated module names",
+    "augment": "strength of training-data augmentation, drawn afresh each epoch (0 = off, at most 1)",
     "hidden_layers": "tables: hidden layers of the MLP", "hidden_units": "tables: units per hidden layer of the MLP",
     "patience": "epochs without gain before stopping early (0 = off)",
     "metric": "validation metric for early stopping and the best epoch",
@@ -189,7 +190,8 @@ def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:
     return (f"Run {run_id}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, val accuracy "
             f"{metrics['val_accuracy']:.4f}, macro-F1 {metrics['val_macro_f1']:.4f} (majority class "
             f"{metrics['majority_class_rate']:.4f}), {metrics['seconds']:.0f}s on {metrics['device']} "
-            f"{metrics['precision']}. Model: {path}")
+            f"{metrics['precision']}. Model: {path}"
+            + (f"\nFrozen-layer caching {metrics['not_cached']}." if metrics.get("not_cached") else ""))
 
 
 def cmd_fit(args: argparse.Namespace) -> None:

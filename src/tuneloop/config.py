@@ -31,6 +31,9 @@ class Recipe:
     the adapters are merged into the weights when the model is saved.
     Dropout: ``dropout`` on the encoder's hidden states, ``attention_dropout`` on its attention weights,
     ``head_dropout`` on the text vector the head reads.
+    ``augment`` is the strength (0 = off, at most 1) of augmentation of the training inputs, drawn afresh
+    every epoch (texts: words deleted, swapped, inserted and replaced by neighbours in the backbone's own
+    embedding space); validation data is never augmented. It turns off caching of frozen layers.
     Tables: ``hidden_layers`` and ``hidden_units`` are the depth and width of the MLP (its capacity), and
     ``dropout`` is applied after each hidden layer; the encoder knobs do not apply.
     ``l2sp`` pulls the trained encoder weights back toward their pretrained values (L2-SP, Li et al. 2018),
@@ -58,6 +61,7 @@ class Recipe:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     lora_targets: str = "attention"
+    augment: float = 0.0
     hidden_layers: int = 2
     hidden_units: int = 256
     patience: int = 2
@@ -105,6 +109,7 @@ class Recipe:
         check("unfreezing", self.unfreezing in UNFREEZING, f"one of {', '.join(UNFREEZING)}")
         check("lora_rank", is_int(self.lora_rank) and 0 <= self.lora_rank <= 1024,
               "an int in the range [0, 1024] (0 turns LoRA off)")
+        check("augment", is_number(self.augment) and 0 <= self.augment <= 1, "a float in the range [0, 1] (0 = off)")
         check("hidden_layers", is_int(self.hidden_layers) and 0 <= self.hidden_layers <= 16,
               "an int in the range [0, 16] (0 is a linear model)")
         check("hidden_units", is_int(self.hidden_units) and 1 <= self.hidden_units <= 8192,

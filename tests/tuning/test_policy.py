@@ -102,6 +102,7 @@ def test_overfitting_walks_its_moves_in_order_then_stops():
         {"dropout": (0.1, 0.2)},
         {"head_dropout": (0.1, 0.2)},
         {"label_smoothing": (0.0, 0.1)},
+        {"augment": (0.0, 0.1)},
         {"lora_rank": (0, 8), "learning_rate": (5e-5, 5e-4)},
         {"learning_rate": (5e-5, 2.5e-5)},
         {"epochs": (4, 2)},
@@ -113,7 +114,7 @@ def test_a_frozen_encoder_gets_head_dropout_and_never_encoder_dropout_or_adapter
     decisions = walk("overfitting", Recipe(epochs=4, trainable_layers=0, learning_rate=1e-3), num_layers=6)
     knobs = {knob for d in decisions for knob in d.changes}
     assert "head_dropout" in knobs
-    assert not knobs & {"dropout", "lora_rank", "l2sp"}
+    assert not knobs & {"dropout", "lora_rank", "l2sp", "augment"}
 
 
 def test_lora_rank_goes_down_on_overfitting_and_up_on_underfitting():

@@ -24,7 +24,8 @@ PROSE_WORDS = 4
 @dataclass(frozen=True)
 class Prepared:
     """One run's fresh network, the preprocessor saved with it, the module that trains (the network, or its
-    trainable part on cached inputs), its training and validation inputs, and what was cached (or None)."""
+    trainable part on cached inputs), its training and validation inputs, what was cached (or None), and
+    why nothing was where something could have been."""
 
     network: torch.nn.Module
     preprocessor: Any
@@ -32,6 +33,7 @@ class Prepared:
     train_set: Any
     val_set: Any
     cached: str | None = None
+    not_cached: str | None = None
 
 
 def modality_of(data: Any, requested: str = "auto", text_col: str | None = None) -> str:

@@ -4,13 +4,16 @@ outputs of frozen encoder layers cached across epochs and trials."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from tuneloop.config import Recipe
-from tuneloop.data.batches import Features, TokenStates
+from tuneloop.data.augment_text import SynonymTable, TextAugmenter
+from tuneloop.data.batches import Batch, Encoded, Features, TokenStates
 from tuneloop.data.feature_cache import FeatureCache, feature_key
 from tuneloop.data.text import (
     TextExamples,
@@ -27,6 +30,36 @@ from tuneloop.training.device import pick_device, resolve_precision
 KIND = "text-classification"
 
 
+@dataclass(frozen=True)
+class AugmentedTexts:
+    """Training texts augmented afresh each epoch. The draw is seeded by the recipe's seed and the epoch, so
+    a run resumed from a checkpoint sees the same texts as an uninterrupted one; batches outside an epoch
+    (the range test) read the texts as they are."""
+
+    texts: list[str]
+    plain: Encoded
+    augmenter: TextAugmenter
+    encode: Callable[[list[str]], Encoded]
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.plain.lengths
+
+    @property
+    def label_ids(self) -> list[int] | None:
+        return self.plain.label_ids
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        return self.plain.batch(indices)
+
+    def for_epoch(self, epoch: int) -> Encoded:
+        return self.encode(self.augmenter.augment(self.texts, np.random.default_rng([self.seed, epoch])))
+
+
 @dataclass
 class TextTask:
     """Checked training and validation texts with their classes; tokenized once per tokenizer length."""
@@ -39,6 +72,7 @@ class TextTask:
     adapter_name = "hf_text"
     features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+    _synonyms: SynonymTable | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None, *,
@@ -87,9 +121,23 @@ class TextTask:
         adapter = get_adapter("hf_text")
         network, tokenizer = adapter.build(self.backbone, len(self.classes), recipe)
         train_set, val_set = self.encoded(tokenizer, recipe)
+        if recipe.augment > 0:
+            # The inputs change every epoch, so frozen layers' outputs do too: nothing to cache.
+            augmented = AugmentedTexts(self.train.texts, train_set, TextAugmenter(recipe.augment, self.synonyms()),
+                                       lambda texts: adapter.encode(tokenizer, texts, train_set.label_ids, recipe),
+                                       recipe.seed)
+            return Prepared(network, tokenizer, network, augmented, val_set, None,
+                            "off: augmentation changes the training inputs every epoch")
         cached = frozen_input_plan(recipe, network, train_set, val_set) if cache_features else None
         trainable, train_set, val_set = _on_cached_inputs(self, network, tokenizer, recipe, cached, device, precision)
         return Prepared(network, tokenizer, trainable, train_set, val_set, cached)
+
+    def synonyms(self) -> SynonymTable:
+        """Neighbours in the backbone's embedding space of the words in the training texts, found once."""
+        if self._synonyms is None:
+            words = {word for text in self.train.texts for word in text.split()}
+            self._synonyms = SynonymTable.from_backbone(self.backbone, vocabulary_words=words)
+        return self._synonyms
 
     def cached_states(self, network, tokenizer, recipe: Recipe, depth: int, device: torch.device,
                       precision: str) -> tuple[TokenStates, TokenStates]:

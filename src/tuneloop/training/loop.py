@@ -106,7 +106,6 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
            checkpoint: EpochCheckpoint | None) -> TrainResult:
     model.to(device)
     rng = np.random.default_rng(recipe.seed)
-    lengths = train_set.lengths
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     optimizer = make_optimizer(model, recipe, device)
@@ -143,7 +142,10 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
         model.train()
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        for step, batch in enumerate(iterate(train_set, training_order(lengths, recipe.batch_size, rng)), 1):
+        # Augmented data is drawn afresh each epoch, from the epoch number: a resumed run draws the same.
+        epoch_set = train_set.for_epoch(epoch) if hasattr(train_set, "for_epoch") else train_set
+        order = training_order(epoch_set.lengths, recipe.batch_size, rng)
+        for step, batch in enumerate(iterate(epoch_set, order), 1):
             batch = batch.to(device)
             loss_value = train_step(model, batch, optimizer, recipe, device, precision, trainable, anchors)
             scheduler.step()

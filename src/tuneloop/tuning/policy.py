@@ -173,7 +173,8 @@ class PretrainedPull:
 @dataclass(frozen=True)
 class EncoderOnly:
     """Another change, applied only where encoder layers train (a head alone has no hidden dropout or
-    adapters to change: with the encoder frozen its output is computed once, without dropout)."""
+    adapters to change: with the encoder frozen its output is computed once, without dropout; and augmenting
+    its inputs would give up that cache, making a second-long trial a minute long)."""
 
     change: Change
 
@@ -251,6 +252,7 @@ RULES: dict[str, tuple[Move, ...]] = {
         Move("dropout", EncoderOnly(Step(+0.1, high=0.5)), "more dropout"),
         Move("head_dropout", Step(+0.1, high=0.5), "more dropout before the head"),
         Move("label_smoothing", AtLeast(0.1), "label smoothing"),
+        Move("augment", EncoderOnly(Step(+0.1, high=0.5)), "augment the training texts (more)"),
         Move("lora_rank", LoraInstead(), "low-rank adapters (LoRA) instead of the layers' weights"),
         Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
         Move("epochs", ToBestEpoch(), "stop at the best epoch"),
