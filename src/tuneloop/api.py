@@ -288,7 +288,6 @@ def fit(data: str | os.PathLike | TextExamples | TableExamples,
     check_options(recipe, val_fraction)
     loaded = load_task(data, val, task=task, text_col=text_col, label_col=label_col, model=model,
                        val_fraction=val_fraction, seed=recipe.seed)
-    check_task_recipe(loaded, recipe)
     task = loaded
     # Everything is checked: only now does the workspace get written.
     with Workspace.open(workspace, create=True) as store:
@@ -308,13 +307,6 @@ def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col
                            val_fraction=val_fraction, seed=seed)
     get_adapter("hf_text").check_backbone(loaded.backbone)
     return loaded
-
-
-def check_task_recipe(task: TextTask | TableTask, recipe: Recipe) -> None:
-    """Knobs that the task cannot honour are errors, not silently ignored."""
-    if isinstance(task, TableTask) and recipe.augment > 0:
-        raise ConfigError([f"The 'augment' parameter augments texts; tables have no augmentation yet. Got "
-                           f"{recipe.augment!r} for a table: set it to 0."])
 
 
 def _majority_rate(labels: list[str]) -> float:
@@ -465,7 +457,6 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     loaded = load_task(options["data"], options["val"], task=modality, text_col=options["text_col"],
                        label_col=options["label_col"], model=options["model"],
                        val_fraction=options["val_fraction"], seed=base.seed)
-    check_task_recipe(loaded, base)
     task = loaded
     num_layers = _num_layers(loaded.backbone) if modality == "text" else None
     plan = make_strategy(options["strategy"], num_layers, modality)

@@ -63,13 +63,3 @@ def test_augmentation_turns_frozen_layer_caching_off_visibly(tiny_model, toy_csv
     run = api.fit(toy_csv, model=str(tiny_model), workspace=workspace, epochs=1, trainable_layers=1, augment=0.3)
     assert run.metrics["cached_inputs"] is None
     assert "augmentation" in run.metrics["not_cached"]
-
-
-def test_augmenting_a_table_is_refused_before_anything_is_written(tmp_path):
-    from tests.conftest import write_csv
-
-    table = write_csv(tmp_path / "t.csv", ["size", "color", "label"],
-                      [[str(i), "red" if i % 2 else "blue", "a" if i % 2 else "b"] for i in range(20)])
-    with pytest.raises(Exception, match="'augment'"):
-        api.fit(table, workspace=tmp_path / "ws", augment=0.2)
-    assert not (tmp_path / "ws").exists()

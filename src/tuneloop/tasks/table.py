@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from tuneloop.config import Recipe
+from tuneloop.data.augment_table import AugmentedRows
 from tuneloop.data.batches import Features
 from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.data.tabular import (
+    NumericColumn,
     TableExamples,
     TabularPreprocessor,
     TargetEncoder,
@@ -76,7 +78,21 @@ class TableTask:
     def prepare(self, recipe: Recipe, device: torch.device, precision: str, *, cache_features: bool = True
                 ) -> Prepared:
         network = get_adapter(self.adapter_name).build(self.preprocessing, recipe)
-        return Prepared(network, self.preprocessing, network, self.train_features, self.val_features)
+        train_set = self.train_features
+        if recipe.augment > 0:
+            train_set = AugmentedRows(self.train_features, numeric_positions(self.preprocessing.features),
+                                      recipe.augment, recipe.seed)
+        return Prepared(network, self.preprocessing, network, train_set, self.val_features)
+
+
+def numeric_positions(preprocessor: TabularPreprocessor) -> np.ndarray:
+    """Where each numeric column's standardized value sits in a row vector (not its missing indicator)."""
+    positions, offset = [], 0
+    for column in preprocessor.columns:
+        if isinstance(column, NumericColumn):
+            positions.append(offset)
+        offset += len(column.feature_names)
+    return np.asarray(positions, dtype=np.int64)
 
 
 def features_of(examples: TableExamples, preprocessing: TablePreprocessing) -> Features:

@@ -296,6 +296,7 @@ TABLE_RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
         Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
         Move("dropout", Step(+0.1, high=0.5), "more dropout"),
+        Move("augment", Step(+0.1, high=0.5), "augment the training rows (more): noise, rebalanced classes"),
         Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
         Move("epochs", ToBestEpoch(), "stop at the best epoch"),
         Move("hidden_units", Scale(1 / 2, low=16), "a narrower MLP"),
