@@ -95,8 +95,6 @@ def test_table_specific_mistakes_are_reported_before_anything_is_written(wine, t
     fitted = tuneloop("fit", str(regression), "--workspace", str(workspace))
     assert fitted.returncode == 2 and "regression" in fitted.stderr
 
-    tuned = tuneloop("tune", str(data), "--workspace", str(workspace), "--budget", "1trial", "--strategy", "random")
-    assert tuned.returncode == 2 and "only 'guided'" in tuned.stderr
     assert not workspace.exists()
 
 
@@ -125,3 +123,16 @@ def test_task_text_on_a_table_asks_for_the_text_column(wine, tmp_path):
     data, _ = wine
     fitted = tuneloop("fit", str(data), "--task", "text", "--workspace", str(tmp_path / "ws"))
     assert fitted.returncode == 2 and "text" in fitted.stderr.lower()
+
+
+@pytest.mark.parametrize("strategy", ["random", "grid", "bayes"])
+def test_sampler_strategies_search_the_mlp_space_of_a_table(wine, tmp_path, strategy):
+    data, _ = wine
+    result = api.tune(data, workspace=tmp_path / "ws", budget="3trials", strategy=strategy, prune="none",
+                      seed_check=False)
+    recipes = [t.recipe for t in result.trials]
+    assert len(recipes) == 3
+    assert len({(r.hidden_layers, r.hidden_units, r.learning_rate) for r in recipes}) == 3, "three different MLPs"
+    assert all(r.trainable_layers == "all" and r.lora_rank == 0 for r in recipes), "no encoder knobs"
+    if strategy == "grid":
+        assert [r.hidden_layers for r in recipes] == [1, 1, 1] and recipes[0].learning_rate == pytest.approx(3e-4)

@@ -16,7 +16,9 @@ from tuneloop.config import Recipe
 DEPTHS = (0, 2, 4, "all")
 
 
-def base_learning_rate(trainable_layers: int | str, lora_rank: int = 0) -> float:
+def base_learning_rate(trainable_layers: int | str, lora_rank: int = 0, modality: str = "text") -> float:
+    if modality == "tabular":  # an MLP from scratch
+        return 1e-3
     if trainable_layers == 0:
         return 2e-3
     if lora_rank > 0:  # low-rank adapters start at zero and want rates near a head's
@@ -41,29 +43,47 @@ GRID: dict[str, list[Any]] = {
     "lr_multiplier": [0.3, 1.0, 3.0],
 }
 
+# Tables: the MLP's width and depth are the capacity; no encoder knobs.
+TABLE_SPACE: dict[str, BaseDistribution] = {
+    "hidden_layers": IntDistribution(1, 4),
+    "hidden_units": CategoricalDistribution((32, 64, 128, 256, 512)),
+    "lr_multiplier": FloatDistribution(0.1, 10.0, log=True),
+    "weight_decay": FloatDistribution(0.0, 0.1),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "augment": FloatDistribution(0.0, 0.5),
+    "epochs": IntDistribution(10, 60),
+    "batch_size": CategoricalDistribution((16, 32, 64)),
+}
 
-def grid_space() -> dict[str, BaseDistribution]:
-    return {name: CategoricalDistribution(values) for name, values in GRID.items()}
+TABLE_GRID: dict[str, list[Any]] = {
+    "hidden_layers": [1, 2, 3],
+    "lr_multiplier": [0.3, 1.0, 3.0],
+}
 
 
-def recipe_from_params(base: Recipe, params: dict[str, Any]) -> Recipe:
+def sampled_space(modality: str = "text") -> dict[str, BaseDistribution]:
+    return TABLE_SPACE if modality == "tabular" else SAMPLED_SPACE
+
+
+def recipe_from_params(base: Recipe, params: dict[str, Any], modality: str = "text") -> Recipe:
     """``base`` with the sampled knobs set; knobs not sampled keep the base's values."""
     values = {k: v for k, v in params.items() if k != "lr_multiplier"}
     depth = values.get("trainable_layers", base.trainable_layers)
-    if depth == 0:
+    if depth == 0 and modality == "text":
         values["lora_rank"] = 0  # LoRA adapts encoder layers; a head-only trial has none
     rank = values.get("lora_rank", base.lora_rank)
     if "lr_multiplier" in params:
-        values["learning_rate"] = float(f"{base_learning_rate(depth, rank) * params['lr_multiplier']:.4g}")
-    for name in ("weight_decay", "dropout", "label_smoothing", "warmup_ratio"):
+        rate = base_learning_rate(depth, rank, modality) * params["lr_multiplier"]
+        values["learning_rate"] = float(f"{rate:.4g}")
+    for name in ("weight_decay", "dropout", "label_smoothing", "warmup_ratio", "augment"):
         if name in values:
             values[name] = round(float(values[name]), 4)
     return base.replace(**values)
 
 
-def params_of(recipe: Recipe) -> dict[str, Any]:
+def params_of(recipe: Recipe, modality: str = "text") -> dict[str, Any]:
     """The recipe as sampler parameters (used to re-queue an interrupted trial's parameters)."""
-    params = {name: getattr(recipe, name) for name in SAMPLED_SPACE if name != "lr_multiplier"}
-    base_rate = base_learning_rate(recipe.trainable_layers, recipe.lora_rank)
+    params = {name: getattr(recipe, name) for name in sampled_space(modality) if name != "lr_multiplier"}
+    base_rate = base_learning_rate(recipe.trainable_layers, recipe.lora_rank, modality)
     params["lr_multiplier"] = float(f"{recipe.learning_rate / base_rate:.4g}")
     return params

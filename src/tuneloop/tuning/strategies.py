@@ -3,7 +3,8 @@ told its result), so pruning and the stored search state work the same for all o
 
 - ``guided``: ours. Starts from the cheapest capacity (a head on the frozen encoder) and asks the policy
   what to change, reading the diagnosis of the best trial so far.
-- ``grid``, ``random``, ``bayes`` (TPE): Optuna's samplers over ``space.SAMPLED_SPACE`` / ``space.GRID``.
+- ``grid``, ``random``, ``bayes`` (TPE): Optuna's samplers over ``space.SAMPLED_SPACE`` / ``space.GRID``
+  (``space.TABLE_SPACE`` / ``space.TABLE_GRID`` for tables).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Any, Protocol
 import optuna
 
 from tuneloop.config import Recipe
-from tuneloop.errors import ConfigError
 from tuneloop.tuning.diagnose import Diagnosis
 from tuneloop.tuning.policy import next_recipe, recipe_key
-from tuneloop.tuning.space import GRID, SAMPLED_SPACE, grid_space, params_of, recipe_from_params
+from tuneloop.tuning.space import GRID, SAMPLED_SPACE, TABLE_GRID, TABLE_SPACE, params_of, recipe_from_params
 
 STRATEGIES = ("guided", "grid", "random", "bayes")
 MAX_REDRAWS = 20  # samples drawn before a sampler that only proposes tried recipes counts as exhausted
@@ -112,35 +112,41 @@ class SamplerStrategy:
     inside ``tell``, which only works under ``study.optimize``, not in an ask/tell loop the caller owns).
     """
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, modality: str = "text"):
+        self.name, self.modality = name, modality
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.name == "bayes":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
         return optuna.samplers.RandomSampler(seed=seed)
 
+    def grid(self) -> dict[str, list[Any]]:
+        return TABLE_GRID if self.modality == "tabular" else GRID
+
     def space(self) -> dict[str, Any]:
-        return grid_space() if self.name == "grid" else SAMPLED_SPACE
+        if self.name == "grid":
+            return {name: optuna.distributions.CategoricalDistribution(values) for name, values in self.grid().items()}
+        return TABLE_SPACE if self.modality == "tabular" else SAMPLED_SPACE
 
     def propose(self, study, base, history, retry):
         space = self.space()
         reason = f"{self.name} sample"
         if retry is not None:
-            study.enqueue_trial({k: v for k, v in params_of(retry).items() if k in space})
+            study.enqueue_trial({k: v for k, v in params_of(retry, self.modality).items() if k in space})
             reason = "re-run of an interrupted trial"
         elif self.name == "grid":
             tried = {recipe_key(t.recipe) for t in history}
-            untried = [params for params in grid_points()
-                       if recipe_key(recipe_from_params(base, params)) not in tried]
+            points = grid_points(self.grid())
+            untried = [params for params in points
+                       if recipe_key(recipe_from_params(base, params, self.modality)) not in tried]
             if not untried:
                 return None
             study.enqueue_trial(untried[0])
-            reason = f"grid point {len(grid_points()) - len(untried) + 1} of {len(grid_points())}"
+            reason = f"grid point {len(points) - len(untried) + 1} of {len(points)}"
         tried = {recipe_key(t.recipe) for t in history}
         for _ in range(MAX_REDRAWS):
             trial = study.ask(space)
-            recipe = recipe_from_params(base, trial.params)
+            recipe = recipe_from_params(base, trial.params, self.modality)
             if retry is not None or recipe_key(recipe) not in tried:
                 trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
                 return Proposal(trial, recipe, reason)
@@ -149,19 +155,17 @@ class SamplerStrategy:
         return None
 
 
-def grid_points() -> list[dict[str, Any]]:
-    names = list(GRID)
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(GRID[n] for n in names))]
+def grid_points(grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    grid = GRID if grid is None else grid
+    names = list(grid)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
 
 
 def make_strategy(name: str, num_layers: int | None, modality: str = "text") -> Strategy:
     if name == "guided":
         return GuidedStrategy(num_layers, modality)
-    if name in STRATEGIES and modality != "text":
-        raise ConfigError([f"The '{name}' strategy searches a text classifier's space; for a table, only "
-                           "'guided' works so far. Use --strategy guided."])
     if name in STRATEGIES:
-        return SamplerStrategy(name)
+        return SamplerStrategy(name, modality)
     raise ValueError(f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. Got {name!r} instead.")
 
 
