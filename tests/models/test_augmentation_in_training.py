@@ -27,7 +27,7 @@ def augmented(tiny_model, strength: float = 0.5, seed: int = 7) -> AugmentedText
     labels = [i % 2 for i in range(len(TEXTS))]
     plain = adapter.encode(tokenizer, TEXTS, labels, recipe)
     table = SynonymTable.from_dict({"synonyms": {"good": ["fine"], "great": ["grand"], "bad": ["poor"]}})
-    return AugmentedTexts(TEXTS, plain, TextAugmenter(strength, table),
+    return AugmentedTexts(plain, TEXTS, TextAugmenter(strength, table),
                           lambda texts: adapter.encode(tokenizer, texts, labels, recipe), seed)
 
 

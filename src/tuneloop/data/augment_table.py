@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tuneloop.data.batches import Batch, Features
+from tuneloop.data.batches import Features, PerEpoch
 
 NOISE_SD = 0.3
 
@@ -31,27 +31,12 @@ def rebalanced_indices(labels: np.ndarray, strength: float, rng: np.random.Gener
 
 
 @dataclass(frozen=True)
-class AugmentedRows:
-    """Training rows whose epochs are drawn by ``for_epoch``; batches outside an epoch read the rows as they are."""
+class AugmentedRows(PerEpoch):
+    """Training rows whose epochs are drawn with noise and rebalanced classes (see the module docstring)."""
 
-    plain: Features
     numeric: np.ndarray  # positions of the numeric columns in a row vector
     strength: float
     seed: int
-
-    def __len__(self) -> int:
-        return len(self.plain)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.plain.lengths
-
-    @property
-    def label_ids(self) -> list[int] | None:
-        return self.plain.label_ids
-
-    def batch(self, indices: np.ndarray) -> Batch:
-        return self.plain.batch(indices)
 
     def for_epoch(self, epoch: int) -> Features:
         rng = np.random.default_rng([self.seed, epoch])

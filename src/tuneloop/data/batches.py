@@ -117,7 +117,32 @@ class TokenStates:
         return Batch({"hidden": hidden, "attention_mask": mask}, _labels(self.label_ids, indices), indices)
 
 
-Examples = Encoded | Features | TokenStates
+@dataclass(frozen=True)
+class PerEpoch:
+    """Training examples drawn afresh each epoch by ``for_epoch`` (augmentation); everywhere else (length
+    grouping, the range test) they read as the ``plain`` examples they are drawn from."""
+
+    plain: Encoded | Features
+
+    def __len__(self) -> int:
+        return len(self.plain)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.plain.lengths
+
+    @property
+    def label_ids(self) -> list[int] | None:
+        return self.plain.label_ids
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        return self.plain.batch(indices)
+
+    def for_epoch(self, epoch: int) -> Encoded | Features:
+        raise NotImplementedError
+
+
+Examples = Encoded | Features | TokenStates | PerEpoch
 
 
 def training_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ import torch
 
 from tuneloop.config import Recipe
 from tuneloop.data.augment_text import SynonymTable, TextAugmenter
-from tuneloop.data.batches import Batch, Encoded, Features, TokenStates
+from tuneloop.data.batches import Encoded, Features, PerEpoch, TokenStates
 from tuneloop.data.feature_cache import FeatureCache, feature_key
 from tuneloop.data.text import (
     TextExamples,
@@ -31,30 +31,14 @@ KIND = "text-classification"
 
 
 @dataclass(frozen=True)
-class AugmentedTexts:
+class AugmentedTexts(PerEpoch):
     """Training texts augmented afresh each epoch. The draw is seeded by the recipe's seed and the epoch, so
-    a run resumed from a checkpoint sees the same texts as an uninterrupted one; batches outside an epoch
-    (the range test) read the texts as they are."""
+    a run resumed from a checkpoint sees the same texts as an uninterrupted one."""
 
     texts: list[str]
-    plain: Encoded
     augmenter: TextAugmenter
     encode: Callable[[list[str]], Encoded]
     seed: int
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.plain.lengths
-
-    @property
-    def label_ids(self) -> list[int] | None:
-        return self.plain.label_ids
-
-    def batch(self, indices: np.ndarray) -> Batch:
-        return self.plain.batch(indices)
 
     def for_epoch(self, epoch: int) -> Encoded:
         return self.encode(self.augmenter.augment(self.texts, np.random.default_rng([self.seed, epoch])))
@@ -123,7 +107,7 @@ class TextTask:
         train_set, val_set = self.encoded(tokenizer, recipe)
         if recipe.augment > 0:
             # The inputs change every epoch, so frozen layers' outputs do too: nothing to cache.
-            augmented = AugmentedTexts(self.train.texts, train_set, TextAugmenter(recipe.augment, self.synonyms()),
+            augmented = AugmentedTexts(train_set, self.train.texts, TextAugmenter(recipe.augment, self.synonyms()),
                                        lambda texts: adapter.encode(tokenizer, texts, train_set.label_ids, recipe),
                                        recipe.seed)
             return Prepared(network, tokenizer, network, augmented, val_set, None,
