@@ -6,6 +6,7 @@ input leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -95,7 +96,7 @@ class Run:
         classes = json.loads((path / LABELS_FILE).read_text())
         return cls(run_id or path.name, path, recipe, metrics, classes, history or [])
 
-    @property
+    @functools.cached_property
     def adapter(self) -> str:
         """The model adapter that saved this run: 'hf_text' (texts) or 'tabular_mlp' (table rows)."""
         return json.loads((self.path / ADAPTER_FILE).read_text())["adapter"]
@@ -462,7 +463,8 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     plan = make_strategy(options["strategy"], num_layers, modality)
 
     with Workspace.open(workspace, create=True) as store:
-        task.features = FeatureCache(store.root / "cache")
+        if isinstance(task, TextTask):  # frozen-layer outputs, shared with later and resumed studies
+            task.features = FeatureCache(store.root / "cache")
         if resume is None and isinstance(plan, GuidedStrategy):
             _first_rate_from_range_test(plan, task, base)
         if resume is None:

@@ -199,37 +199,39 @@ def lora_module_names(encoder: nn.Module, layers: list[nn.Module], targets: str)
     return names
 
 
-class HeadOnly(nn.Module):
-    """The classifier's dropout and head alone, fed cached text vectors: what trains when the encoder is
-    frozen whole. Its parameters are the classifier's own, so training it trains the classifier."""
+class _ClassifierPart(nn.Module):
+    """The part of a classifier that trains on cached inputs. Its parameters are the classifier's own, so
+    training it trains the classifier; it reports their depths and origins under its own names."""
 
     def __init__(self, classifier: TextClassifier):
         super().__init__()
         self.classifier = classifier
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier.classify(features)
-
-    def parameter_depths(self) -> dict[str, int]:
-        return {f"classifier.{k}": v for k, v in self.classifier.parameter_depths().items()}
-
-
-class TopLayers(nn.Module):
-    """The classifier from encoder layer ``depth`` up, fed the cached hidden states that enter that layer:
-    what trains when the layers below are frozen. Its parameters are the classifier's own."""
-
-    def __init__(self, classifier: TextClassifier, depth: int):
-        super().__init__()
-        self.classifier, self.depth = classifier, depth
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier.classify(self.classifier.embed_from(hidden, attention_mask, self.depth))
 
     def parameter_depths(self) -> dict[str, int]:
         return {f"classifier.{k}": v for k, v in self.classifier.parameter_depths().items()}
 
     def pretrained_parameter_names(self) -> list[str]:
         return [f"classifier.{name}" for name in self.classifier.pretrained_parameter_names()]
+
+
+class HeadOnly(_ClassifierPart):
+    """The classifier's dropout and head alone, fed cached text vectors: what trains when the encoder is
+    frozen whole."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier.classify(features)
+
+
+class TopLayers(_ClassifierPart):
+    """The classifier from encoder layer ``depth`` up, fed the cached hidden states that enter that layer:
+    what trains when the layers below are frozen."""
+
+    def __init__(self, classifier: TextClassifier, depth: int):
+        super().__init__(classifier)
+        self.depth = depth
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier.classify(self.classifier.embed_from(hidden, attention_mask, self.depth))
 
 
 def _check_model_dir(path: Path) -> None:

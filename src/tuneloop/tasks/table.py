@@ -9,7 +9,7 @@ written, and every trial of a study trains on the same vectors.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +17,6 @@ import torch
 from tuneloop.config import Recipe
 from tuneloop.data.augment_table import AugmentedRows
 from tuneloop.data.batches import Features
-from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.data.tabular import (
     NumericColumn,
     TableExamples,
@@ -45,7 +44,6 @@ class TableTask:
     train_features: Features
     val_features: Features
     backbone: str = "mlp (trained from scratch)"
-    features: FeatureCache = field(default_factory=FeatureCache)  # unused: nothing frozen to cache
     kind = KIND
     adapter_name = "tabular_mlp"
 

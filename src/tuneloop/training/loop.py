@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneloop.config import Recipe
-from tuneloop.data.batches import Batch, Examples, inference_order, iterate, training_order
+from tuneloop.data.batches import Batch, Examples, PerEpoch, inference_order, iterate, training_order
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import autocast
 from tuneloop.training.fast_dropout import cpu_fast_dropout
@@ -143,7 +143,7 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
         # Augmented data is drawn afresh each epoch, from the epoch number: a resumed run draws the same.
-        epoch_set = train_set.for_epoch(epoch) if hasattr(train_set, "for_epoch") else train_set
+        epoch_set = train_set.for_epoch(epoch) if isinstance(train_set, PerEpoch) else train_set
         order = training_order(epoch_set.lengths, recipe.batch_size, rng)
         for step, batch in enumerate(iterate(epoch_set, order), 1):
             batch = batch.to(device)
