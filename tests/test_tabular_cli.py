@@ -1,5 +1,6 @@
-"""Tabular classification end to end through the command line, on scikit-learn's bundled wine and breast
-cancer data (both BSD-licensed with scikit-learn, from the UCI repository)."""
+"""Tables end to end through the command line: classification on scikit-learn's bundled wine and breast
+cancer data, regression on its diabetes data (all BSD-licensed with scikit-learn; wine and breast cancer
+from the UCI repository, diabetes from Efron et al. 2004)."""
 
 from __future__ import annotations
 
@@ -89,13 +90,50 @@ def test_table_specific_mistakes_are_reported_before_anything_is_written(wine, t
     workspace = tmp_path / "ws"
     with_model = tuneloop("fit", str(data), "--model", str(tmp_path), "--workspace", str(workspace))
     assert with_model.returncode == 2 and "train an MLP from scratch" in with_model.stderr
-
-    regression = tmp_path / "diabetes.csv"
-    sklearn_datasets.load_diabetes(as_frame=True, scaled=False).frame.to_csv(regression, index=False)
-    fitted = tuneloop("fit", str(regression), "--workspace", str(workspace))
-    assert fitted.returncode == 2 and "regression" in fitted.stderr
-
+    wrong_metric = tuneloop("fit", str(data), "--metric", "rmse", "--workspace", str(workspace))
+    assert wrong_metric.returncode == 2
+    assert "'metric' parameter of a classification task must be one of" in wrong_metric.stderr
     assert not workspace.exists()
+
+
+@pytest.fixture(scope="module")
+def diabetes(tmp_path_factory) -> tuple[Path, Path]:
+    """The diabetes table (442 rows, 10 numeric columns, a disease-progression score 25..346), and its
+    first 30 rows without the target."""
+    folder = tmp_path_factory.mktemp("diabetes")
+    frame = sklearn_datasets.load_diabetes(as_frame=True, scaled=False).frame
+    frame.to_csv(folder / "diabetes.csv", index=False)
+    frame.drop(columns=["target"]).head(30).to_csv(folder / "new.csv", index=False)
+    return folder / "diabetes.csv", folder / "new.csv"
+
+
+def test_regression_fit_evaluate_predict_from_the_command_line(diabetes, tmp_path):
+    data, new = diabetes
+    workspace = str(tmp_path / "ws")
+    fitted = tuneloop("fit", str(data), "--workspace", workspace, "--json", *FAST)
+    assert fitted.returncode == 0, fitted.stderr
+    metrics = json.loads(fitted.stdout)["metrics"]
+    assert set(metrics) >= {"val_rmse", "val_mae", "val_r2", "mean_predictor_rmse"}
+    assert "val_accuracy" not in metrics
+    # Learned something real: a clearly lower error than always predicting the training mean.
+    assert metrics["val_rmse"] < 0.9 * metrics["mean_predictor_rmse"] and metrics["val_r2"] > 0.2
+    recipe = json.loads(fitted.stdout)["recipe"]
+    assert recipe["metric"] == "rmse", "metric 'auto' is RMSE for a regressor"
+
+    evaluated = tuneloop("evaluate", "latest", str(data), "--workspace", workspace, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = json.loads(evaluated.stdout)["metrics"]
+    assert set(scores) == {"mae", "rmse", "r2"} and scores["r2"] > 0.2
+
+    out = tmp_path / "out.csv"
+    predicted = tuneloop("predict", "latest", str(new), "-o", str(out), "--workspace", workspace)
+    assert predicted.returncode == 0, predicted.stderr
+    rows = list(csv.DictReader(out.open()))
+    values = [float(r["predicted_value"]) for r in rows]
+    assert len(values) == 30 and 25 <= min(values) and max(values) <= 346, "in the target's own units"
+
+    shown = tuneloop("runs", "--workspace", workspace)
+    assert "RMSE" in shown.stdout and "R²" in shown.stdout
 
 
 def test_guided_tuning_of_a_table_makes_capacity_decisions_and_reports_them(wine, tmp_path):

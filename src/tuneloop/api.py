@@ -23,6 +23,7 @@ import torch
 from tuneloop.config import PRECISIONS, Recipe
 from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.data.files import read_table, write_table
+from tuneloop.data.images import ImageExamples, Pixels, load_image_examples
 from tuneloop.data.tabular import TableExamples, load_table_examples
 from tuneloop.data.text import (
     TextExamples,
@@ -35,13 +36,15 @@ from tuneloop.models.hf_text import ADAPTER_FILE
 from tuneloop.models.quantize import MIN_AGREEMENT, agreement, agreement_sample, quantize_int8
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
-from tuneloop.tasks import modality_of
+from tuneloop.tasks import modality_of, training_precision
+from tuneloop.tasks.image import ImageTask
 from tuneloop.tasks.table import TableTask, features_of
 from tuneloop.tasks.text import TextTask
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import pick_device, resolve_precision
-from tuneloop.training.loop import Callback, EpochRecord, predict_probabilities, train
+from tuneloop.training.loop import Callback, EpochRecord, predict_outputs, predict_probabilities, train
 from tuneloop.training.metrics import classification_metrics, confusion_matrix
+from tuneloop.training.objective import Regression, regression_metrics
 
 LABELS_FILE = "labels.json"
 RECIPE_FILE = "recipe.yaml"
@@ -51,23 +54,27 @@ INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamically quantized line
 
 @dataclass(frozen=True)
 class Predictions:
+    """A classifier's labels and class probabilities, or a regressor's ``values`` (labels and classes empty)."""
+
     labels: list[str]
     probabilities: np.ndarray  # examples x classes
     classes: list[str]
     agreement_with_fp32: float | None = None  # int8 only: share of sampled labels that fp32 predicts too
+    values: np.ndarray | None = None  # regression: the predicted targets, in their own units
 
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    metrics: dict[str, float]
-    confusion: np.ndarray  # rows: true class, columns: predicted class
+    metrics: dict[str, float]  # accuracy and macro-F1, or for a regressor MAE, RMSE and R²
+    confusion: np.ndarray | None  # rows: true class, columns: predicted class; None for a regressor
     classes: list[str]
     n: int
     agreement_with_fp32: float | None = None  # int8 only, as in Predictions
 
     def to_dict(self) -> dict[str, Any]:
-        report = {"n": self.n, "metrics": self.metrics, "classes": self.classes,
-                  "confusion_matrix": self.confusion.tolist()}
+        report: dict[str, Any] = {"n": self.n, "metrics": self.metrics}
+        if self.confusion is not None:
+            report.update(classes=self.classes, confusion_matrix=self.confusion.tolist())
         if self.agreement_with_fp32 is not None:
             report["agreement_with_fp32"] = self.agreement_with_fp32
         return report
@@ -98,7 +105,7 @@ class Run:
 
     @functools.cached_property
     def adapter(self) -> str:
-        """The model adapter that saved this run: 'hf_text' (texts) or 'tabular_mlp' (table rows)."""
+        """The model adapter that saved this run: 'hf_text' (texts), 'tabular_mlp' (table rows) or 'image_net'."""
         return json.loads((self.path / ADAPTER_FILE).read_text())["adapter"]
 
     def model(self) -> tuple[torch.nn.Module, Any]:
@@ -123,7 +130,8 @@ class Run:
                                f"Got {precision!r} instead."])
         texts = list(texts)
         if self.adapter != "hf_text":
-            raise ConfigError([f"run {self.id} classifies table rows, not texts: predict a data file with it."])
+            raise ConfigError([f"run {self.id} is a {self.adapter} model, not a text classifier: predict a data "
+                               "file or folder with it."])
         model, tokenizer = self.model()
         encoded = get_adapter("hf_text").encode(tokenizer, texts, None, self.recipe)
         if precision == "int8":
@@ -151,8 +159,10 @@ class Run:
         return share
 
     def predict(self, data: str | os.PathLike | Sequence[str], *, text_col: str | None = None,
-                precision: str = "auto") -> Predictions:
-        """Predict labels for a list of texts, or for the texts or table rows of a data file."""
+                image_col: str | None = None, precision: str = "auto") -> Predictions:
+        """Predict labels for a list of texts, or for the texts, table rows or images of a data source."""
+        if self.adapter == "image_net":
+            return self.predict_images(self.read_images(data, labelled=False, image_col=image_col), precision)
         if self.adapter == "tabular_mlp":
             if not isinstance(data, (str, os.PathLike, TableExamples)):
                 raise ConfigError([f"run {self.id} classifies table rows: give it a data file."])
@@ -162,6 +172,28 @@ class Run:
             data = load_text_examples(data, text_col, labelled=False).texts
         return self.predict_texts(data, precision)
 
+    def read_images(self, data: Any, *, labelled: bool, image_col: str | None = None,
+                    label_col: str | None = None) -> ImageExamples:
+        """Images of a folder or a table of paths, resized and converted as this run's training images were."""
+        if isinstance(data, ImageExamples):
+            return data
+        if not isinstance(data, (str, os.PathLike)):
+            raise ConfigError([f"run {self.id} classifies images: give it a folder of images or a table of paths."])
+        _, preprocessing = self.model()
+        return load_image_examples(data, size=preprocessing.size, channels=preprocessing.channels,
+                                   labelled=labelled, path_col=image_col, label_col=label_col)
+
+    def predict_images(self, images: ImageExamples, precision: str = "auto") -> Predictions:
+        """Labels and class probabilities for images already read at this run's size."""
+        if precision not in PRECISIONS:
+            raise ConfigError([f"The 'precision' parameter of an image model must be one of {', '.join(PRECISIONS)}. "
+                               f"Got {precision!r} instead."])
+        model, _ = self.model()
+        device = pick_device()
+        probabilities = predict_probabilities(model, Pixels(images.pixels, None), device,
+                                              resolve_precision(precision, device))
+        return Predictions([self.classes[i] for i in probabilities.argmax(1)], probabilities, self.classes)
+
     def predict_rows(self, rows: TableExamples, precision: str = "auto") -> Predictions:
         """Labels and class probabilities for table rows, preprocessed as the training rows were."""
         if precision not in PRECISIONS:
@@ -170,16 +202,31 @@ class Run:
         model, preprocessing = self.model()
         features = features_of(TableExamples(rows.columns, None, rows.locations, rows.source), preprocessing)
         device = pick_device()
-        probabilities = predict_probabilities(model, features, device, resolve_precision(precision, device))
+        precision = resolve_precision(precision, device)
+        if preprocessing.target.task == "regression":
+            standardized = predict_outputs(model, features, device, precision, Regression())[:, 0]
+            return Predictions([], np.zeros((len(standardized), 0), np.float32), [],
+                               values=preprocessing.target.inverse(standardized))
+        probabilities = predict_probabilities(model, features, device, precision)
         return Predictions([self.classes[i] for i in probabilities.argmax(1)], probabilities, self.classes)
 
     def evaluate(self, data: str | os.PathLike, *, text_col: str | None = None, label_col: str | None = None,
-                 precision: str = "auto") -> EvaluationReport:
-        if self.adapter == "tabular_mlp":
+                 image_col: str | None = None, precision: str = "auto") -> EvaluationReport:
+        if self.adapter == "image_net":
+            images = self.read_images(data, labelled=True, image_col=image_col, label_col=label_col)
+            check_validation_labels(images, self.classes)
+            index = {name: i for i, name in enumerate(self.classes)}
+            true = np.array([index[label] for label in images.labels])
+            predictions = self.predict_images(images, precision)
+        elif self.adapter == "tabular_mlp":
             rows = load_table_examples(data, label_col)
             _, preprocessing = self.model()
             true = preprocessing.target.encode(rows)  # a class unseen in training is an error naming it
             predictions = self.predict_rows(rows, precision)
+            if predictions.values is not None:
+                target = preprocessing.target
+                scores = regression_metrics(target.inverse(true), predictions.values)
+                return EvaluationReport(scores, None, [], len(true))
         else:
             examples = load_text_examples(data, text_col, label_col)
             check_validation_labels(examples, self.classes)
@@ -225,9 +272,10 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     The best epoch's model is saved as the run's artifact folder, except for a run that a callback stopped
     for pruning: that one is recorded with its metrics and without a model (disk stays bounded).
     """
+    recipe = recipe.for_objective(task.objective.name)  # the run records its concrete metric
     torch.manual_seed(recipe.seed)  # the head's (or network's) initial weights
     device = pick_device()
-    precision = resolve_precision(recipe.precision, device)
+    precision = training_precision(task, recipe.precision, device)
     prepared = task.prepare(recipe, device, precision, cache_features=cache_features)
     network, trainable = prepared.network, prepared.trainable
     train_set, val_set = prepared.train_set, prepared.val_set
@@ -239,18 +287,19 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                              recipe=recipe.to_dict())
     try:
         result = train(trainable, train_set, val_set, recipe, device, precision,
-                       [*callbacks, _RecordEpochs(store, run_id)], checkpoint)
+                       [*callbacks, _RecordEpochs(store, run_id)], checkpoint, task.objective)
         if not result.history:
             raise ModelError(f"Training diverged in the first epoch (the loss became NaN or infinite) at learning "
                              f"rate {recipe.learning_rate}. Try a lower --learning-rate.")
         best = result.best
-        metrics = {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1, "val_loss": best.val_loss,
+        metrics = {**{f"val_{name}": best.metric(name) for name in task.objective.metrics},
+                   "val_loss": best.val_loss,
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
                    "resumed_from_epoch": result.resumed_from_epoch,
                    "cached_inputs": prepared.cached, "not_cached": prepared.not_cached,
                    "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
-                   "device": device.type, "majority_class_rate": _majority_rate(task.val_labels),
+                   "device": device.type, **_baseline(task, val_set),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
         if result.stopped_by == "pruned":
             store.fail_run(run_id, f"stopped: {result.stopped_by}", status="pruned", metrics=metrics)
@@ -273,13 +322,17 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     return run, result
 
 
-def fit(data: str | os.PathLike | TextExamples | TableExamples,
-        val: str | os.PathLike | TextExamples | TableExamples | None = None, *, task: str = "auto",
-        text_col: str | None = None, label_col: str | None = None, model: str | None = None,
-        recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
-        callbacks: Sequence[Callback] = (), **recipe_changes: Any) -> Run:
-    """Train a classifier on ``data`` and save it as a run in the workspace: a fine-tuned text encoder for
-    texts, an MLP for table rows (``task`` "text" or "tabular"; "auto" tells by a text column).
+def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None = None,
+        label_col: str | None = None, image_col: str | None = None, image_size: int | None = None,
+        model: str | None = None, recipe: Recipe | None = None, workspace: str | os.PathLike | None = None,
+        val_fraction: float = 0.2, callbacks: Sequence[Callback] = (), **recipe_changes: Any) -> Run:
+    """Train a model on ``data`` and save it as a run in the workspace: a fine-tuned text encoder for texts,
+    an MLP for table rows (a classifier, or a regressor of a numeric target), an image network for images
+    (``task`` "text", "tabular" or "image"; "auto" tells by the data: a folder is images).
+
+    For images, ``model`` is efficientnet-lite0 (the default, ImageNet weights), small-cnn (from scratch)
+    or a previous image run's folder (fine-tuned, with a new head for other classes); ``image_size`` is the
+    side images are resized to; ``image_col`` names a table's column of image paths.
 
     ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out.
     ``label_col`` names the label (or, for tables, target) column. Recipe values come from ``recipe`` and
@@ -288,8 +341,9 @@ def fit(data: str | os.PathLike | TextExamples | TableExamples,
     recipe = (recipe or Recipe()).replace(**recipe_changes)
     check_options(recipe, val_fraction)
     loaded = load_task(data, val, task=task, text_col=text_col, label_col=label_col, model=model,
-                       val_fraction=val_fraction, seed=recipe.seed)
+                       val_fraction=val_fraction, seed=recipe.seed, image_col=image_col, image_size=image_size)
     task = loaded
+    recipe = recipe.for_objective(task.objective.name)
     # Everything is checked: only now does the workspace get written.
     with Workspace.open(workspace, create=True) as store:
         run, _ = train_run(store, task, recipe, callbacks)
@@ -297,9 +351,17 @@ def fit(data: str | os.PathLike | TextExamples | TableExamples,
 
 
 def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col: str | None, model: str | None,
-              val_fraction: float, seed: int) -> TextTask | TableTask:
+              val_fraction: float, seed: int, image_col: str | None = None,
+              image_size: int | None = None) -> TextTask | TableTask | ImageTask:
     """The checked task for ``data``; every check that can fail on bad input runs here, before any write."""
-    if modality_of(data, task, text_col) == "tabular":
+    modality = modality_of(data, task, text_col, image_col)
+    if modality == "image":
+        if image_size is not None and not (isinstance(image_size, int) and 8 <= image_size <= 1024):
+            raise ConfigError([f"The 'image_size' parameter must be an int in the range [8, 1024]. "
+                               f"Got {image_size!r} instead."])
+        return ImageTask.load(data, val, model=model, label_col=label_col, val_fraction=val_fraction, seed=seed,
+                              image_size=image_size, image_col=image_col)
+    if modality == "tabular":
         if model is not None:
             raise ConfigError([f"--model {model}: table rows train an MLP from scratch; a pretrained backbone "
                                "applies to texts only. Leave out --model, or give a text column."])
@@ -310,9 +372,14 @@ def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col
     return loaded
 
 
-def _majority_rate(labels: list[str]) -> float:
-    values, counts = np.unique(labels, return_counts=True)
-    return float(counts.max() / counts.sum())
+def _baseline(task: Any, val_set: Any) -> dict[str, float]:
+    """What a model that learned nothing scores on the validation set: a classifier always answering the
+    most common class, a regressor always answering the training mean (RMSE in the target's units)."""
+    if task.objective.name == "regression":
+        standardized = np.asarray(val_set.label_ids, dtype=np.float64)  # 0 is the training mean
+        return {"mean_predictor_rmse": float(np.sqrt(np.mean(standardized ** 2))) * task.objective.scale}
+    values, counts = np.unique(task.val_labels, return_counts=True)
+    return {"majority_class_rate": float(counts.max() / counts.sum())}
 
 
 def load_run(reference: str | os.PathLike = "latest", workspace: str | os.PathLike | None = None) -> Run:
@@ -328,15 +395,17 @@ def load_run(reference: str | os.PathLike = "latest", workspace: str | os.PathLi
 
 
 def evaluate(run: str | Run, data: str | os.PathLike, *, text_col: str | None = None, label_col: str | None = None,
-             workspace: str | os.PathLike | None = None, precision: str = "auto") -> EvaluationReport:
+             image_col: str | None = None, workspace: str | os.PathLike | None = None,
+             precision: str = "auto") -> EvaluationReport:
     run = run if isinstance(run, Run) else load_run(run, workspace)
-    return run.evaluate(data, text_col=text_col, label_col=label_col, precision=precision)
+    return run.evaluate(data, text_col=text_col, label_col=label_col, image_col=image_col, precision=precision)
 
 
 def predict(run: str | Run, data: str | os.PathLike | Sequence[str], *, text_col: str | None = None,
-            workspace: str | os.PathLike | None = None, precision: str = "auto") -> Predictions:
+            image_col: str | None = None, workspace: str | os.PathLike | None = None,
+            precision: str = "auto") -> Predictions:
     run = run if isinstance(run, Run) else load_run(run, workspace)
-    return run.predict(data, text_col=text_col, precision=precision)
+    return run.predict(data, text_col=text_col, image_col=image_col, precision=precision)
 
 
 def runs(workspace: str | os.PathLike | None = None) -> list[RunRecord]:
@@ -345,13 +414,22 @@ def runs(workspace: str | os.PathLike | None = None) -> list[RunRecord]:
 
 
 def predict_file(run: str | Run, data: str | os.PathLike, output: str | os.PathLike, *, text_col: str | None = None,
-                 workspace: str | os.PathLike | None = None, precision: str = "auto") -> Predictions:
-    """Predict the texts or table rows of ``data`` and write its rows with the predicted label and class
-    probabilities."""
+                 image_col: str | None = None, workspace: str | os.PathLike | None = None,
+                 precision: str = "auto") -> Predictions:
+    """Predict the texts, table rows or images of ``data`` and write its rows (for images: each image's
+    path) with the predicted label and class probabilities, or the predicted value of a regressor."""
     run = run if isinstance(run, Run) else load_run(run, workspace)
-    table = read_table(data)
-    predictions = run.predict(data, text_col=text_col, precision=precision)
-    columns = dict(table.columns)
+    if run.adapter == "image_net":
+        images = run.read_images(data, labelled=False, image_col=image_col)
+        predictions = run.predict_images(images, precision)
+        columns: dict[str, list] = {"image": images.locations}
+    else:
+        predictions = run.predict(data, text_col=text_col, precision=precision)
+        columns = dict(read_table(data).columns)
+    if predictions.values is not None:
+        columns["predicted_value"] = [float(v) for v in predictions.values]
+        write_table(output, columns)
+        return predictions
     columns["predicted_label"] = predictions.labels
     columns["probability"] = [round(float(p), 6) for p in predictions.probabilities.max(1)]
     for i, name in enumerate(predictions.classes):
@@ -411,7 +489,8 @@ class TuneResult:
 def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
          val: str | os.PathLike | TextExamples | TableExamples | None = None, *, task: str = "auto",
          budget: str = "15m", strategy: str = "guided", target: float | None = None, prune: str = "median",
-         text_col: str | None = None, label_col: str | None = None, model: str | None = None,
+         text_col: str | None = None, label_col: str | None = None, image_col: str | None = None,
+         image_size: int | None = None, model: str | None = None,
          recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
          name: str | None = None, resume: str | None = None, seed_check: bool = True,
          callbacks: Sequence[Any] = ()) -> TuneResult:
@@ -447,8 +526,9 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
             raise ConfigError(problems)
         options = {"data": _as_path(data), "val": _as_path(val) if val is not None else None, "budget": budget,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
-                   "label_col": label_col, "model": model, "recipe": base.to_dict(), "val_fraction": val_fraction,
-                   "seed_check": seed_check, "task": modality_of(data, task, text_col)}
+                   "label_col": label_col, "image_col": image_col, "image_size": image_size, "model": model,
+                   "recipe": base.to_dict(), "val_fraction": val_fraction,
+                   "seed_check": seed_check, "task": modality_of(data, task, text_col, image_col)}
         if isinstance(data, (TextExamples, TableExamples)) or isinstance(val, (TextExamples, TableExamples)):
             options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
         spent_before = 0.0
@@ -457,13 +537,15 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     modality = options.get("task", "text")
     loaded = load_task(options["data"], options["val"], task=modality, text_col=options["text_col"],
                        label_col=options["label_col"], model=options["model"],
-                       val_fraction=options["val_fraction"], seed=base.seed)
+                       val_fraction=options["val_fraction"], seed=base.seed, image_col=options.get("image_col"),
+                       image_size=options.get("image_size"))
     task = loaded
-    num_layers = _num_layers(loaded.backbone) if modality == "text" else None
-    plan = make_strategy(options["strategy"], num_layers, modality)
+    base = base.for_objective(task.objective.name)
+    num_layers = _num_layers(loaded.backbone) if modality == "text" else getattr(task, "num_layers", None)
+    plan = make_strategy(options["strategy"], num_layers, task.family)
 
     with Workspace.open(workspace, create=True) as store:
-        if isinstance(task, TextTask):  # frozen-layer outputs, shared with later and resumed studies
+        if isinstance(task, (TextTask, ImageTask)):  # frozen-layer outputs, shared with later studies
             task.features = FeatureCache(store.root / "cache")
         if resume is None and isinstance(plan, GuidedStrategy):
             _first_rate_from_range_test(plan, task, base)
@@ -496,22 +578,22 @@ def _num_layers(backbone: str) -> int | None:
         return None
 
 
-def lr_find(data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None = None, *,
-            text_col: str | None = None, label_col: str | None = None, model: str | None = None,
-            recipe: Recipe | None = None, val_fraction: float = 0.2, plot: str | os.PathLike | None = None,
-            **recipe_changes: Any):
+def lr_find(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None = None,
+            label_col: str | None = None, image_col: str | None = None, image_size: int | None = None,
+            model: str | None = None, recipe: Recipe | None = None, val_fraction: float = 0.2,
+            plot: str | os.PathLike | None = None, **recipe_changes: Any):
     """The learning-rate range test for ``recipe`` on the training data; writes nothing but ``plot``.
 
-    Frozen layers run once: a head-only recipe sweeps over cached encoder vectors, so it takes seconds.
+    Frozen layers run once: a head-only recipe sweeps over cached encoder (or image body) vectors, so it
+    takes seconds.
     """
     from tuneloop.training.lr_find import find_learning_rate
     from tuneloop.training.lr_find import plot as plot_finding
 
     recipe = (recipe or Recipe()).replace(**recipe_changes)
     check_options(recipe, val_fraction)
-    task = TextTask.load(data, val, text_col=text_col, label_col=label_col, model=model, val_fraction=val_fraction,
-                         seed=recipe.seed)
-    get_adapter("hf_text").check_backbone(task.backbone)
+    task = load_task(data, val, task=task, text_col=text_col, label_col=label_col, model=model,
+                     val_fraction=val_fraction, seed=recipe.seed, image_col=image_col, image_size=image_size)
     finding = _find_on(task, recipe, find_learning_rate)
     if plot is not None:
         plot_finding(finding, str(plot))
@@ -534,6 +616,6 @@ def _first_rate_from_range_test(plan, task: TextTask, base: Recipe) -> None:
 def _find_on(task: TextTask | TableTask, recipe: Recipe, finder):
     torch.manual_seed(recipe.seed)
     device = pick_device()
-    precision = resolve_precision(recipe.precision, device)
+    precision = training_precision(task, recipe.precision, device)
     prepared = task.prepare(recipe, device, precision)
-    return finder(prepared.trainable, prepared.train_set, recipe, device, precision)
+    return finder(prepared.trainable, prepared.train_set, recipe, device, precision, objective=task.objective)

@@ -13,11 +13,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import METRICS, PRECISIONS, SCHEDULES, UNFREEZING, Recipe
+from tuneloop.config import INITS, METRICS, PRECISIONS, SCHEDULES, UNFREEZING, Recipe
 from tuneloop.errors import ConfigError, TuneloopError
 from tuneloop.tasks import MODALITIES
 
-CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS, "metric": METRICS, "unfreezing": UNFREEZING}
+CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS, "metric": METRICS, "unfreezing": UNFREEZING,
+           "init": INITS}
 SHORT_FLAGS = {"learning_rate": ["--lr"]}
 RECIPE_HELP = {
     "learning_rate": "peak learning rate", "epochs": "maximum number of epochs",
@@ -35,9 +36,12 @@ RECIPE_HELP = {
     "lora_dropout": "dropout on the LoRA adapters' input",
     "lora_targets": "LoRA modules: attention, all-linear, or comma-separated module names",
     "augment": "strength of training-data augmentation, drawn afresh each epoch (0 = off, at most 1)",
-    "hidden_layers": "tables: hidden layers of the MLP", "hidden_units": "tables: units per hidden layer of the MLP",
+    "mixup": "share of training batches mixed with each other, inputs and labels (images, tables; 0 = off)",
+    "init": "pretrained weights, or scratch: random weights (a base to fine-tune later)",
+    "hidden_layers": "tables: hidden layers of the MLP; small-cnn: its stages",
+    "hidden_units": "tables: units per hidden layer of the MLP; small-cnn: channels of its last stage",
     "patience": "epochs without gain before stopping early (0 = off)",
-    "metric": "validation metric for early stopping and the best epoch",
+    "metric": "validation metric for early stopping and the best epoch (auto: macro_f1, or rmse for regression)",
     "precision": "auto uses bf16 where the CPU or GPU computes it natively", "seed": "random seed",
 }
 
@@ -83,16 +87,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _training_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=MODALITIES, default="auto",
-                        help="text (fine-tune an encoder) or tabular (an MLP on the other columns); auto: text "
-                             "when a text column is found [auto]")
+                        help="text (fine-tune an encoder), tabular (an MLP on the other columns) or image; auto: "
+                             "image for a folder or a table of image paths, text when a text column is found [auto]")
     parser.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share held out when there is no --val [0.2]")
     parser.add_argument("--text-col", help="text column [found by name: text, sentence, content, ...]")
     parser.add_argument("--label-col", help="label column, or a table's target column [found by name: label, "
                                              "class, target, ...]")
+    parser.add_argument("--image-col", help="images listed in a table: the path column [found by name: image, "
+                                             "path, file, ...]")
+    parser.add_argument("--image-size", type=int, metavar="PX",
+                        help="images: the side they are resized to [their most common size; >= 64 for EfficientNet]")
     parser.add_argument("--model", metavar="PATH",
-                        help="texts: a local Hugging Face model folder [packaged all-MiniLM-L6-v2]")
+                        help="texts: a local Hugging Face model folder [packaged all-MiniLM-L6-v2]; images: "
+                             "efficientnet-lite0 [default], small-cnn, or a saved image run's model folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tuneloop {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fit = commands.add_parser("fit", help="train a classifier on a labelled file: texts or table rows")
-    fit.add_argument("data", help="training data: .csv, .tsv, .jsonl or .parquet")
+    fit = commands.add_parser("fit", help="train a model on labelled data: texts, table rows or images")
+    fit.add_argument("data", help="training data: .csv, .tsv, .jsonl or .parquet, or a folder of class folders "
+                                  "of images")
     _training_data(fit)
     _common(fit)
     _add_recipe_flags(fit)
@@ -111,17 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data")
     evaluate.add_argument("--text-col")
     evaluate.add_argument("--label-col")
+    evaluate.add_argument("--image-col")
     evaluate.add_argument("--precision", default="auto", choices=(*PRECISIONS, "int8"),
                           help="auto uses bf16 where the CPU or GPU computes it natively; int8 quantizes the "
                                "linear layers (CPU only) and checks a sample of labels against fp32 [auto]")
     _common(evaluate)
 
-    predict = commands.add_parser("predict", help="predict labels and class probabilities for a file of texts")
+    predict = commands.add_parser("predict", help="predict labels and class probabilities (or values) for texts, "
+                                                  "table rows or a folder of images")
     predict.add_argument("run", help="run id, id prefix, 'latest', or a run's model folder")
     predict.add_argument("data")
     predict.add_argument("-o", "--output", required=True, metavar="OUT",
                          help="output file (.csv, .tsv, .jsonl or .parquet): the input rows plus predictions")
     predict.add_argument("--text-col")
+    predict.add_argument("--image-col")
     predict.add_argument("--precision", default="auto", choices=(*PRECISIONS, "int8"),
                          help="auto uses bf16 where the CPU or GPU computes it natively; int8 quantizes the "
                               "linear layers (CPU only) and checks a sample of labels against fp32 [auto]")
@@ -186,10 +199,19 @@ def _callbacks(args: argparse.Namespace) -> list:
     return [ProgressDisplay()]
 
 
+def scores_in_words(metrics: dict[str, Any], prefix: str = "val_") -> str:
+    """A classifier's accuracy and macro-F1, or a regressor's RMSE, MAE and R², as one phrase."""
+    if f"{prefix}rmse" in metrics:
+        return (f"RMSE {metrics[f'{prefix}rmse']:.4g}, MAE {metrics[f'{prefix}mae']:.4g}, "
+                f"R² {metrics[f'{prefix}r2']:.4f}")
+    return f"accuracy {metrics[f'{prefix}accuracy']:.4f}, macro-F1 {metrics[f'{prefix}macro_f1']:.4f}"
+
+
 def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:
-    return (f"Run {run_id}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, val accuracy "
-            f"{metrics['val_accuracy']:.4f}, macro-F1 {metrics['val_macro_f1']:.4f} (majority class "
-            f"{metrics['majority_class_rate']:.4f}), {metrics['seconds']:.0f}s on {metrics['device']} "
+    baseline = (f"predicting the mean: RMSE {metrics['mean_predictor_rmse']:.4g}" if "mean_predictor_rmse" in metrics
+                else f"majority class {metrics['majority_class_rate']:.4f}")
+    return (f"Run {run_id}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, val "
+            f"{scores_in_words(metrics)} ({baseline}), {metrics['seconds']:.0f}s on {metrics['device']} "
             f"{metrics['precision']}. Model: {path}"
             + (f"\nFrozen-layer caching {metrics['not_cached']}." if metrics.get("not_cached") else ""))
 
@@ -199,8 +221,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     recipe = _recipe_from(args)
     run = api.fit(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
-                  model=args.model, recipe=recipe, workspace=args.workspace, val_fraction=args.val_fraction,
-                  callbacks=_callbacks(args))
+                  image_col=args.image_col, image_size=args.image_size, model=args.model, recipe=recipe,
+                  workspace=args.workspace, val_fraction=args.val_fraction, callbacks=_callbacks(args))
     _emit(args, {"run": run.id, "path": str(run.path), "metrics": run.metrics, "recipe": run.recipe.to_dict(),
                  "history": run.history})
     if not args.json:
@@ -211,16 +233,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from tuneloop import api
 
     report = api.evaluate(args.run, args.data, text_col=args.text_col, label_col=args.label_col,
-                          workspace=args.workspace, precision=args.precision)
+                          image_col=args.image_col, workspace=args.workspace, precision=args.precision)
     _emit(args, report.to_dict())
     if not args.json:
         from tuneloop.report.console import confusion_table, stdout
 
-        print(f"{report.n} examples: accuracy {report.metrics['accuracy']:.4f}, "
-              f"macro-F1 {report.metrics['macro_f1']:.4f}")
+        print(f"{report.n} examples: {scores_in_words(report.metrics, prefix='')}")
         if report.agreement_with_fp32 is not None:
             print(f"int8 labels agree with fp32 on {report.agreement_with_fp32:.1%} of the sampled texts.")
-        if not args.quiet:
+        if not args.quiet and report.confusion is not None:
             stdout.print(confusion_table(report.confusion, report.classes))
 
 
@@ -230,7 +251,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from tuneloop import api
 
     predictions = api.predict_file(args.run, args.data, args.output, text_col=args.text_col,
-                                   workspace=args.workspace, precision=args.precision)
+                                   image_col=args.image_col, workspace=args.workspace, precision=args.precision)
+    if predictions.values is not None:
+        values = predictions.values
+        _emit(args, {"output": str(args.output), "n": len(values), "mean": float(values.mean()),
+                     "min": float(values.min()), "max": float(values.max())})
+        if not args.json:
+            print(f"Wrote {len(values)} predicted values to {args.output}: mean {values.mean():.4g}, "
+                  f"range {values.min():.4g} to {values.max():.4g}")
+        return
     counts = dict(Counter(predictions.labels).most_common())
     payload = {"output": str(args.output), "n": len(predictions.labels), "label_counts": counts}
     if predictions.agreement_with_fp32 is not None:
@@ -253,7 +282,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         callbacks.append(StudyDisplay())
     result = api.tune(args.data, args.val, task=args.task, budget=args.budget, strategy=args.strategy,
                       target=args.target, prune=args.prune, text_col=args.text_col, label_col=args.label_col,
-                      model=args.model,
+                      image_col=args.image_col, image_size=args.image_size, model=args.model,
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
                       name=args.name, resume=args.resume, seed_check=args.seed_check, callbacks=callbacks)
     payload = result.to_dict()
@@ -287,12 +316,12 @@ def cmd_runs(args: argparse.Namespace) -> None:
     from tuneloop.report.console import stdout
 
     table = Table(title=f"Runs in {os.fspath(args.workspace or '') or 'the workspace'}")
-    for name in ("run", "status", "data", "train/val", "val acc", "macro-F1", "epochs", "time"):
-        table.add_column(name, justify="right" if name in ("val acc", "macro-F1", "epochs", "time") else "left")
+    for name in ("run", "status", "data", "train/val", "validation", "epochs", "time"):
+        table.add_column(name, justify="right" if name in ("epochs", "time") else "left")
     for r in records:
         m = r.metrics
         table.add_row(r.id, r.status, Path(r.train_source).name, f"{r.n_train}/{r.n_val}",
-                      f"{m['val_accuracy']:.4f}" if m else "", f"{m['val_macro_f1']:.4f}" if m else "",
+                      scores_in_words(m) if m else "",
                       f"{m['best_epoch']}/{m['epochs_run']}" if m else "", f"{r.seconds:.0f}s" if r.seconds else "")
     stdout.print(table)
 
@@ -309,7 +338,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_lr_find(args: argparse.Namespace) -> None:
     from tuneloop import api
 
-    finding = api.lr_find(args.data, args.val, text_col=args.text_col, label_col=args.label_col, model=args.model,
+    finding = api.lr_find(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
+                          image_col=args.image_col, image_size=args.image_size, model=args.model,
                           recipe=_recipe_from(args), val_fraction=args.val_fraction, plot=args.plot)
     _emit(args, {"suggestion": finding.suggestion, "reason": finding.reason,
                  "learning_rates": finding.learning_rates, "losses": finding.losses, "plot": args.plot})

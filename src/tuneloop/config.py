@@ -13,7 +13,11 @@ from tuneloop.errors import ConfigError
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
-METRICS = ("accuracy", "macro_f1", "loss")
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
+REGRESSION_METRICS = ("mae", "rmse", "r2")
+METRICS = ("auto", *CLASSIFICATION_METRICS, *REGRESSION_METRICS, "loss")
+LOWER_IS_BETTER = ("loss", "mae", "rmse")
+INITS = ("pretrained", "scratch")
 UNFREEZING = ("none", "gradual")
 LORA_TARGETS = ("attention", "all-linear")
 
@@ -36,6 +40,10 @@ class Recipe:
     embedding space); validation data is never augmented. It turns off caching of frozen layers.
     Tables: ``hidden_layers`` and ``hidden_units`` are the depth and width of the MLP (its capacity), and
     ``dropout`` is applied after each hidden layer; the encoder knobs do not apply.
+    ``mixup`` is the share of training batches (0 to 1) mixed with a shuffled copy of themselves, inputs and
+    labels alike (images: mixup or cutmix; table rows: mixup).
+    ``init="scratch"`` starts from random weights instead of the pretrained ones (a base to fine-tune later).
+    ``metric`` picks the best epoch and trial: "auto" is macro-F1 for a classifier and RMSE for a regressor.
     ``l2sp`` pulls the trained encoder weights back toward their pretrained values (L2-SP, Li et al. 2018),
     protecting what the backbone knew; ``layer_lr_decay`` gives each layer below the top the learning rate
     of the layer above times this factor (discriminative learning rates; 1.0 = one rate for all).
@@ -62,10 +70,12 @@ class Recipe:
     lora_dropout: float = 0.05
     lora_targets: str = "attention"
     augment: float = 0.0
+    mixup: float = 0.0
+    init: str = "pretrained"
     hidden_layers: int = 2
     hidden_units: int = 256
     patience: int = 2
-    metric: str = "macro_f1"
+    metric: str = "auto"
     precision: str = "auto"
     seed: int = 42
 
@@ -110,6 +120,9 @@ class Recipe:
         check("lora_rank", is_int(self.lora_rank) and 0 <= self.lora_rank <= 1024,
               "an int in the range [0, 1024] (0 turns LoRA off)")
         check("augment", is_number(self.augment) and 0 <= self.augment <= 1, "a float in the range [0, 1] (0 = off)")
+        check("mixup", is_number(self.mixup) and 0 <= self.mixup <= 1,
+              "a float in the range [0, 1] (the share of batches mixed; 0 = off)")
+        check("init", self.init in INITS, f"one of {', '.join(INITS)}")
         check("hidden_layers", is_int(self.hidden_layers) and 0 <= self.hidden_layers <= 16,
               "an int in the range [0, 16] (0 is a linear model)")
         check("hidden_units", is_int(self.hidden_units) and 1 <= self.hidden_units <= 8192,
@@ -136,6 +149,18 @@ class Recipe:
         if found:
             raise ConfigError(found)
         return self
+
+    def for_objective(self, objective: str) -> Recipe:
+        """This recipe with metric "auto" made concrete for "classification" or "regression"; a ConfigError
+        where the metric does not apply to it (accuracy of a regressor, R² of a classifier)."""
+        wrong = REGRESSION_METRICS if objective == "classification" else CLASSIFICATION_METRICS
+        if self.metric in wrong:
+            allowed = [m for m in METRICS if m not in wrong]
+            raise ConfigError([f"The 'metric' parameter of a {objective} task must be one of {', '.join(allowed)}. "
+                               f"Got {self.metric!r} instead."])
+        if self.metric != "auto":
+            return self
+        return self.replace(metric="macro_f1" if objective == "classification" else "rmse")
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)

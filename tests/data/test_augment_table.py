@@ -23,11 +23,12 @@ def test_rebalancing_draws_rare_classes_more_as_strength_grows():
 def test_noise_touches_numeric_columns_only_and_is_drawn_per_epoch():
     vectors = torch.tensor([[0.5, 1.0, 0.0, -0.2], [1.5, 0.0, 1.0, 0.3]] * 10)
     plain = Features(vectors, [0, 1] * 10)
-    rows = AugmentedRows(plain, np.array([0, 3]), strength=0.5, seed=3)
+    rows = AugmentedRows(plain, np.array([0, 3]), strength=0.5, seed=3, num_classes=2)
     first = rows.for_epoch(1)
     assert set(first.vectors[:, 1].tolist()) <= {0.0, 1.0} and set(first.vectors[:, 2].tolist()) <= {0.0, 1.0}
     assert not set(first.vectors[:, 0].tolist()) <= {0.5, 1.5}, "numeric columns get noise"
-    assert torch.equal(first.vectors, AugmentedRows(plain, np.array([0, 3]), 0.5, 3).for_epoch(1).vectors)
+    again = AugmentedRows(plain, np.array([0, 3]), 0.5, 3, num_classes=2).for_epoch(1)
+    assert torch.equal(first.vectors, again.vectors)
     assert not torch.equal(first.vectors, rows.for_epoch(2).vectors)
     # a row's label travels with it: one-hot column 2 is 1 exactly for the rows of class 1
     assert [int(v) for v in first.vectors[:, 2].tolist()] == first.label_ids
@@ -46,3 +47,23 @@ def test_a_table_trains_with_augmentation(tmp_path):
     path = write_csv(tmp_path / "t.csv", ["size", "color", "label"], rows)
     run = api.fit(path, workspace=tmp_path / "ws", augment=0.3, epochs=5, learning_rate=1e-2)
     assert run.recipe.augment == 0.3 and len(run.history) == 5
+
+
+def test_mixup_blends_rows_and_class_probabilities_alike():
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0]] * 20)
+    plain = Features(vectors, [0, 1] * 20)
+    epoch = AugmentedRows(plain, np.array([], dtype=np.int64), 0.0, seed=1, mixup=1.0, num_classes=2).for_epoch(1)
+    targets = np.asarray(epoch.label_ids)
+    assert targets.shape == (40, 2) and np.allclose(targets.sum(1), 1)
+    assert np.all(targets.max(1) >= 0.5), "a mixed row stays mostly itself"
+    # one-hot inputs mix exactly as their classes do
+    assert np.allclose(epoch.vectors.numpy(), targets, atol=1e-6)
+    assert not np.all(np.isin(targets, [0.0, 1.0])), "some rows are mixed"
+
+
+def test_regression_rows_are_not_rebalanced_and_mix_their_values():
+    plain = Features(torch.arange(30, dtype=torch.float32)[:, None], [float(i) for i in range(30)])
+    unmixed = AugmentedRows(plain, np.array([0]), 0.0, seed=2, num_classes=0).for_epoch(1)
+    assert unmixed.label_ids == plain.label_ids, "no rebalancing of a regression target"
+    mixed = AugmentedRows(plain, np.array([]), 0.0, seed=2, mixup=0.5, num_classes=0).for_epoch(1)
+    assert np.allclose(mixed.vectors[:, 0].numpy(), mixed.label_ids, atol=1e-5), "inputs and values blend alike"

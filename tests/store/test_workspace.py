@@ -53,3 +53,32 @@ def test_run_of_a_killed_process_is_marked_interrupted(tmp_path):
         assert list(ws.artifacts.iterdir()) == []
         with pytest.raises(RunNotFoundError, match="has status 'interrupted'"):
             ws.resolve(record.id)
+
+
+def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
+    import sqlite3
+
+    from tuneloop.store.workspace import SCHEMA
+
+    old = SCHEMA.replace("val_accuracy REAL,", "val_accuracy REAL NOT NULL,").replace(
+        "val_macro_f1 REAL,", "val_macro_f1 REAL NOT NULL,").replace(
+        "    val_mae REAL,\n    val_rmse REAL,\n    val_r2 REAL,\n", "")
+    db = sqlite3.connect(tmp_path / "tuneloop.db")
+    db.executescript(old)
+    db.execute("INSERT INTO runs (id, created_at, status, task, adapter, backbone, train_source, val_source, "
+               "train_fingerprint, val_fingerprint, n_train, n_val, recipe, host, pid) VALUES ('r1', 'now', "
+               "'completed', 't', 'hf_text', 'b', 'a', 'a', 'f', 'g', 1, 1, '{}', 'h', 1)")
+    db.execute("INSERT INTO epochs VALUES ('r1', 1, 0.5, 0.4, 0.9, 0.8, 1e-3, 10.0, 1.0)")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    with Workspace.open(tmp_path) as ws:
+        assert ws.epochs("r1") == [{"run_id": "r1", "epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9,
+                                    "val_macro_f1": 0.8, "learning_rate": 1e-3, "train_samples_per_s": 10.0,
+                                    "seconds": 1.0, "val_mae": None, "val_rmse": None, "val_r2": None}]
+        ws.record_epoch("r1", {"epoch": 2, "train_loss": 0.3, "val_loss": 0.2, "val_accuracy": None,
+                               "val_macro_f1": None, "learning_rate": 1e-3, "train_samples_per_s": 10.0,
+                               "seconds": 1.0, "val_mae": 1.5, "val_rmse": 2.0, "val_r2": 0.6})
+        assert ws.epochs("r1")[1]["val_r2"] == 0.6
+    version = sqlite3.connect(tmp_path / "tuneloop.db").execute("PRAGMA user_version").fetchone()[0]
+    assert version == 2

@@ -124,7 +124,7 @@ def test_still_improving_at_the_last_epoch_is_too_slow():
 def test_one_epoch_with_train_loss_still_high_is_too_slow():
     found = diagnose(curve([0.62], [0.55], [0.72]), diverged=False, n_val=BIG_VAL, num_classes=2)
     assert found.label == "too_slow"
-    assert found.finding.startswith("one epoch only and train loss 0.620 is still above 0.5 x ln(K) = 0.347")
+    assert found.finding.startswith("one epoch only and train loss 0.620 is still above 0.5 x ln(2) = 0.347")
 
 
 # -- noisy validation -----------------------------------------------------------------------------------------
@@ -207,7 +207,35 @@ def test_bad_arguments_name_the_parameter():
         diagnose(GOOD, diverged=False, n_val=10, num_classes=1)
     with pytest.raises(ValueError, match="'history' parameter must hold at least one epoch"):
         diagnose([], diverged=False, n_val=10, num_classes=2)
-    with pytest.raises(ValueError, match="'metric' parameter must be one of"):
+    with pytest.raises(ValueError, match="'metric' parameter of a classification diagnosis must be one of"):
         diagnose(GOOD, diverged=False, n_val=10, num_classes=2, metric="f1")
     with pytest.raises(ValueError, match="'half_width'"):
         needed_validation_size(0.9, 0.0)
+
+
+# -- regression -----------------------------------------------------------------------------------------------
+
+def regression_curve(train, val, r2) -> list[EpochRecord]:
+    return [EpochRecord(epoch, t, v, None, None, 1e-3, 40.0, 1.0, val_mae=v, val_rmse=v ** 0.5, val_r2=r)
+            for epoch, (t, v, r) in enumerate(zip(train, val, r2, strict=True), 1)]
+
+
+def test_regressor_near_r2_zero_is_underfitting():
+    found = diagnose(regression_curve([1.0, 0.99, 0.98], [1.0, 0.99, 0.98], [0.0, 0.01, 0.02]), diverged=False,
+                     n_val=BIG_VAL, num_classes=0, metric="rmse", objective="regression")
+    assert found.label == "underfitting"
+    assert "r2 0.020 is within 0.05 of chance 0.000" in found.finding
+    assert "ci_half_width" not in found.evidence  # no accuracy interval for a regressor
+
+
+def test_regressor_that_fits_is_a_good_fit_and_picks_the_lowest_rmse():
+    found = diagnose(regression_curve([0.6, 0.3, 0.25], [0.5, 0.3, 0.31], [0.5, 0.7, 0.69]), diverged=False,
+                     n_val=BIG_VAL, num_classes=0, metric="rmse", objective="regression")
+    assert found.label == "good_fit"
+    assert found.evidence["best_epoch"] == 2
+
+
+def test_regressor_rejects_a_classification_metric():
+    with pytest.raises(ValueError, match="'metric' parameter of a regression diagnosis must be one of mae, rmse, r2"):
+        diagnose(regression_curve([0.5], [0.5], [0.5]), diverged=False, n_val=10, num_classes=0,
+                 metric="accuracy", objective="regression")

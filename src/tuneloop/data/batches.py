@@ -34,8 +34,12 @@ class Batch:
         return Batch({k: v.to(device, non_blocking=True) for k, v in self.inputs.items()}, labels, self.indices)
 
 
-def _labels(label_ids: list[int] | None, indices: np.ndarray) -> torch.Tensor | None:
-    return None if label_ids is None else torch.tensor([label_ids[i] for i in indices], dtype=torch.long)
+def _labels(label_ids: list | None, indices: np.ndarray) -> torch.Tensor | None:
+    """The batch's targets: class ids (long), or floats for regression values and mixed-class rows."""
+    if label_ids is None:
+        return None
+    values = [label_ids[i] for i in indices]
+    return torch.tensor(values, dtype=torch.long if isinstance(values[0], (int, np.integer)) else torch.float32)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 An adapter builds a fresh model, saves a trained model to a directory and loads it back; how it is built
 and fed depends on the modality. ``hf_text`` is the text classifier on a Hugging Face encoder, and
-``tabular_mlp`` the multilayer perceptron over preprocessed table rows.
+``tabular_mlp`` the multilayer perceptron over preprocessed table rows, and ``image_nets`` the image
+networks (EfficientNet-Lite0 with ImageNet weights, a small CNN from scratch).
 """
 
 from __future__ import annotations
@@ -38,4 +39,4 @@ def get_adapter(name: str) -> ModelAdapter:
     return ADAPTERS[name]
 
 
-from tuneloop.models import hf_text, tabular_mlp  # noqa: E402,F401  (each registers itself)
+from tuneloop.models import hf_text, image_nets, tabular_mlp  # noqa: E402,F401  (each registers itself)

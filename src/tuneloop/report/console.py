@@ -47,7 +47,7 @@ class ProgressDisplay(Callback):
         assert self.progress is not None
         self.progress.console.print(
             f"epoch {record.epoch}: train loss {record.train_loss:.4f} | val loss {record.val_loss:.4f} "
-            f"accuracy {record.val_accuracy:.4f} macro-F1 {record.val_macro_f1:.4f} | "
+            f"{epoch_scores(record)} | "
             f"{record.train_samples_per_s:.1f} samples/s, {record.seconds:.1f}s{'  * best' if is_best else ''}")
 
     def on_train_end(self, result: TrainResult) -> None:
@@ -55,6 +55,12 @@ class ProgressDisplay(Callback):
             self.progress.stop()
         if result.stopped_early:
             self.console.print(f"Stopped early: no gain for the patience window after epoch {result.best_epoch}.")
+
+
+def epoch_scores(record: EpochRecord) -> str:
+    if record.val_rmse is not None:
+        return f"RMSE {record.val_rmse:.4g} MAE {record.val_mae:.4g} R² {record.val_r2:.4f}"
+    return f"accuracy {record.val_accuracy:.4f} macro-F1 {record.val_macro_f1:.4f}"
 
 
 def confusion_table(matrix: np.ndarray, classes: Sequence[str]) -> Table:

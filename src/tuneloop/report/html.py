@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tuneloop.config import Recipe
+from tuneloop.config import LOWER_IS_BETTER, Recipe
 from tuneloop.errors import ConfigError, DataError, RunNotFoundError, TuneloopError
 from tuneloop.store.atomic import write_text_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
@@ -47,6 +47,8 @@ MIN_OPTUNA_TRIALS = 4  # fewer completed trials with sampled parameters tell an 
 KNOBS = [f.name for f in fields(Recipe)]
 BEST_COLOR = "#d62728"
 # Other trials cycle through tab10 without its red, so only the best trial is ever drawn red.
+DEFAULT_MODELS = {"text": "packaged all-MiniLM-L6-v2", "tabular": "an MLP trained from scratch",
+                  "image": "efficientnet-lite0 (ImageNet weights)"}
 TRIAL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
@@ -164,7 +166,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _objective_name(metric: str) -> str:
-    return "−val loss" if metric == "loss" else f"val {metric}"
+    return f"−val {metric}" if metric in LOWER_IS_BETTER else f"val {metric}"
 
 
 def _plot_text(text: Any) -> str:
@@ -219,7 +221,8 @@ def header_section(study: StudyRecord) -> str:
         ("Time spent", _duration(row["spent_seconds"])), ("Budget", options.get("budget")),
         ("Data", options.get("data")), ("Validation", options.get("val") or
                                         f"stratified {options.get('val_fraction')} of the data"),
-        ("Model", options.get("model") or "packaged all-MiniLM-L6-v2"), ("Started", row["created_at"]),
+        ("Model", options.get("model") or DEFAULT_MODELS.get(options.get("task", "text"), "")),
+        ("Started", row["created_at"]),
         ("Seed check", seed_verdict(groups) if groups else "not run"),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
@@ -227,10 +230,10 @@ def header_section(study: StudyRecord) -> str:
         outcome = '<p class="best">No trial completed, so the study has no best model.</p>'
     else:
         metrics = study.runs[best["run_id"]].metrics if best["run_id"] in study.runs else {}
-        shown = [("val accuracy", _value(metrics.get("val_accuracy"))),
-                 ("val macro-F1", _value(metrics.get("val_macro_f1"))),
-                 ("val loss", _value(metrics.get("val_loss"))),
-                 ("majority-class rate", _value(metrics.get("majority_class_rate"))),
+        named = [("val accuracy", "val_accuracy"), ("val macro-F1", "val_macro_f1"), ("val RMSE", "val_rmse"),
+                 ("val MAE", "val_mae"), ("val R²", "val_r2"), ("val loss", "val_loss"),
+                 ("majority-class rate", "majority_class_rate"), ("RMSE of the mean", "mean_predictor_rmse")]
+        shown = [*((label, _value(metrics[key])) for label, key in named if key in metrics),
                  ("best epoch", f"{metrics.get('best_epoch', '—')} of {metrics.get('epochs_run', '—')}")]
         outcome = (f'<p class="best">Best: <b>trial {best["number"]}</b>, run <code>{_e(best["run_id"])}</code>, '
                    f"{_e(_objective_name(study.metric))} <b>{_value(best['value'])}</b> — "
@@ -528,22 +531,28 @@ def importance_section(study: StudyRecord) -> str:
             + "</section>")
 
 
-def _validation_confusion(study: StudyRecord, best: dict[str, Any]) -> tuple[np.ndarray, list[str], str]:
-    """Rebuild the study's validation split from its stored options and run the best model on it."""
+def _best_on_validation(study: StudyRecord, best: dict[str, Any]) -> tuple[Any, Any]:
+    """The study's validation split rebuilt from its stored options, and the best run."""
     from tuneloop.api import load_run, load_task
-    from tuneloop.training.metrics import classification_metrics, confusion_matrix
 
     options = study.row["options"]
     task = load_task(options["data"], options["val"], task=options.get("task", "text"),
                      text_col=options["text_col"], label_col=options["label_col"], model=options["model"],
-                     val_fraction=options["val_fraction"], seed=Recipe.from_dict(options["recipe"]).seed)
-    run = load_run(best["run_id"], study.root)
+                     val_fraction=options["val_fraction"], seed=Recipe.from_dict(options["recipe"]).seed,
+                     image_col=options.get("image_col"), image_size=options.get("image_size"))
+    return task, load_run(best["run_id"], study.root)
+
+
+def _validation_confusion(task: Any, run: Any) -> tuple[np.ndarray, list[str], str]:
+    """The best model run on the validation set now: its confusion matrix, classes and a note."""
+    from tuneloop.training.metrics import classification_metrics, confusion_matrix
+
     index = {name: i for i, name in enumerate(run.classes)}
     unknown = sorted(set(task.val_labels) - set(index))
     if unknown:
         raise DataError(f"the validation data now has labels the model never saw: {', '.join(unknown)}")
     true = np.array([index[label] for label in task.val_labels])
-    if run.adapter == "tabular_mlp":
+    if run.adapter != "hf_text":
         predicted = run.predict(task.val, precision=run.recipe.precision).probabilities.argmax(1)
     else:
         predicted = run.predict_texts(task.val.texts, run.recipe.precision).probabilities.argmax(1)
@@ -578,18 +587,44 @@ def _confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Fig
     return figure
 
 
+def _regression_section(task: Any, run: Any, heading: str) -> str:
+    """A regressor's predictions against the true values of the validation rows, measured now."""
+    from tuneloop.training.objective import regression_metrics
+
+    true = np.asarray(task.preprocessing.target.inverse(task.val_features.label_ids), dtype=np.float64)
+    predicted = run.predict(task.val, precision=run.recipe.precision).values
+    scores = regression_metrics(predicted, true)
+    figure = Figure(figsize=(5.2, 5.0), layout="constrained")
+    axes = figure.add_subplot()
+    axes.scatter(true, predicted, s=14, alpha=0.6, color=TRIAL_COLORS[0])
+    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    axes.plot([low, high], [low, high], color="#888888", linewidth=1, linestyle="--", label="predicted = true")
+    axes.set_xlabel("true value")
+    axes.set_ylabel("predicted value")
+    axes.set_title(_plot_text(heading), fontsize=9)
+    axes.legend(loc="upper left", fontsize=8)
+    note = (f"{len(true)} validation rows; RMSE {scores['rmse']:.4g}, MAE {scores['mae']:.4g}, "
+            f"R² {scores['r2']:.4f} recomputed now.")
+    return ("<section><h2>Predictions of the best model</h2>"
+            + _figure(figure, "predicted against true values", f"Each dot is a validation row. {_e(note)}")
+            + "</section>")
+
+
 def confusion_section(study: StudyRecord) -> str:
     """Where the best model goes wrong, measured now rather than read back, so it is never stale."""
     best = study.best
     title = "<h2>Confusion matrix of the best model</h2>"
     if best is None or not best["run_id"]:
         return f"<section>{title}<p>No completed trial with a saved model, so nothing to evaluate.</p></section>"
+    heading = f"trial {best['number']}, run {best['run_id']}, on the validation set"
     try:
-        matrix, classes, note = _validation_confusion(study, best)
+        task, run = _best_on_validation(study, best)
+        if not run.classes:
+            return _regression_section(task, run, heading)
+        matrix, classes, note = _validation_confusion(task, run)
     except (TuneloopError, OSError) as exc:
         return (f"<section>{title}<p>Not available: the validation data or the model could not be read again "
                 f"({_e(exc)}).</p></section>")
-    heading = f"trial {best['number']}, run {best['run_id']}, on the validation set"
     return (f"<section>{title}"
             + _figure(_confusion_figure(matrix, classes, heading), "confusion matrix heatmap",
                       f"Rows: true class, columns: predicted; numbers are counts. {_e(note)}")

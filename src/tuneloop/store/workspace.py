@@ -23,7 +23,7 @@ from typing import Any
 from tuneloop.errors import RunNotFoundError, TuneloopError
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 1  # tables are only added so far: CREATE IF NOT EXISTS upgrades in place
+SCHEMA_VERSION = 2  # 2: regression metrics per epoch, classification metrics nullable (see _upgrade)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -53,11 +53,14 @@ CREATE TABLE IF NOT EXISTS epochs (
     epoch INTEGER NOT NULL,
     train_loss REAL NOT NULL,
     val_loss REAL NOT NULL,
-    val_accuracy REAL NOT NULL,
-    val_macro_f1 REAL NOT NULL,
+    val_accuracy REAL,
+    val_macro_f1 REAL,
     learning_rate REAL NOT NULL,
     train_samples_per_s REAL NOT NULL,
     seconds REAL NOT NULL,
+    val_mae REAL,
+    val_rmse REAL,
+    val_r2 REAL,
     PRIMARY KEY (run_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS tuneloop_studies (
@@ -88,6 +91,24 @@ CREATE TABLE IF NOT EXISTS tuneloop_trials (
     PRIMARY KEY (study_id, number)
 );
 """
+
+
+def _create_tables(connection: sqlite3.Connection) -> None:
+    """Each CREATE of SCHEMA on its own (executescript would commit the caller's transaction first)."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+def _upgrade_from_1(connection: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, inside the caller's transaction: SQLite cannot drop a NOT NULL constraint, so the
+    epochs table is rebuilt with the classification columns nullable and the regression ones added."""
+    connection.execute("ALTER TABLE epochs RENAME TO epochs_schema1")
+    _create_tables(connection)
+    connection.execute("INSERT INTO epochs (run_id, epoch, train_loss, val_loss, val_accuracy, val_macro_f1, "
+                       "learning_rate, train_samples_per_s, seconds) SELECT run_id, epoch, train_loss, val_loss, "
+                       "val_accuracy, val_macro_f1, learning_rate, train_samples_per_s, seconds FROM epochs_schema1")
+    connection.execute("DROP TABLE epochs_schema1")
 
 
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
@@ -138,13 +159,23 @@ class Workspace:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise TuneloopError(f"{db_path}: written by a newer tuneloop (schema {version}; "
-                                f"this one reads {SCHEMA_VERSION}). Upgrade tuneloop.")
-        with connection:
-            connection.executescript(SCHEMA)
+        # One write transaction, version read inside it: two processes opening an old workspace at once
+        # upgrade it once, and a crash mid-upgrade leaves schema 1 as it was.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise TuneloopError(f"{db_path}: written by a newer tuneloop (schema {version}; "
+                                    f"this one reads {SCHEMA_VERSION}). Upgrade tuneloop.")
+            if version == 1:
+                _upgrade_from_1(connection)
+            _create_tables(connection)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            connection.close()
+            raise
         workspace = cls(root, connection)
         workspace._mark_interrupted()
         return workspace
@@ -177,9 +208,10 @@ class Workspace:
         with self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, val_loss, val_accuracy, val_macro_f1, "
-                "learning_rate, train_samples_per_s, seconds) VALUES (:run_id, :epoch, :train_loss, :val_loss, "
-                ":val_accuracy, :val_macro_f1, :learning_rate, :train_samples_per_s, :seconds)",
-                {"run_id": run_id, **epoch})
+                "learning_rate, train_samples_per_s, seconds, val_mae, val_rmse, val_r2) VALUES (:run_id, :epoch, "
+                ":train_loss, :val_loss, :val_accuracy, :val_macro_f1, :learning_rate, :train_samples_per_s, "
+                ":seconds, :val_mae, :val_rmse, :val_r2)",
+                {"val_mae": None, "val_rmse": None, "val_r2": None, "run_id": run_id, **epoch})
 
     def artifact_dir(self, run_id: str) -> Path:
         return self.artifacts / run_id

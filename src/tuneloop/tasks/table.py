@@ -1,5 +1,6 @@
-"""The tabular-classification task: a table with a target column, its preprocessing learned from the
-training rows, and an MLP trained from scratch on the preprocessed row vectors.
+"""The table task: a table with a target column, its preprocessing learned from the training rows, and an
+MLP trained from scratch on the preprocessed row vectors. A target of classes makes a classifier; a numeric
+target with many distinct values (``data/tabular.py``'s ``infer_task``) a regressor of its standardized value.
 
 The preprocessing (``data/tabular.py``) is fitted once, when the data is loaded, and every row of the
 training and validation sets is transformed then: a bad cell anywhere is reported before anything is
@@ -26,12 +27,10 @@ from tuneloop.data.tabular import (
     load_table_examples,
     split_table,
 )
-from tuneloop.errors import ConfigError
 from tuneloop.models import get_adapter
 from tuneloop.models.tabular_mlp import TablePreprocessing
 from tuneloop.tasks import Prepared
-
-KIND = "tabular-classification"
+from tuneloop.training.objective import CLASSIFICATION, Objective, Regression
 
 
 @dataclass
@@ -44,8 +43,8 @@ class TableTask:
     train_features: Features
     val_features: Features
     backbone: str = "mlp (trained from scratch)"
-    kind = KIND
     adapter_name = "tabular_mlp"
+    family = "tabular"  # the guided policy's rule table and the search space
 
     @classmethod
     def load(cls, data: str | os.PathLike | TableExamples, val: str | os.PathLike | TableExamples | None, *,
@@ -53,10 +52,6 @@ class TableTask:
         """Read and check the data, fit the preprocessing on the training rows and transform every row."""
         train = data if isinstance(data, TableExamples) else load_table_examples(data, target_col)
         task = infer_task(train.targets)
-        if task != "classification":
-            raise ConfigError([f"{train.source}: the target '{train.target_column}' holds numbers, so this is a "
-                               "regression table; tuneloop trains tabular classifiers only so far. Give a target "
-                               "column of classes."])
         if val is None:
             train, val_examples = split_table(train, val_fraction, seed, task)
         else:
@@ -66,7 +61,17 @@ class TableTask:
         return cls(train, val_examples, preprocessing, train_features, val_features)
 
     @property
+    def kind(self) -> str:
+        return f"tabular-{self.preprocessing.target.task}"
+
+    @property
+    def objective(self) -> Objective:
+        target = self.preprocessing.target
+        return CLASSIFICATION if target.task == "classification" else Regression(scale=float(target.std))
+
+    @property
     def classes(self) -> list[str]:
+        """The class names of a classifier; none for a regressor."""
         return list(self.preprocessing.target.classes or [])
 
     @property
@@ -77,9 +82,9 @@ class TableTask:
                 ) -> Prepared:
         network = get_adapter(self.adapter_name).build(self.preprocessing, recipe)
         train_set = self.train_features
-        if recipe.augment > 0:
+        if recipe.augment > 0 or recipe.mixup > 0:
             train_set = AugmentedRows(self.train_features, numeric_positions(self.preprocessing.features),
-                                      recipe.augment, recipe.seed)
+                                      recipe.augment, recipe.seed, recipe.mixup, len(self.classes))
         return Prepared(network, self.preprocessing, network, train_set, self.val_features)
 
 

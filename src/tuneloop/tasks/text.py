@@ -26,6 +26,7 @@ from tuneloop.models import get_adapter
 from tuneloop.models.hf_text import HeadOnly, TopLayers, default_backbone
 from tuneloop.tasks import Prepared
 from tuneloop.training.device import pick_device, resolve_precision
+from tuneloop.training.objective import CLASSIFICATION
 
 KIND = "text-classification"
 
@@ -54,6 +55,8 @@ class TextTask:
     backbone: str
     kind = KIND
     adapter_name = "hf_text"
+    objective = CLASSIFICATION
+    family = "text"  # the guided policy's rule table and the search space
     features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _synonyms: SynonymTable | None = field(default=None, repr=False)

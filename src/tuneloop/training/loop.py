@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tuneloop.config import Recipe
+from tuneloop.config import LOWER_IS_BETTER, Recipe
 from tuneloop.data.batches import Batch, Examples, PerEpoch, inference_order, iterate, training_order
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import autocast
 from tuneloop.training.fast_dropout import cpu_fast_dropout
-from tuneloop.training.metrics import classification_metrics
+from tuneloop.training.objective import CLASSIFICATION, Objective
 from tuneloop.training.schedule import make_optimizer, make_scheduler
 
 EVAL_BATCH = 64
@@ -30,17 +29,26 @@ EVAL_BATCH = 64
 
 @dataclass(frozen=True)
 class EpochRecord:
+    """One epoch's losses and validation metrics: accuracy and macro-F1 for a classifier, MAE, RMSE and R²
+    for a regressor (the others are None)."""
+
     epoch: int
     train_loss: float
     val_loss: float
-    val_accuracy: float
-    val_macro_f1: float
+    val_accuracy: float | None
+    val_macro_f1: float | None
     learning_rate: float
     train_samples_per_s: float
     seconds: float
+    val_mae: float | None = None
+    val_rmse: float | None = None
+    val_r2: float | None = None
 
     def metric(self, name: str) -> float:
-        return {"loss": self.val_loss, "accuracy": self.val_accuracy, "macro_f1": self.val_macro_f1}[name]
+        value = self.val_loss if name == "loss" else getattr(self, f"val_{name}")
+        if value is None:
+            raise ValueError(f"Epoch {self.epoch} has no validation {name}: it was not recorded for this task.")
+        return value
 
 
 class StopTraining(Exception):
@@ -84,26 +92,28 @@ class Callback:
 @dataclass(frozen=True)
 class Evaluation:
     loss: float
-    probabilities: np.ndarray  # examples x classes, in the order of the Encoded set
+    probabilities: np.ndarray  # the objective's predictions: examples x classes, or examples x 1 (regression)
     metrics: dict[str, float]
 
 
 def train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Recipe, device: torch.device,
           precision: str, callbacks: list[Callback] | tuple[Callback, ...] = (),
-          checkpoint: EpochCheckpoint | None = None) -> TrainResult:
-    """Train ``model`` in place by ``recipe``; afterwards it holds the weights of the best validation epoch.
+          checkpoint: EpochCheckpoint | None = None, objective: Objective = CLASSIFICATION) -> TrainResult:
+    """Train ``model`` in place by ``recipe`` for ``objective`` (classification by default); afterwards it
+    holds the weights of the best validation epoch.
 
     With ``checkpoint``, every finished epoch is saved there, and training continues from the newest saved
     epoch if there is one (same batches, same random draws: the result is the one an uninterrupted run gives).
     """
     # On a CPU, drawing dropout masks is a large share of each step; draw them the cheap way.
     with cpu_fast_dropout(model) if device.type == "cpu" else contextlib.nullcontext():
-        return _train(model, train_set, val_set, recipe, device, precision, callbacks, checkpoint)
+        return _train(model, train_set, val_set, recipe, device, precision, callbacks, checkpoint, objective)
 
 
 def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Recipe, device: torch.device,
            precision: str, callbacks: list[Callback] | tuple[Callback, ...],
-           checkpoint: EpochCheckpoint | None) -> TrainResult:
+           checkpoint: EpochCheckpoint | None, objective: Objective) -> TrainResult:
+    recipe = recipe.for_objective(objective.name)  # metric "auto" picks this objective's own
     model.to(device)
     rng = np.random.default_rng(recipe.seed)
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
@@ -114,7 +124,7 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
     trainable = [p for p in model.parameters() if p.requires_grad]
     unfreezing = _gradual_depths(model, trainable_names) if recipe.unfreezing == "gradual" else None
     anchors = _pretrained_anchors(model) if recipe.l2sp > 0 else {}
-    higher_is_better = recipe.metric != "loss"
+    higher_is_better = recipe.metric not in LOWER_IS_BETTER
     for callback in callbacks:
         callback.on_train_start(total_steps, len(train_set), recipe.epochs)
 
@@ -147,7 +157,8 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
         order = training_order(epoch_set.lengths, recipe.batch_size, rng)
         for step, batch in enumerate(iterate(epoch_set, order), 1):
             batch = batch.to(device)
-            loss_value = train_step(model, batch, optimizer, recipe, device, precision, trainable, anchors)
+            loss_value = train_step(model, batch, optimizer, recipe, device, precision, trainable, anchors,
+                                    objective)
             scheduler.step()
             if not math.isfinite(loss_value):
                 result.diverged = True
@@ -161,9 +172,11 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
             break
         train_seconds = time.perf_counter() - epoch_start
 
-        val = evaluate(model, val_set, device, precision)
-        record = EpochRecord(epoch, loss_sum / seen, val.loss, val.metrics["accuracy"], val.metrics["macro_f1"],
-                             scheduler.get_last_lr()[0], seen / train_seconds, time.perf_counter() - epoch_start)
+        val = evaluate(model, val_set, device, precision, objective)
+        scores = {"val_accuracy": None, "val_macro_f1": None, **{f"val_{k}": v for k, v in val.metrics.items()}}
+        record = EpochRecord(epoch, loss_sum / seen, val.loss, learning_rate=scheduler.get_last_lr()[0],
+                             train_samples_per_s=seen / train_seconds, seconds=time.perf_counter() - epoch_start,
+                             **scores)
         result.history.append(record)
         # Ties on the metric go to the lower validation loss (e.g. two epochs both at 100% accuracy).
         score = (record.metric(recipe.metric) * (1 if higher_is_better else -1), -record.val_loss)
@@ -203,12 +216,11 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
 
 def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, recipe: Recipe,
                device: torch.device, precision: str, trainable: list[torch.nn.Parameter],
-               anchors: dict[int, torch.Tensor] | None = None) -> float:
+               anchors: dict[int, torch.Tensor] | None = None, objective: Objective = CLASSIFICATION) -> float:
     """One optimizer step on one batch (the training loop and the range test share it); returns the loss."""
     with autocast(device, precision):
-        logits = model(**batch.inputs)
-    # The loss in fp32: bf16 cross-entropy loses precision exactly where gradients are small.
-    loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=recipe.label_smoothing)
+        outputs = model(**batch.inputs)
+    loss = objective.loss(outputs, batch.labels, recipe.label_smoothing)
     loss.backward()
     if recipe.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
@@ -261,32 +273,35 @@ def _pull_toward(anchors: dict[int, torch.Tensor], optimizer: torch.optim.Optimi
 
 
 @torch.inference_mode()
-def predict_probabilities(model: nn.Module, data: Examples, device: torch.device, precision: str,
-                          batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Class probabilities for every example, in the order of ``data``; batches sorted by length."""
+def predict_outputs(model: nn.Module, data: Examples, device: torch.device, precision: str,
+                    objective: Objective = CLASSIFICATION, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """The objective's predictions for every example, in the order of ``data`` (class probabilities, or one
+    column of standardized values); batches sorted by length."""
     model.to(device)
     model.eval()
-    num_classes = None
     out: np.ndarray | None = None
     for batch in iterate(data, inference_order(data.lengths, batch_size)):
         batch = batch.to(device)
         with autocast(device, precision):
-            logits = model(**batch.inputs)
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            outputs = model(**batch.inputs)
+        predicted = objective.predictions(outputs).cpu().numpy()
         if out is None:
-            num_classes = probs.shape[1]
-            out = np.zeros((len(data), num_classes), dtype=np.float32)
-        out[batch.indices] = probs
+            out = np.zeros((len(data), predicted.shape[1]), dtype=np.float32)
+        out[batch.indices] = predicted
     assert out is not None
     return out
 
 
-def evaluate(model: nn.Module, data: Examples, device: torch.device, precision: str) -> Evaluation:
+def predict_probabilities(model: nn.Module, data: Examples, device: torch.device, precision: str,
+                          batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Class probabilities for every example, in the order of ``data``."""
+    return predict_outputs(model, data, device, precision, CLASSIFICATION, batch_size)
+
+
+def evaluate(model: nn.Module, data: Examples, device: torch.device, precision: str,
+             objective: Objective = CLASSIFICATION) -> Evaluation:
     """Loss and metrics on labelled data."""
     assert data.label_ids is not None
-    probabilities = predict_probabilities(model, data, device, precision)
-    true = np.asarray(data.label_ids)
-    picked = probabilities[np.arange(len(true)), true]
-    loss = float(-np.log(np.clip(picked, 1e-12, None)).mean())
-    metrics = classification_metrics(true, probabilities.argmax(1), probabilities.shape[1])
-    return Evaluation(loss, probabilities, metrics)
+    predictions = predict_outputs(model, data, device, precision, objective)
+    loss, metrics = objective.score(predictions, np.asarray(data.label_ids))
+    return Evaluation(loss, predictions, metrics)

@@ -18,6 +18,7 @@ from tuneloop.config import Recipe
 from tuneloop.data.batches import Examples, iterate, training_order
 from tuneloop.store.atomic import write_bytes_atomic
 from tuneloop.training.loop import train_step
+from tuneloop.training.objective import CLASSIFICATION, Objective
 from tuneloop.training.schedule import make_optimizer
 
 SMOOTHING = 0.9  # exponential moving average of the loss, as fastai plots it
@@ -33,7 +34,8 @@ class LRFinding:
 
 
 def find_learning_rate(model: nn.Module, data: Examples, recipe: Recipe, device: torch.device, precision: str, *,
-                       start: float = 1e-7, end: float = 1.0, steps: int = 100) -> LRFinding:
+                       start: float = 1e-7, end: float = 1.0, steps: int = 100,
+                       objective: Objective = CLASSIFICATION) -> LRFinding:
     """Sweep the learning rate from ``start`` to ``end`` over up to ``steps`` batches; the model is restored."""
     saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     was_training = model.training
@@ -52,7 +54,8 @@ def find_learning_rate(model: nn.Module, data: Examples, recipe: Recipe, device:
             rate = start * factor ** step
             for group in optimizer.param_groups:
                 group["lr"] = rate
-            value = train_step(model, batch.to(device), optimizer, recipe, device, precision, trainable)
+            value = train_step(model, batch.to(device), optimizer, recipe, device, precision, trainable,
+                               objective=objective)
             if not math.isfinite(value):
                 break
             smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * value

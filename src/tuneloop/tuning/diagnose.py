@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tuneloop.config import METRICS
+from tuneloop.config import CLASSIFICATION_METRICS, LOWER_IS_BETTER, METRICS, REGRESSION_METRICS
 
 if TYPE_CHECKING:  # only the attributes are read; importing the loop would pull in torch
     from tuneloop.training.loop import EpochRecord
@@ -114,17 +114,26 @@ def needed_validation_size(accuracy: float, half_width: float, z: float = 1.96) 
 
 
 def diagnose(history: Sequence[EpochRecord], *, diverged: bool, n_val: int, num_classes: int,
-             metric: str = "macro_f1", thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Diagnosis:
+             metric: str = "macro_f1", objective: str = "classification",
+             thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Diagnosis:
     """Label a trial from its per-epoch history; see the module docstring for the rules and their order.
 
     ``metric`` is the one the trial selected its best epoch by (as the loop does: ties go to the lower val
-    loss). Level checks against chance use it too, or accuracy when it is ``"loss"``.
+    loss). Level checks against chance use it too, or accuracy when it is ``"loss"``. For a regressor
+    (``objective`` "regression") chance is predicting the mean: R² 0 and a standardized MSE of 1; the
+    accuracy interval does not apply, and ``num_classes`` is not read.
     """
-    if metric not in METRICS:
-        raise ValueError(f"The 'metric' parameter must be one of {', '.join(METRICS)}. Got {metric!r} instead.")
+    regression = objective == "regression"
+    allowed = [m for m in METRICS if m != "auto" and m not in (CLASSIFICATION_METRICS if regression
+                                                                else REGRESSION_METRICS)]
+    if metric not in allowed:
+        raise ValueError(f"The 'metric' parameter of a {objective} diagnosis must be one of {', '.join(allowed)}. "
+                         f"Got {metric!r} instead.")
     if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
         raise ValueError(f"The 'n_val' parameter must be an int >= 1. Got {n_val!r} instead.")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if regression:
+        num_classes = 0
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"The 'num_classes' parameter must be an int >= 2. Got {num_classes!r} instead.")
     if not history:
         if diverged:  # the loop stops mid-epoch on a non-finite loss, so there may be no record at all
@@ -138,7 +147,7 @@ def diagnose(history: Sequence[EpochRecord], *, diverged: bool, n_val: int, num_
     evidence = curves.evidence(n_val)
     accuracy = curves.best.val_accuracy
     noisy, noise_finding, noisy_note = False, "", ""
-    if 0.0 <= accuracy <= 1.0:  # not NaN: a diverged trial may have recorded garbage
+    if accuracy is not None and 0.0 <= accuracy <= 1.0:  # not NaN: a diverged trial may have recorded garbage
         low, high = accuracy_interval(accuracy, n_val, t.z)
         half = (high - low) / 2
         n_needed = needed_validation_size(accuracy, t.ci_half_width, t.z)
@@ -174,13 +183,17 @@ class _Curves:
         self.train = [r.train_loss for r in self.history]
         self.val = [r.val_loss for r in self.history]
         self.num_classes = num_classes
-        self.chance_loss = math.log(num_classes)
-        self.chance_quality = 1.0 / num_classes
         self.metric = metric
-        # Chance-level and falling-metric checks need a higher-is-better score in [0, 1].
-        self.quality_name = "accuracy" if metric == "loss" else metric
+        if num_classes:
+            self.chance_loss, self.chance_quality = math.log(num_classes), 1.0 / num_classes
+            self.chance_name = f"ln({num_classes})"
+            # Chance-level and falling-metric checks need a higher-is-better score in [0, 1].
+            self.quality_name = "accuracy" if metric == "loss" else metric
+        else:  # a regressor: chance predicts the mean, R² 0 and MSE 1 on the standardized target
+            self.chance_loss, self.chance_quality, self.chance_name = 1.0, 0.0, "the variance"
+            self.quality_name = "r2"
         self.quality = [r.metric(self.quality_name) for r in self.history]
-        sign = -1.0 if metric == "loss" else 1.0
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
         # As the loop picks it: the first epoch with the best metric, ties going to the lower val loss.
         self.best_index = max(range(len(self.history)),
                               key=lambda i: (sign * self.history[i].metric(metric), -self.history[i].val_loss))
@@ -256,7 +269,7 @@ def _underfitting_rule(c: _Curves, diverged: bool, t: Thresholds) -> _Found:
         if gain < t.plateau_gain:
             return ("underfitting", {"train_loss_gain": gain, "plateau_epochs": window},
                     f"train loss {c.train[-1]:.3f} is still {c.train[-1] / c.chance_loss:.0%} of chance level "
-                    f"ln({c.num_classes}) = {c.chance_loss:.3f} and fell only {gain:.1%} "
+                    f"{c.chance_name} = {c.chance_loss:.3f} and fell only {gain:.1%} "
                     f"over the last {window} epochs")
     return None
 
@@ -268,7 +281,7 @@ def _too_slow_rule(c: _Curves, diverged: bool, t: Thresholds) -> _Found:
         if c.train[0] > t.high_loss_fraction * c.chance_loss:
             return ("too_slow", {},
                     f"one epoch only and train loss {c.train[0]:.3f} is still above "
-                    f"{t.high_loss_fraction:g} x ln(K) = {t.high_loss_fraction * c.chance_loss:.3f}")
+                    f"{t.high_loss_fraction:g} x {c.chance_name} = {t.high_loss_fraction * c.chance_loss:.3f}")
         return None
     gain = (c.val[-2] - c.val[-1]) / c.val[-2] if c.val[-2] > 0 else 0.0
     if c.best_index == len(c.history) - 1 and gain > t.slow_gain and c.train[-1] < c.train[-2]:

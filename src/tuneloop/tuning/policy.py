@@ -23,6 +23,9 @@ TABLE_MAX_EPOCHS = 200  # an MLP epoch over a table takes milliseconds
 TABLE_MAX_RATE = 3e-2
 MAX_HIDDEN_UNITS = 2048
 MAX_HIDDEN_LAYERS = 6
+CNN_MAX_WIDTH = 512
+CNN_MAX_STAGES = 5
+CNN_MAX_EPOCHS = 60
 
 
 def learning_rate_cap(recipe: Recipe) -> float:
@@ -297,6 +300,7 @@ TABLE_RULES: dict[str, tuple[Move, ...]] = {
         Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
         Move("dropout", Step(+0.1, high=0.5), "more dropout"),
         Move("augment", Step(+0.1, high=0.5), "augment the training rows (more): noise, rebalanced classes"),
+        Move("mixup", Step(+0.2, high=0.6), "mix training rows with each other (mixup)"),
         Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
         Move("epochs", ToBestEpoch(), "stop at the best epoch"),
         Move("hidden_units", Scale(1 / 2, low=16), "a narrower MLP"),
@@ -320,7 +324,78 @@ TABLE_RULES: dict[str, tuple[Move, ...]] = {
     "noisy_validation": _TABLE_EXPLOIT,
 }
 
-RULES_BY_MODALITY = {"text": RULES, "tabular": TABLE_RULES}
+# Images on a pretrained body (EfficientNet-Lite0, or a base trained earlier): as for texts, the head first,
+# then unfreezing; overfitting is met with augmentation and mixing of the training images once layers train
+# (a frozen body's outputs are cached; augmenting would recompute them every epoch).
+_IMAGE_AUGMENT = Move("augment", EncoderOnly(Step(+0.2, high=0.6)),
+                      "augment the training images (more): crops, flips, rotation, colour")
+_IMAGE_MIXUP = Move("mixup", EncoderOnly(Step(+0.2, high=0.6)), "mix training images (mixup, cutmix)")
+
+IMAGE_RULES: dict[str, tuple[Move, ...]] = {
+    "overfitting": (
+        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("l2sp", PretrainedPull(), "pull the body toward its pretrained weights (L2-SP)"),
+        _IMAGE_AUGMENT,
+        _IMAGE_MIXUP,
+        Move("dropout", Step(+0.1, high=0.5), "more dropout before the head"),
+        Move("label_smoothing", AtLeast(0.1), "label smoothing"),
+        Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
+        Move("epochs", ToBestEpoch(), "stop at the best epoch"),
+        Move("trainable_layers", Shallower(), "fewer trainable layers"),
+    ),
+    "underfitting": (
+        Move("trainable_layers", Deeper(), "more trainable layers"),
+        Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
+        Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+        Move("weight_decay", Scale(1 / 5, zero_below=1e-3), "less weight decay"),
+        Move("dropout", Step(-0.1), "less dropout before the head"),
+        Move("augment", Step(-0.2), "less augmentation"),
+    ),
+    "diverged": RULES["diverged"],
+    "too_slow": RULES["too_slow"],
+    "good_fit": _EXPLOIT,
+    "noisy_validation": _EXPLOIT,
+}
+
+# A small CNN from scratch: capacity is its width (channels) and depth (stages), as an MLP's is for tables.
+_CNN_EXPLOIT = (
+    Move("hidden_units", Scale(2, high=CNN_MAX_WIDTH), "converged at this size: a wider CNN (more channels)"),
+    Move("hidden_layers", Step(+1, high=CNN_MAX_STAGES), "a deeper CNN (one more stage)"),
+    Move("learning_rate", Scale(1.5, high=TABLE_MAX_RATE), "a little higher learning rate"),
+    Move("learning_rate", Scale(1 / 1.5, low=MIN_LEARNING_RATE), "a little lower learning rate"),
+)
+
+IMAGE_SCRATCH_RULES: dict[str, tuple[Move, ...]] = {
+    "overfitting": (
+        Move("augment", Step(+0.2, high=0.6), "augment the training images (more): crops, flips, rotation, colour"),
+        Move("mixup", Step(+0.2, high=0.6), "mix training images (mixup, cutmix)"),
+        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("dropout", Step(+0.1, high=0.5), "more dropout"),
+        Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
+        Move("epochs", ToBestEpoch(), "stop at the best epoch"),
+        Move("hidden_units", Scale(1 / 2, low=16), "a narrower CNN"),
+        Move("hidden_layers", Step(-1, low=1), "a shallower CNN"),
+    ),
+    "underfitting": (
+        Move("hidden_units", Scale(2, high=CNN_MAX_WIDTH), "more channels"),
+        Move("hidden_layers", Step(+1, high=CNN_MAX_STAGES), "one more stage"),
+        Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "higher learning rate"),
+        Move("epochs", Scale(2, high=CNN_MAX_EPOCHS), "more epochs"),
+        Move("weight_decay", Scale(1 / 5, zero_below=1e-3), "less weight decay"),
+        Move("augment", Step(-0.2), "less augmentation"),
+        Move("dropout", Step(-0.1), "less dropout"),
+    ),
+    "diverged": RULES["diverged"],
+    "too_slow": (
+        Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "higher learning rate"),
+        Move("epochs", Scale(2, high=CNN_MAX_EPOCHS), "more epochs"),
+        Move("hidden_units", Scale(2, high=CNN_MAX_WIDTH), "still slow at the highest rate: more channels"),
+    ),
+    "good_fit": _CNN_EXPLOIT,
+    "noisy_validation": _CNN_EXPLOIT,
+}
+
+RULES_BY_MODALITY = {"text": RULES, "tabular": TABLE_RULES, "image": IMAGE_RULES, "image-scratch": IMAGE_SCRATCH_RULES}
 
 
 RecipeKey = tuple[tuple[str, Any], ...]
@@ -348,7 +423,8 @@ def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | H
     ``tried`` holds recipes already run, or their ``recipe_key``s; ``recipe`` itself counts as run. Seeds are
     ignored in that comparison, so a reseeded copy of a run recipe is not proposed either. ``num_layers`` is
     the backbone's depth, needed to halve ``trainable_layers="all"``; ``modality`` picks the rule table
-    (``RULES`` for texts, ``TABLE_RULES`` for tables). None means nothing is left to try.
+    (``RULES`` for texts, ``TABLE_RULES`` for tables, ``IMAGE_RULES`` for a pretrained image body,
+    ``IMAGE_SCRATCH_RULES`` for the small CNN). None means nothing is left to try.
     """
     rules = RULES_BY_MODALITY[modality]
     if diagnosis.label not in rules:

@@ -17,10 +17,12 @@ DEPTHS = (0, 2, 4, "all")
 
 
 def base_learning_rate(trainable_layers: int | str, lora_rank: int = 0, modality: str = "text") -> float:
-    if modality == "tabular":  # an MLP from scratch
+    if modality in ("tabular", "image-scratch"):  # an MLP or a small CNN from scratch
         return 1e-3
     if trainable_layers == 0:
         return 2e-3
+    if modality == "image":  # a convolutional body with BatchNorm takes more than a transformer
+        return 1e-4 if trainable_layers == "all" else 2e-4
     if lora_rank > 0:  # low-rank adapters start at zero and want rates near a head's
         return 5e-4
     return 5e-5 if trainable_layers == "all" else 1e-4
@@ -61,8 +63,47 @@ TABLE_GRID: dict[str, list[Any]] = {
 }
 
 
+# Images on a pretrained body: depth as for texts, no LoRA; augmentation and mixing of the images.
+IMAGE_SPACE: dict[str, BaseDistribution] = {
+    "trainable_layers": CategoricalDistribution(DEPTHS),
+    "lr_multiplier": FloatDistribution(0.1, 10.0, log=True),
+    "weight_decay": FloatDistribution(0.0, 0.1),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "augment": FloatDistribution(0.0, 0.6),
+    "mixup": FloatDistribution(0.0, 0.5),
+    "epochs": IntDistribution(3, 15),
+    "batch_size": CategoricalDistribution((16, 32, 64)),
+}
+
+IMAGE_GRID: dict[str, list[Any]] = {
+    "trainable_layers": [0, 2, "all"],
+    "lr_multiplier": [0.3, 1.0, 3.0],
+}
+
+# The small CNN from scratch: its stages and channels are the capacity.
+CNN_SPACE: dict[str, BaseDistribution] = {
+    "hidden_layers": IntDistribution(1, 4),
+    "hidden_units": CategoricalDistribution((32, 64, 128, 256)),
+    "lr_multiplier": FloatDistribution(0.1, 10.0, log=True),
+    "weight_decay": FloatDistribution(0.0, 0.1),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "augment": FloatDistribution(0.0, 0.6),
+    "mixup": FloatDistribution(0.0, 0.5),
+    "epochs": IntDistribution(5, 30),
+    "batch_size": CategoricalDistribution((32, 64, 128)),
+}
+
+CNN_GRID: dict[str, list[Any]] = {
+    "hidden_layers": [1, 2, 3],
+    "lr_multiplier": [0.3, 1.0, 3.0],
+}
+
+SPACES = {"text": SAMPLED_SPACE, "tabular": TABLE_SPACE, "image": IMAGE_SPACE, "image-scratch": CNN_SPACE}
+GRIDS = {"text": GRID, "tabular": TABLE_GRID, "image": IMAGE_GRID, "image-scratch": CNN_GRID}
+
+
 def sampled_space(modality: str = "text") -> dict[str, BaseDistribution]:
-    return TABLE_SPACE if modality == "tabular" else SAMPLED_SPACE
+    return SPACES[modality]
 
 
 def recipe_from_params(base: Recipe, params: dict[str, Any], modality: str = "text") -> Recipe:
@@ -75,7 +116,7 @@ def recipe_from_params(base: Recipe, params: dict[str, Any], modality: str = "te
     if "lr_multiplier" in params:
         rate = base_learning_rate(depth, rank, modality) * params["lr_multiplier"]
         values["learning_rate"] = float(f"{rate:.4g}")
-    for name in ("weight_decay", "dropout", "label_smoothing", "warmup_ratio", "augment"):
+    for name in ("weight_decay", "dropout", "label_smoothing", "warmup_ratio", "augment", "mixup"):
         if name in values:
             values[name] = round(float(values[name]), 4)
     return base.replace(**values)

@@ -4,7 +4,7 @@ told its result), so pruning and the stored search state work the same for all o
 - ``guided``: ours. Starts from the cheapest capacity (a head on the frozen encoder) and asks the policy
   what to change, reading the diagnosis of the best trial so far.
 - ``grid``, ``random``, ``bayes`` (TPE): Optuna's samplers over ``space.SAMPLED_SPACE`` / ``space.GRID``
-  (``space.TABLE_SPACE`` / ``space.TABLE_GRID`` for tables).
+  (each task family has its own: tables, images on a pretrained body, a small CNN from scratch).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import optuna
 from tuneloop.config import Recipe
 from tuneloop.tuning.diagnose import Diagnosis
 from tuneloop.tuning.policy import next_recipe, recipe_key
-from tuneloop.tuning.space import GRID, SAMPLED_SPACE, TABLE_GRID, TABLE_SPACE, params_of, recipe_from_params
+from tuneloop.tuning.space import GRIDS, SPACES, params_of, recipe_from_params
 
 STRATEGIES = ("guided", "grid", "random", "bayes")
 MAX_REDRAWS = 20  # samples drawn before a sampler that only proposes tried recipes counts as exhausted
@@ -72,17 +72,24 @@ class GuidedStrategy:
         return optuna.samplers.RandomSampler(seed=seed)  # never asked to sample: every trial is fixed
 
     def first_recipe(self, base: Recipe) -> Recipe:
-        """The cheapest capacity first: the head alone on the frozen encoder, at a head's learning rate; for
-        a table, a small MLP (one layer of 64 units)."""
+        """The cheapest capacity first: the head alone on the frozen encoder (or image body), at a head's
+        learning rate; for a table, a small MLP (one layer of 64 units); for the small CNN, two stages of
+        up to 64 channels."""
         if self.modality == "tabular":
             return base.replace(hidden_layers=1, hidden_units=64, learning_rate=self.first_learning_rate,
                                 epochs=max(base.epochs, 30), patience=max(base.patience, 5))
+        if self.modality == "image-scratch":
+            return base.replace(hidden_layers=2, hidden_units=64, learning_rate=self.first_learning_rate,
+                                epochs=max(base.epochs, 10), patience=max(base.patience, 3))
         return base.replace(trainable_layers=0, learning_rate=self.first_learning_rate, epochs=max(base.epochs, 5))
 
     def first_reason(self) -> str:
         if self.modality == "tabular":
             return "start with the cheapest capacity: an MLP of one layer of 64 units" + self.first_note
-        return "start with the cheapest capacity: the head alone on the frozen encoder" + self.first_note
+        if self.modality == "image-scratch":
+            return "start with the cheapest capacity: a CNN of two stages, 32 and 64 channels" + self.first_note
+        body = "image body" if self.modality == "image" else "encoder"
+        return f"start with the cheapest capacity: the head alone on the frozen {body}" + self.first_note
 
     def propose(self, study, base, history, retry):
         if retry is not None:
@@ -121,12 +128,12 @@ class SamplerStrategy:
         return optuna.samplers.RandomSampler(seed=seed)
 
     def grid(self) -> dict[str, list[Any]]:
-        return TABLE_GRID if self.modality == "tabular" else GRID
+        return GRIDS[self.modality]
 
     def space(self) -> dict[str, Any]:
         if self.name == "grid":
             return {name: optuna.distributions.CategoricalDistribution(values) for name, values in self.grid().items()}
-        return TABLE_SPACE if self.modality == "tabular" else SAMPLED_SPACE
+        return SPACES[self.modality]
 
     def propose(self, study, base, history, retry):
         space = self.space()
@@ -156,7 +163,7 @@ class SamplerStrategy:
 
 
 def grid_points(grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
-    grid = GRID if grid is None else grid
+    grid = GRIDS["text"] if grid is None else grid
     names = list(grid)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from tuneloop.config import Recipe
+from tuneloop.config import LOWER_IS_BETTER, Recipe
 from tuneloop.errors import ConfigError, TuneloopError
 from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import Callback, EpochRecord, StopTraining
@@ -93,7 +93,7 @@ class _ReportToOptuna(Callback):
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         value = record.metric(self.metric)
-        self.trial.report(-value if self.metric == "loss" else value, record.epoch)
+        self.trial.report(-value if self.metric in LOWER_IS_BETTER else value, record.epoch)
         if self.prunable and self.trial.should_prune():
             raise StopTraining("pruned")
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -101,8 +101,8 @@ class _ReportToOptuna(Callback):
 
 
 def objective_value(metrics: dict[str, Any], metric: str) -> float:
-    """Higher is better: the validation metric, or minus the validation loss."""
-    return -metrics["val_loss"] if metric == "loss" else metrics[f"val_{metric}"]
+    """Higher is better: the validation metric, or minus it for a loss or an error (loss, MAE, RMSE)."""
+    return -metrics[f"val_{metric}"] if metric in LOWER_IS_BETTER else metrics[f"val_{metric}"]
 
 
 @dataclass
@@ -163,7 +163,9 @@ def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy
 class _StudyDriver:
     def __init__(self, store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                  spent_before):
-        self.store, self.study_id, self.task, self.base = store, study_id, task, base
+        # metric "auto" made concrete: every trial is scored, reported and diagnosed by the same one
+        self.store, self.study_id, self.task = store, study_id, task
+        self.base = base.for_objective(task.objective.name)
         self.strategy, self.budget, self.target = strategy, budget, target
         self.train_trial, self.callbacks = train_trial, callbacks
         storage = optuna.storages.RDBStorage(f"sqlite:///{store.root / 'tuneloop.db'}",
@@ -241,7 +243,8 @@ class _StudyDriver:
             record.value = objective_value(run.metrics, metric)
             record.status = "pruned" if result.stopped_by == "pruned" else "completed"
             record.diagnosis = diagnose(result.history, diverged=result.diverged, n_val=len(self.task.val),
-                                        num_classes=len(self.task.classes), metric=metric)
+                                        num_classes=len(self.task.classes), metric=metric,
+                                        objective=self.task.objective.name)
             if record.status == "pruned":
                 self.study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
             else:

@@ -1,0 +1,224 @@
+"""The image-classification task: checked images and classes, decoded once into one uint8 tensor, and a
+network that is either the packaged EfficientNet-Lite0 (ImageNet weights, a new head), a small CNN trained
+from scratch, or a previous image run's network (a base trained from scratch, fine-tuned on new classes).
+
+Resizing is done here, once, to the size the network will see; normalization is the network's own. The
+size and channel count are saved with the model, so prediction reads new images exactly as training did.
+With the pretrained body frozen whole (``trainable_layers`` 0) and nothing augmented, the body's pooled
+output is the same every epoch and every trial: it is computed once and the head trains on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneloop.config import Recipe
+from tuneloop.data.augment_image import AugmentedImages
+from tuneloop.data.batches import Features
+from tuneloop.data.feature_cache import FeatureCache, feature_key
+from tuneloop.data.images import ImageExamples, Pixels, load_image_examples
+from tuneloop.data.text import check_validation_labels, class_names, stratified_split
+from tuneloop.errors import ConfigError, ModelError
+from tuneloop.models import get_adapter
+from tuneloop.models.image_nets import ADAPTER_FILE, ARCHITECTURES, ImagePreprocessing, build_image_network
+from tuneloop.tasks import Prepared
+from tuneloop.training.device import autocast
+from tuneloop.training.objective import CLASSIFICATION
+
+KIND = "image-classification"
+DEFAULT_ARCHITECTURE = "efficientnet-lite0"
+PRETRAINED_MIN_SIZE = 64  # smaller images are upscaled for EfficientNet: five stride-2 stages need room
+CNN_MAX_STAGES = 8
+FEATURE_BATCH = 64
+
+
+@dataclass
+class ImageTask:
+    """Checked training and validation images with their classes, and the network they train."""
+
+    train: ImageExamples
+    val: ImageExamples
+    classes: list[str]
+    architecture: str  # efficientnet-lite0, small-cnn, or a previous image run's model folder
+    adapter_name = "image_net"
+    kind = KIND
+    objective = CLASSIFICATION
+    features: FeatureCache = field(default_factory=FeatureCache)  # the frozen body's pooled outputs
+
+    @classmethod
+    def load(cls, data: str | os.PathLike | ImageExamples, val: str | os.PathLike | ImageExamples | None, *,
+             model: str | None, label_col: str | None, val_fraction: float, seed: int,
+             image_size: int | None = None, image_col: str | None = None) -> ImageTask:
+        """Read, decode and check every image (all that can fail on bad input) before any workspace write.
+
+        Images are resized to ``image_size``, else to the model's size where ``model`` is a previous run,
+        else to their most common size (at least PRETRAINED_MIN_SIZE for EfficientNet)."""
+        architecture = model or DEFAULT_ARCHITECTURE
+        start = _saved_preprocessing(architecture)
+        if start is None and architecture not in ARCHITECTURES:
+            raise ConfigError([f"The 'model' of an image task must be one of {', '.join(ARCHITECTURES)} or the "
+                               f"folder of a saved image run. Got {architecture!r} instead."])
+        size = image_size or (start.size if start else None)
+        channels = start.channels if start else (3 if architecture == "efficientnet-lite0" else None)
+        train = data if isinstance(data, ImageExamples) else _load(data, size, channels, label_col, image_col)
+        if size is None and architecture == "efficientnet-lite0" and train.pixels.shape[-1] < PRETRAINED_MIN_SIZE:
+            # Decoded again at the larger size, by the same resize that prediction will use on new images.
+            train = (resized(train, PRETRAINED_MIN_SIZE) if isinstance(data, ImageExamples)
+                     else _load(data, PRETRAINED_MIN_SIZE, channels, label_col, image_col))
+        size, channels = int(train.pixels.shape[-1]), int(train.pixels.shape[1])
+        classes = class_names(train)
+        if val is None:
+            train, val_examples = stratified_split(train, val_fraction, seed)
+        else:
+            val_examples = (val if isinstance(val, ImageExamples)
+                            else _load(val, size, channels, label_col, image_col))
+            val_examples = resized(val_examples, size)
+            check_validation_labels(val_examples, classes)
+        return cls(train, val_examples, classes, architecture)
+
+    @property
+    def backbone(self) -> str:
+        """What the run records as its backbone: the architecture, or the run folder it starts from."""
+        return self.architecture
+
+    @property
+    def family(self) -> str:
+        """The guided policy's rule table: "image" for a pretrained body to unfreeze (EfficientNet, or a saved
+        run), "image-scratch" for a fresh small CNN, whose capacity is its width and depth."""
+        return "image-scratch" if self.architecture == "small-cnn" else "image"
+
+    @property
+    def num_layers(self) -> int | None:
+        """Layer groups below the head (what ``trainable_layers`` counts), where the network has them."""
+        return 18 if self.architecture == "efficientnet-lite0" else None
+
+    @property
+    def trains_faster_in_fp32_on_cpu(self) -> bool:
+        """EfficientNet does (depthwise convolutions); the small CNN trains faster in bf16."""
+        return self.architecture == "efficientnet-lite0" or self.saved_architecture == "efficientnet-lite0"
+
+    @property
+    def saved_architecture(self) -> str | None:
+        """The architecture of the saved run this task starts from, if it starts from one."""
+        if self.architecture in ARCHITECTURES:
+            return None
+        return json.loads((Path(self.architecture) / ADAPTER_FILE).read_text()).get("arch")
+
+    @property
+    def val_labels(self) -> list[str]:
+        return list(self.val.labels or [])
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        return ImagePreprocessing(int(self.train.pixels.shape[-1]), int(self.train.pixels.shape[1]), self.classes)
+
+    def pixels(self, part: ImageExamples) -> Pixels:
+        index = {name: i for i, name in enumerate(self.classes)}
+        return Pixels(part.pixels, [index[label] for label in part.labels or []])
+
+    def network(self, recipe: Recipe) -> nn.Module:
+        """A fresh network for ``recipe``: pretrained (or a saved run's) weights unless ``init`` is scratch;
+        for the small CNN, ``hidden_layers`` are its stages and ``hidden_units`` its last stage's channels."""
+        outputs, channels = len(self.classes), int(self.train.pixels.shape[1])
+        if self.architecture not in ARCHITECTURES:
+            if recipe.init == "scratch":
+                raise ConfigError(["init 'scratch' starts from random weights, but the model is a saved run "
+                                   f"({self.architecture}). Give --model small-cnn or efficientnet-lite0 instead."])
+            network = get_adapter(self.adapter_name).load_start(self.architecture, outputs, recipe.dropout)
+        else:
+            network = build_image_network(
+                self.architecture, outputs, in_channels=channels, recipe_dropout=recipe.dropout,
+                width=min(4096, max(8, recipe.hidden_units)), stages=min(CNN_MAX_STAGES, max(1, recipe.hidden_layers)),
+                pretrained=self.architecture == "efficientnet-lite0" and recipe.init == "pretrained")
+        network.set_trainable(recipe.trainable_layers)
+        return network
+
+    def prepare(self, recipe: Recipe, device: torch.device, precision: str, *, cache_features: bool = True
+                ) -> Prepared:
+        network = self.network(recipe)
+        train_set, val_set = self.pixels(self.train), self.pixels(self.val)
+        if recipe.augment > 0 or recipe.mixup > 0:
+            augmented = AugmentedImages(train_set, recipe.augment, recipe.mixup, recipe.seed, len(self.classes))
+            return Prepared(network, self.preprocessing, network, augmented, val_set, None,
+                            "off: augmentation changes the training images every epoch")
+        if recipe.trainable_layers == 0 and cache_features and network.pretrained_parameter_names():
+            train_vectors, val_vectors = (self.cached_features(network, part, pixels, device, precision)
+                                          for part, pixels in ((self.train, train_set), (self.val, val_set)))
+            return Prepared(network, self.preprocessing, ImageHead(network), train_vectors, val_vectors, "vectors")
+        return Prepared(network, self.preprocessing, network, train_set, val_set)
+
+    def cached_features(self, network: nn.Module, part: ImageExamples, pixels: Pixels, device: torch.device,
+                        precision: str) -> Features:
+        """The frozen body's pooled output for every image, computed once per key (see FeatureCache)."""
+        key = feature_key(self.architecture, part.fingerprint(), int(part.pixels.shape[-1]), precision,
+                          "image-vectors")
+        vectors = self.features.get(key, lambda: pooled_features(network, pixels, device, precision))
+        return Features(vectors, pixels.label_ids)
+
+
+class ImageHead(nn.Module):
+    """The network's dropout and head alone, fed cached pooled features: what trains when the body is
+    frozen whole. Its parameters are the network's own, so training it trains the network."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.network.classify(features)
+
+    def parameter_depths(self) -> dict[str, int]:
+        return {f"network.{k}": v for k, v in self.network.parameter_depths().items()}
+
+    def pretrained_parameter_names(self) -> list[str]:
+        return [f"network.{name}" for name in self.network.pretrained_parameter_names()]
+
+
+def resized(examples: ImageExamples, size: int) -> ImageExamples:
+    """The examples at ``size`` x ``size`` (bilinear, antialiased when shrinking), unchanged if already so."""
+    if examples.pixels.shape[-1] == size and examples.pixels.shape[-2] == size:
+        return examples
+    scaled = F.interpolate(examples.pixels.float(), size=(size, size), mode="bilinear", align_corners=False,
+                           antialias=size < examples.pixels.shape[-1])
+    pixels = scaled.round().clamp(0, 255).to(torch.uint8)
+    return ImageExamples(pixels, examples.labels, examples.locations, examples.source)
+
+
+def _load(source: str | os.PathLike, size: int | None, channels: int | None, label_col: str | None,
+          image_col: str | None) -> ImageExamples:
+    return load_image_examples(source, size=size, channels=channels, label_col=label_col, path_col=image_col)
+
+
+def _saved_preprocessing(model: str) -> ImagePreprocessing | None:
+    """The preprocessing of a saved image run named by ``model`` (a folder), or None when it names none."""
+    folder = Path(model)
+    if model in ARCHITECTURES or not (folder / ADAPTER_FILE).is_file():
+        return None
+    try:
+        info = json.loads((folder / ADAPTER_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{folder}: not a readable model folder ({error}).") from error
+    if info.get("adapter") != "image_net":
+        raise ConfigError([f"--model {model}: a {info.get('adapter')} model, not an image model; an image task can "
+                           "start only from a saved image run."])
+    return ImagePreprocessing(int(info["image_size"]), int(info["channels"]), list(info["classes"]))
+
+
+@torch.inference_mode()
+def pooled_features(network: nn.Module, pixels: Pixels, device: torch.device, precision: str,
+                    batch_size: int = FEATURE_BATCH) -> torch.Tensor:
+    """The network body's pooled output for every image, in order (evaluation mode: BatchNorm's running
+    statistics, no dropout)."""
+    network.to(device).eval()
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        with autocast(device, precision):
+            out.append(network.features(pixels.images[start:start + batch_size].to(device)).float().cpu())
+    return torch.cat(out)
