@@ -24,8 +24,8 @@ def test_missing_file(capsys, workspace, tmp_path):
     assert "nope.csv: no such file." in err
 
 
-def test_directory_instead_of_file(capsys, workspace, tmp_path):
-    assert "expected a data file, found a directory" in fit(capsys, workspace, tmp_path)
+def test_a_folder_is_read_as_images_and_an_empty_one_says_what_it_expected(capsys, workspace, tmp_path):
+    assert "expected one subfolder of images per class" in fit(capsys, workspace, tmp_path)
 
 
 def test_corrupt_parquet(capsys, workspace, tmp_path):

@@ -10,6 +10,7 @@ from tests.conftest import sentiment_rows, write_csv
 from tuneloop import api
 from tuneloop.config import Recipe
 from tuneloop.data.feature_cache import FeatureCache, feature_key
+from tuneloop.tuning.space import GRIDS
 
 
 def test_computed_once_then_reused_from_memory_and_disk(tmp_path):
@@ -54,7 +55,7 @@ def test_key_changes_with_everything_the_vectors_depend_on(tiny_model, tmp_path)
 
 def test_trials_at_one_depth_share_one_cache_and_other_depths_have_their_own(tiny_model, toy_csv, workspace,
                                                                              monkeypatch, tmp_path):
-    monkeypatch.setattr("tuneloop.tuning.strategies.GRID", {"trainable_layers": [0, 2], "lr_multiplier": [1.0, 3.0]})
+    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0, 2], "lr_multiplier": [1.0, 3.0]})
     base = Recipe(epochs=2, batch_size=8, patience=0)
     result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, recipe=base, budget="4trials",
                       strategy="grid", prune="none", seed_check=False)

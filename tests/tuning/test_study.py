@@ -20,6 +20,7 @@ from tuneloop.errors import ConfigError
 from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import EpochRecord, StopTraining
 from tuneloop.tuning.policy import recipe_key
+from tuneloop.tuning.space import GRIDS
 from tuneloop.tuning.study import Budget, _ReportToOptuna
 
 
@@ -91,7 +92,7 @@ def test_target_stops_the_study(tiny_model, toy_csv, workspace):
 
 
 def test_grid_stops_when_exhausted(tiny_model, toy_csv, workspace, monkeypatch):
-    monkeypatch.setattr("tuneloop.tuning.strategies.GRID", {"trainable_layers": [0], "lr_multiplier": [1.0, 3.0]})
+    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0], "lr_multiplier": [1.0, 3.0]})
     result = tune(tiny_model, toy_csv, workspace, budget="10trials", strategy="grid", prune="none")
     assert len(result.trials) == 2 and "nothing left" in result.stop_reason
     assert [t.reason for t in result.trials] == ["grid point 1 of 2", "grid point 2 of 2"]

@@ -41,6 +41,7 @@ class TextClassifier(nn.Module):
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.pretrained_encoder = True  # False for an encoder built from its config alone (init "scratch")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(input_ids, attention_mask))
@@ -104,7 +105,10 @@ class TextClassifier(nn.Module):
         raise ModelError(f"Could not find the {depth} transformer layers of this {type(self.encoder).__name__}.")
 
     def pretrained_parameter_names(self) -> list[str]:
-        """The encoder's parameters came from the backbone; the head and LoRA adapters are new."""
+        """The encoder's parameters came from the backbone (unless built from scratch); the head and LoRA
+        adapters are new."""
+        if not self.pretrained_encoder:
+            return []
         return [f"encoder.{name}" for name, _ in self.encoder.named_parameters() if "lora_" not in name]
 
     @property
@@ -270,14 +274,16 @@ class HFTextAdapter:
             for key in keys:
                 if hasattr(config, key):
                     setattr(config, key, value)
-        encoder = _encoder_from_config(config)
-        weights = self._weights_file(path)
-        missing, unexpected = encoder.load_state_dict(self._encoder_state(weights, encoder), strict=False)
-        if len(missing) > len(encoder.state_dict()) // 2:
-            raise ModelError(f"{weights}: these weights do not fit a {config.model_type} encoder "
-                             f"({len(missing)} tensors missing, e.g. {missing[0]}).")
+        encoder = _encoder_from_config(config)  # random weights: init "scratch" keeps them (a fresh encoder)
+        if recipe.init == "pretrained":
+            weights = self._weights_file(path)
+            missing, unexpected = encoder.load_state_dict(self._encoder_state(weights, encoder), strict=False)
+            if len(missing) > len(encoder.state_dict()) // 2:
+                raise ModelError(f"{weights}: these weights do not fit a {config.model_type} encoder "
+                                 f"({len(missing)} tensors missing, e.g. {missing[0]}).")
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = TextClassifier(encoder, num_labels, recipe.head_dropout)
+        model.pretrained_encoder = recipe.init == "pretrained"
         if recipe.lora_rank > 0:
             model.add_lora(recipe.trainable_layers, recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout,
                            recipe.lora_targets)
@@ -306,21 +312,21 @@ class HFTextAdapter:
                 renamed[key] = tensor
         return renamed
 
-    @torch.inference_mode()
     def embed_all(self, model: TextClassifier, data: Encoded, device: torch.device, precision: str) -> torch.Tensor:
         """Every example's text vector from the (frozen) encoder, in the order of ``data``, as fp32."""
         from tuneloop.data.batches import inference_order
         from tuneloop.training.device import autocast
 
-        model.to(device).eval()
+        model.to(device).eval()  # moved outside inference mode: parameters moved inside it
+        # become inference tensors that can never train
         out = torch.zeros((len(data), model.encoder.config.hidden_size), dtype=torch.float32)
-        for indices in inference_order(data.lengths, 64):
-            batch = data.batch(indices).to(device)
-            with autocast(device, precision):
-                out[torch.from_numpy(indices)] = model.embed(**batch.inputs).float().cpu()
+        with torch.inference_mode():
+            for indices in inference_order(data.lengths, 64):
+                batch = data.batch(indices).to(device)
+                with autocast(device, precision):
+                    out[torch.from_numpy(indices)] = model.embed(**batch.inputs).float().cpu()
         return out
 
-    @torch.inference_mode()
     def hidden_all(self, model: TextClassifier, data: Encoded, depth: int, device: torch.device,
                    precision: str) -> torch.Tensor:
         """Every example's hidden states entering layer ``depth``, packed in the order of ``data`` (tokens x
@@ -328,17 +334,18 @@ class HFTextAdapter:
         from tuneloop.data.batches import inference_order
         from tuneloop.training.device import autocast
 
-        model.to(device).eval()
+        model.to(device).eval()  # outside inference mode, as in embed_all
         lengths = data.lengths
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         out = torch.zeros((int(offsets[-1]), model.encoder.config.hidden_size), dtype=dtype)
-        for indices in inference_order(lengths, 64):
-            batch = data.batch(indices).to(device)
-            with autocast(device, precision):
-                hidden = model.hidden_states_at(**batch.inputs, depth=depth).to(dtype).cpu()
-            for row, i in enumerate(indices):
-                out[offsets[i]:offsets[i + 1]] = hidden[row, :lengths[i]]
+        with torch.inference_mode():
+            for indices in inference_order(lengths, 64):
+                batch = data.batch(indices).to(device)
+                with autocast(device, precision):
+                    hidden = model.hidden_states_at(**batch.inputs, depth=depth).to(dtype).cpu()
+                for row, i in enumerate(indices):
+                    out[offsets[i]:offsets[i + 1]] = hidden[row, :lengths[i]]
         return out
 
     def encode(self, tokenizer, texts: list[str], labels: list[int] | None, recipe: Recipe) -> Encoded:

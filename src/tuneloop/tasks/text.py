@@ -163,6 +163,8 @@ def frozen_input_plan(recipe: Recipe, network, train_set, val_set) -> str | None
     """What a trial can train on instead of running its frozen layers: "vectors" (the whole encoder is
     frozen), "layer-D" (the hidden states entering layer D, below which everything is frozen), or None
     (nothing frozen, or the states would take more than STATES_LIMIT bytes)."""
+    if recipe.init == "scratch":  # a random encoder differs with every seed: its outputs are nobody's to share
+        return None
     if recipe.trainable_layers == 0:
         return "vectors"
     if recipe.trainable_layers == "all":

@@ -272,22 +272,24 @@ def _pull_toward(anchors: dict[int, torch.Tensor], optimizer: torch.optim.Optimi
                 param.lerp_(anchor, weight)
 
 
-@torch.inference_mode()
 def predict_outputs(model: nn.Module, data: Examples, device: torch.device, precision: str,
                     objective: Objective = CLASSIFICATION, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """The objective's predictions for every example, in the order of ``data`` (class probabilities, or one
     column of standardized values); batches sorted by length."""
+    # Moved outside inference mode: parameters moved to a device inside it become inference tensors, which
+    # can never train again (a model predicted with, then fine-tuned further).
     model.to(device)
     model.eval()
     out: np.ndarray | None = None
-    for batch in iterate(data, inference_order(data.lengths, batch_size)):
-        batch = batch.to(device)
-        with autocast(device, precision):
-            outputs = model(**batch.inputs)
-        predicted = objective.predictions(outputs).cpu().numpy()
-        if out is None:
-            out = np.zeros((len(data), predicted.shape[1]), dtype=np.float32)
-        out[batch.indices] = predicted
+    with torch.inference_mode():
+        for batch in iterate(data, inference_order(data.lengths, batch_size)):
+            batch = batch.to(device)
+            with autocast(device, precision):
+                outputs = model(**batch.inputs)
+            predicted = objective.predictions(outputs).cpu().numpy()
+            if out is None:
+                out = np.zeros((len(data), predicted.shape[1]), dtype=np.float32)
+            out[batch.indices] = predicted
     assert out is not None
     return out
 
