@@ -137,3 +137,15 @@ def test_guided_tuning_of_a_small_cnn_makes_capacity_and_augmentation_decisions(
     assert report.returncode == 0, report.stderr
     html = (tmp_path / "r.html").read_text()
     assert "small-cnn" in html and "Confusion matrix of the best model" in html
+
+
+def test_sampler_strategies_search_the_small_cnn_space(tmp_path):
+    data = tmp_path / "few"
+    write_image_folder(*digits(0, 150), data)
+    tuned = tuneloop("tune", str(data), "--model", "small-cnn", "--strategy", "random", "--budget", "2trials",
+                     "--no-seed-check", "--workspace", str(tmp_path / "ws"), "--json", "--quiet")
+    assert tuned.returncode == 0, tuned.stderr
+    recipes = [t["recipe"] for t in json.loads(tuned.stdout)["trials"]]
+    assert len(recipes) == 2
+    assert all(1 <= r["hidden_layers"] <= 4 and r["hidden_units"] in (32, 64, 128, 256) for r in recipes)
+    assert all(0 <= r["mixup"] <= 0.5 and r["lora_rank"] == 0 for r in recipes), "image knobs, no text ones"

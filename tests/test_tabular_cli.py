@@ -44,6 +44,7 @@ def test_fit_predict_evaluate_a_table_from_the_command_line(wine, tmp_path):
     result = json.loads(fitted.stdout)
     assert result["metrics"]["val_accuracy"] > 0.9, result["metrics"]  # majority class is 0.40
     assert result["metrics"]["cached_inputs"] is None
+    assert 0.9 < result["metrics"]["val_roc_auc"] <= 1.0
 
     out = tmp_path / "predicted.csv"
     predicted = tuneloop("predict", "latest", str(new), "-o", str(out), "--workspace", workspace)
@@ -58,6 +59,7 @@ def test_fit_predict_evaluate_a_table_from_the_command_line(wine, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["n"] == 178 and report["metrics"]["accuracy"] > 0.9
+    assert report["metrics"]["roc_auc"] >= report["metrics"]["accuracy"] - 0.05, "macro one-vs-rest ROC AUC"
     assert report["classes"] == ["cultivar_a", "cultivar_b", "cultivar_c"]
 
 
@@ -174,3 +176,20 @@ def test_sampler_strategies_search_the_mlp_space_of_a_table(wine, tmp_path, stra
     assert all(r.trainable_layers == "all" and r.lora_rank == 0 for r in recipes), "no encoder knobs"
     if strategy == "grid":
         assert [r.hidden_layers for r in recipes] == [1, 1, 1] and recipes[0].learning_rate == pytest.approx(3e-4)
+
+
+def test_guided_tuning_of_a_regression_table_scores_by_rmse(diabetes, tmp_path):
+    data, _ = diabetes
+    tuned = tuneloop("tune", str(data), "--budget", "3trials", "--no-seed-check", "--workspace", str(tmp_path / "ws"),
+                     "--json", "--quiet")
+    assert tuned.returncode == 0, tuned.stderr
+    result = json.loads(tuned.stdout)
+    completed = [t for t in result["trials"] if t["status"] == "completed"]
+    assert completed and all(t["value"] < 0 for t in completed), "minus the RMSE: higher is better"
+    assert result["best_metrics"]["val_rmse"] == pytest.approx(-max(t["value"] for t in completed))
+    assert result["trials"][0]["reason"].startswith("start with the cheapest capacity: an MLP")
+    assert all(t["diagnosis"] for t in completed)
+    report = tuneloop("report", result["study"], "--workspace", str(tmp_path / "ws"), "-o", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "predicted against true values" in html and "val RMSE" in html

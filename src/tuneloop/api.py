@@ -43,7 +43,7 @@ from tuneloop.tasks.text import TextTask
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import pick_device, resolve_precision
 from tuneloop.training.loop import Callback, EpochRecord, predict_outputs, predict_probabilities, train
-from tuneloop.training.metrics import classification_metrics, confusion_matrix
+from tuneloop.training.metrics import classification_metrics, confusion_matrix, roc_auc
 from tuneloop.training.objective import Regression, regression_metrics
 
 LABELS_FILE = "labels.json"
@@ -235,8 +235,12 @@ class Run:
             true = np.array([index[label] for label in examples.labels])
         predicted = predictions.probabilities.argmax(1)
         k = len(self.classes)
-        return EvaluationReport(classification_metrics(true, predicted, k), confusion_matrix(true, predicted, k),
-                                self.classes, len(true), predictions.agreement_with_fp32)
+        metrics: dict[str, Any] = classification_metrics(true, predicted, k)
+        area = roc_auc(true, predictions.probabilities)
+        if area is not None:
+            metrics["roc_auc"] = area
+        return EvaluationReport(metrics, confusion_matrix(true, predicted, k), self.classes, len(true),
+                                predictions.agreement_with_fp32)
 
 
 class _RecordEpochs(Callback):
@@ -299,7 +303,7 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                    "resumed_from_epoch": result.resumed_from_epoch,
                    "cached_inputs": prepared.cached, "not_cached": prepared.not_cached,
                    "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
-                   "device": device.type, **_baseline(task, val_set),
+                   "device": device.type, **_baseline(task, val_set), **_val_roc_auc(task, result, val_set),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
         if result.stopped_by == "pruned":
             store.fail_run(run_id, f"stopped: {result.stopped_by}", status="pruned", metrics=metrics)
@@ -370,6 +374,14 @@ def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col
                            val_fraction=val_fraction, seed=seed)
     get_adapter("hf_text").check_backbone(loaded.backbone)
     return loaded
+
+
+def _val_roc_auc(task: Any, result: Any, val_set: Any) -> dict[str, float]:
+    """A classifier's validation ROC AUC from its best epoch's predictions (where this call trained it)."""
+    if task.objective.name != "classification" or result.best_val_predictions is None:
+        return {}
+    area = roc_auc(np.asarray(val_set.label_ids), result.best_val_predictions)
+    return {} if area is None else {"val_roc_auc": area}
 
 
 def _baseline(task: Any, val_set: Any) -> dict[str, float]:

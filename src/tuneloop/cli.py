@@ -204,7 +204,8 @@ def scores_in_words(metrics: dict[str, Any], prefix: str = "val_") -> str:
     if f"{prefix}rmse" in metrics:
         return (f"RMSE {metrics[f'{prefix}rmse']:.4g}, MAE {metrics[f'{prefix}mae']:.4g}, "
                 f"R² {metrics[f'{prefix}r2']:.4f}")
-    return f"accuracy {metrics[f'{prefix}accuracy']:.4f}, macro-F1 {metrics[f'{prefix}macro_f1']:.4f}"
+    auc = f", ROC AUC {metrics[f'{prefix}roc_auc']:.4f}" if metrics.get(f"{prefix}roc_auc") is not None else ""
+    return f"accuracy {metrics[f'{prefix}accuracy']:.4f}, macro-F1 {metrics[f'{prefix}macro_f1']:.4f}{auc}"
 
 
 def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:

@@ -157,3 +157,17 @@ def test_int8_of_a_fresh_lora_run_quantizes_the_merged_model(tiny_model, toy_csv
     quantized = run.int8_model()
     assert not any("lora_" in name for name, _ in quantized.named_modules())
     assert run.predict_texts(["good great fine", "bad awful"], precision="int8").agreement_with_fp32 is not None
+
+
+def test_init_scratch_builds_the_encoder_from_its_config_and_caches_nothing(tiny_model, toy_csv, workspace):
+    pretrained = load_file(str(tiny_model / "model.safetensors"))
+    fresh, _ = get_adapter("hf_text").build(str(tiny_model), 2, Recipe(init="scratch", seed=1))
+    own = {k: v for k, v in fresh.encoder.state_dict().items() if k in pretrained}
+    assert own, "the encoder's tensors are named as in the checkpoint"
+    assert not all(torch.equal(v, pretrained[k]) for k, v in own.items()), "random weights, not the checkpoint's"
+    assert fresh.pretrained_parameter_names() == [], "nothing to pull toward (L2-SP) or call pretrained"
+
+    run = api.fit(toy_csv, model=str(tiny_model), workspace=workspace, init="scratch", trainable_layers=0,
+                  epochs=1, learning_rate=1e-3)
+    assert run.recipe.init == "scratch"
+    assert run.metrics["cached_inputs"] is None, "a random encoder's outputs are not shared through the cache"

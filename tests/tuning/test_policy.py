@@ -278,3 +278,50 @@ def test_a_table_never_gets_encoder_moves(label):
     decisions = walk_table(label, Recipe(hidden_layers=2, hidden_units=256, epochs=30, grad_clip=0.0))
     moved = {knob for d in decisions for knob in d.changes}
     assert not moved & {"trainable_layers", "lora_rank", "lora_targets", "l2sp", "head_dropout", "unfreezing"}
+
+
+def test_an_overfitting_table_is_also_offered_mixup_after_augmentation():
+    decisions = walk_table("overfitting", Recipe(hidden_layers=2, hidden_units=256, epochs=30))
+    knobs = [next(iter(d.changes)) for d in decisions]
+    assert knobs.index("augment") < knobs.index("mixup")
+
+
+# -- images ---------------------------------------------------------------------------------------------------
+
+def walk_family(label: str, recipe: Recipe, family: str, num_layers: int | None = None) -> list:
+    tried, decisions = [], []
+    while (decision := next_recipe(diagnosis(label, best_epoch=2), recipe, tried, num_layers=num_layers,
+                                   modality=family)) is not None:
+        decisions.append(decision)
+        tried.append(decision.recipe)
+        assert len(decisions) < 50
+    return decisions
+
+
+def test_an_overfitting_small_cnn_is_augmented_then_mixed_before_anything_else():
+    decisions = walk_family("overfitting", Recipe(hidden_layers=2, hidden_units=64, epochs=30), "image-scratch")
+    assert [d.changes for d in decisions[:2]] == [{"augment": (0.0, 0.2)}, {"mixup": (0.0, 0.2)}]
+    assert "crops, flips" in decisions[0].reason
+    assert {"hidden_units": (64, 32)} in [d.changes for d in decisions], "and at last a narrower CNN"
+
+
+def test_an_underfitting_small_cnn_gets_more_channels_then_a_stage():
+    decisions = walk_family("underfitting", Recipe(hidden_layers=2, hidden_units=64, epochs=30), "image-scratch")
+    assert [d.changes for d in decisions[:2]] == [{"hidden_units": (64, 128)}, {"hidden_layers": (2, 3)}]
+
+
+def test_a_pretrained_image_body_is_unfrozen_and_augmented_only_where_layers_train():
+    head = Recipe(trainable_layers=0, learning_rate=2e-3, epochs=5)
+    assert first_in("underfitting", head, "image").changes["trainable_layers"] == (0, 2)
+    head_moves = {knob for d in walk_family("overfitting", head, "image", 18) for knob in d.changes}
+    assert not head_moves & {"augment", "mixup", "l2sp"}, "a head on cached features keeps its cache"
+    deeper = Recipe(trainable_layers=2, learning_rate=2e-4, epochs=5)
+    deeper_moves = [next(iter(d.changes)) for d in walk_family("overfitting", deeper, "image", 18)]
+    assert deeper_moves[:4] == ["weight_decay", "l2sp", "augment", "mixup"]
+    assert not {"lora_rank", "lora_targets", "head_dropout", "attention_dropout"} & set(deeper_moves)
+
+
+def first_in(label: str, recipe: Recipe, family: str):
+    decision = next_recipe(diagnosis(label), recipe, (), num_layers=18, modality=family)
+    assert decision is not None
+    return decision

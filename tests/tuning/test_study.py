@@ -123,8 +123,11 @@ def record(epoch: int) -> EpochRecord:
 
 def test_pruner_and_deadline_end_training():
     trial = FakeTrial(prune=False)
-    _ReportToOptuna(trial, "macro_f1", deadline=None).on_epoch_end(record(1), True)
-    assert trial.reported == [(1, 0.7)]
+    _ReportToOptuna(trial, "macro_f1", deadline=None, epochs=4).on_epoch_end(record(1), True)
+    assert trial.reported == [(25, 0.7)], "reported at the share of the schedule done"
+    longer = FakeTrial(prune=False)
+    _ReportToOptuna(longer, "loss", deadline=None, epochs=8).on_epoch_end(record(2), True)
+    assert longer.reported == [(25, -0.4)], "epoch 2 of 8 is compared with epoch 1 of 4; a loss is negated"
     with pytest.raises(StopTraining, match="pruned"):
         _ReportToOptuna(FakeTrial(prune=True), "loss", deadline=None).on_epoch_end(record(2), True)
     with pytest.raises(StopTraining, match="budget"):

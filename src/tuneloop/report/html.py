@@ -230,7 +230,8 @@ def header_section(study: StudyRecord) -> str:
         outcome = '<p class="best">No trial completed, so the study has no best model.</p>'
     else:
         metrics = study.runs[best["run_id"]].metrics if best["run_id"] in study.runs else {}
-        named = [("val accuracy", "val_accuracy"), ("val macro-F1", "val_macro_f1"), ("val RMSE", "val_rmse"),
+        named = [("val accuracy", "val_accuracy"), ("val macro-F1", "val_macro_f1"), ("val ROC AUC", "val_roc_auc"),
+                 ("val RMSE", "val_rmse"),
                  ("val MAE", "val_mae"), ("val R²", "val_r2"), ("val loss", "val_loss"),
                  ("majority-class rate", "majority_class_rate"), ("RMSE of the mean", "mean_predictor_rmse")]
         shown = [*((label, _value(metrics[key])) for label, key in named if key in metrics),

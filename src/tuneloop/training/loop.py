@@ -68,6 +68,7 @@ class TrainResult:
     stopped_by: str | None = None  # a callback's StopTraining reason
     resumed_from_epoch: int = 0  # epochs restored from a checkpoint instead of trained in this call
     seconds: float = 0.0
+    best_val_predictions: np.ndarray | None = None  # the best epoch's validation predictions (not after a resume)
 
     @property
     def best(self) -> EpochRecord:
@@ -183,6 +184,7 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
         is_best = score > best_score
         if is_best:
             best_score, result.best_epoch, epochs_without_gain = score, epoch, 0
+            result.best_val_predictions = val.probabilities
             # Only trainable tensors change, so only they need copying to restore the best epoch later.
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if name in trainable_names}
         else:

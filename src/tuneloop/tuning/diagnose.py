@@ -190,7 +190,7 @@ class _Curves:
             # Chance-level and falling-metric checks need a higher-is-better score in [0, 1].
             self.quality_name = "accuracy" if metric == "loss" else metric
         else:  # a regressor: chance predicts the mean, R² 0 and MSE 1 on the standardized target
-            self.chance_loss, self.chance_quality, self.chance_name = 1.0, 0.0, "the variance"
+            self.chance_loss, self.chance_quality, self.chance_name = 1.0, 0.0, "(the MSE of the mean)"
             self.quality_name = "r2"
         self.quality = [r.metric(self.quality_name) for r in self.history]
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0

@@ -80,7 +80,7 @@ class GuidedStrategy:
                                 epochs=max(base.epochs, 30), patience=max(base.patience, 5))
         if self.modality == "image-scratch":
             return base.replace(hidden_layers=2, hidden_units=64, learning_rate=self.first_learning_rate,
-                                epochs=max(base.epochs, 10), patience=max(base.patience, 3))
+                                epochs=max(base.epochs, 30), patience=max(base.patience, 5))
         return base.replace(trainable_layers=0, learning_rate=self.first_learning_rate, epochs=max(base.epochs, 5))
 
     def first_reason(self) -> str:
@@ -180,8 +180,10 @@ PRUNERS = ("median", "asha", "none")
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """Steps are percent of a trial's schedule (see study._ReportToOptuna): the median pruner waits for 30%
+    of it, and successive halving's rungs sit at 10%, 30% and 90%."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=30)
     if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=10, reduction_factor=3)
     return optuna.pruners.NopPruner()
