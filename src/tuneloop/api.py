@@ -37,7 +37,7 @@ from tuneloop.models.quantize import MIN_AGREEMENT, agreement, agreement_sample,
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
 from tuneloop.tasks import modality_of, training_precision
-from tuneloop.tasks.image import ImageTask
+from tuneloop.tasks.image import ImageTask, resized
 from tuneloop.tasks.table import TableTask, features_of
 from tuneloop.tasks.text import TextTask
 from tuneloop.training.checkpoint import EpochCheckpoint
@@ -188,7 +188,8 @@ class Run:
         if precision not in PRECISIONS:
             raise ConfigError([f"The 'precision' parameter of an image model must be one of {', '.join(PRECISIONS)}. "
                                f"Got {precision!r} instead."])
-        model, _ = self.model()
+        model, preprocessing = self.model()
+        images = resized(images, preprocessing.size)  # examples made in memory at another size
         device = pick_device()
         probabilities = predict_probabilities(model, Pixels(images.pixels, None), device,
                                               resolve_precision(precision, device))

@@ -188,3 +188,31 @@ def test_layer_lr_decay_gives_lower_layers_smaller_rates(tiny_model):
     assert rate_of[id(named["encoder.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
     flat = make_optimizer(model, recipe.replace(layer_lr_decay=1.0), CPU)
     assert {g["lr"] for g in flat.param_groups} == {1e-3}
+
+
+def test_the_best_epoch_is_restored_with_its_batchnorm_statistics():
+    """BatchNorm's running statistics are buffers, not parameters: restoring the best epoch must restore them
+    too, or a model whose best epoch is not its last scores differently from what was recorded."""
+    from dataclasses import dataclass
+
+    from tuneloop.data.batches import Features, PerEpoch
+    from tuneloop.training.loop import evaluate
+
+    @dataclass(frozen=True)
+    class Drifting(PerEpoch):
+        """Each epoch's inputs are shifted further: the running mean drifts away from the validation data."""
+
+        def for_epoch(self, epoch: int) -> Features:
+            return Features(self.plain.vectors + 3.0 * epoch, self.plain.label_ids)
+
+    torch.manual_seed(0)
+    vectors = torch.randn(64, 4)
+    labels = (vectors[:, 0] > 0).long().tolist()
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    forward = model.forward
+    model.forward = lambda features: forward(features)  # the loop calls model(features=...)
+    val = Features(vectors.clone(), labels)
+    result = train(model, Drifting(Features(vectors, labels)), val, Recipe(epochs=4, patience=0, learning_rate=1e-2,
+                                                                          metric="loss", seed=0), CPU, "fp32")
+    assert result.best_epoch < 4, "the drift makes a later epoch worse (the case that matters)"
+    assert evaluate(model, val, CPU, "fp32").loss == pytest.approx(result.best.val_loss, rel=1e-6)

@@ -185,8 +185,10 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
         if is_best:
             best_score, result.best_epoch, epochs_without_gain = score, epoch, 0
             result.best_val_predictions = val.probabilities
-            # Only trainable tensors change, so only they need copying to restore the best epoch later.
+            # Trainable tensors and buffers change (BatchNorm's running statistics are buffers): copying them
+            # restores the best epoch exactly. Frozen parameters never change, so they are not copied.
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if name in trainable_names}
+            best_state.update({name: b.detach().clone() for name, b in model.named_buffers()})
         else:
             epochs_without_gain += 1
         try:
