@@ -81,8 +81,8 @@ def _holds_prose(values: list[Any]) -> bool:
 def training_precision(task: Any, requested: str, device: torch.device) -> str:
     """The precision a run of ``task`` trains in: as requested, and for "auto" bf16 where the device computes
     it natively, except for a task whose network trains faster in fp32 (EfficientNet's depthwise
-    convolutions, measured at 64 px: on a 2-core CPU 424 samples/s fp32 against 259 bf16, both
-    channels-last; on an H200 2,606 against 1,490; see benchmarks/cuda_check.py)."""
+    convolutions, measured at 64 px, channels-last: on a 2-core CPU 298 samples/s fp32 against 215 bf16,
+    benchmarks/image_throughput.py; on an H200 2,082 against 1,333, benchmarks/cuda_check.py)."""
     from tuneloop.training.device import resolve_precision
 
     if requested == "auto" and getattr(task, "trains_faster_in_fp32", False):
