@@ -30,36 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fashion_sample import held_out_scores, image_examples, per_class
 
 from tuneloop import api
 from tuneloop.config import Recipe
 from tuneloop.data.fashion_mnist import CLASSES, load_fashion_mnist
-from tuneloop.data.images import ImageExamples
-from tuneloop.training.metrics import classification_metrics
-
-
-def per_class(labels: np.ndarray, count: int, rng: np.random.Generator,
-              exclude: np.ndarray | None = None) -> np.ndarray:
-    """``count`` indices of each class, drawn without replacement, none of them in ``exclude``."""
-    allowed = np.ones(len(labels), dtype=bool)
-    if exclude is not None:
-        allowed[exclude] = False
-    chosen = [rng.choice(np.flatnonzero((labels == c) & allowed), size=count, replace=False)
-              for c in range(len(CLASSES))]
-    return np.sort(np.concatenate(chosen))
-
-
-def image_examples(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, source: str) -> ImageExamples:
-    """Fashion-MNIST images (one channel) and their class names, each located by its index in the split."""
-    return ImageExamples(torch.from_numpy(images[indices][:, None]), [CLASSES[i] for i in labels[indices]],
-                         [f"{source} #{i}" for i in indices], source)
-
-
-def held_out_scores(run: api.Run, test: ImageExamples) -> dict[str, float]:
-    predicted = run.predict_images(test).probabilities.argmax(1)
-    index = {name: i for i, name in enumerate(run.classes)}
-    true = np.array([index[label] for label in test.labels or []])
-    return classification_metrics(true, np.asarray(predicted), len(run.classes))
 
 
 def sd(values: list[float]) -> float:
@@ -86,7 +61,7 @@ def main() -> None:
 
     train_images, train_labels = load_fashion_mnist("train")
     test_images, test_labels = load_fashion_mnist("test")
-    test_ids = per_class(test_labels, args.test_size // len(CLASSES), np.random.default_rng(0))
+    test_ids = per_class(test_labels, range(len(CLASSES)), args.test_size // len(CLASSES), np.random.default_rng(0))
     test = image_examples(test_images, test_labels, test_ids, "fashion-mnist test")
     base = Recipe(init="scratch", hidden_layers=args.stages, hidden_units=args.width, learning_rate=args.lr,
                   epochs=args.epochs, batch_size=args.batch_size, patience=0)
@@ -106,8 +81,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workspace:
         for seed in range(args.seeds):
             sample = np.random.default_rng(1000 + seed)
-            train_ids = per_class(train_labels, args.train_per_class, sample)
-            val_ids = per_class(train_labels, args.val_per_class, sample, exclude=train_ids)
+            train_ids = per_class(train_labels, range(len(CLASSES)), args.train_per_class, sample)
+            val_ids = per_class(train_labels, range(len(CLASSES)), args.val_per_class, sample, exclude=train_ids)
             train = image_examples(train_images, train_labels, train_ids, "fashion-mnist train")
             val = image_examples(train_images, train_labels, val_ids, "fashion-mnist train")
             for setting, recipe in settings.items():

@@ -33,38 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fashion_sample import held_out_scores, image_examples, per_class
 
 from tuneloop import api
 from tuneloop.config import Recipe
 from tuneloop.data.fashion_mnist import CLASSES, load_fashion_mnist
-from tuneloop.data.images import ImageExamples
-from tuneloop.training.metrics import classification_metrics
 
 BASE_CLASSES = (0, 1, 2, 3, 4)  # T-shirt/top, Trouser, Pullover, Dress, Coat
 TARGET_CLASSES = (5, 6, 7, 8, 9)  # Sandal, Shirt, Sneaker, Bag, Ankle boot
-
-
-def per_class(labels: np.ndarray, classes: tuple[int, ...], count: int, rng: np.random.Generator,
-              exclude: np.ndarray | None = None) -> np.ndarray:
-    """``count`` indices of each class, drawn without replacement, none of them in ``exclude``."""
-    allowed = np.ones(len(labels), dtype=bool)
-    if exclude is not None:
-        allowed[exclude] = False
-    chosen = [rng.choice(np.flatnonzero((labels == c) & allowed), size=count, replace=False) for c in classes]
-    return np.sort(np.concatenate(chosen))
-
-
-def image_examples(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, source: str) -> ImageExamples:
-    """Fashion-MNIST images (one channel) and their class names, each located by its index in the split."""
-    return ImageExamples(torch.from_numpy(images[indices][:, None]), [CLASSES[i] for i in labels[indices]],
-                         [f"{source} #{i}" for i in indices], source)
-
-
-def held_out_scores(run: api.Run, test: ImageExamples) -> dict[str, float]:
-    predicted = run.predict_images(test).probabilities.argmax(1)
-    index = {name: i for i, name in enumerate(run.classes)}
-    true = np.array([index[label] for label in test.labels or []])
-    return classification_metrics(true, np.asarray(predicted), len(run.classes))
 
 
 def sd(values: list[float]) -> float:

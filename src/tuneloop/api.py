@@ -211,7 +211,7 @@ class Run:
         probabilities = predict_probabilities(model, features, device, precision)
         return Predictions([self.classes[i] for i in probabilities.argmax(1)], probabilities, self.classes)
 
-    def evaluate(self, data: str | os.PathLike, *, text_col: str | None = None, label_col: str | None = None,
+    def evaluate(self, data: Any, *, text_col: str | None = None, label_col: str | None = None,
                  image_col: str | None = None, precision: str = "auto") -> EvaluationReport:
         if self.adapter == "image_net":
             images = self.read_images(data, labelled=True, image_col=image_col, label_col=label_col)

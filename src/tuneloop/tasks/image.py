@@ -47,6 +47,7 @@ class ImageTask:
     val: ImageExamples
     classes: list[str]
     architecture: str  # efficientnet-lite0, small-cnn, or a previous image run's model folder
+    saved_architecture: str | None = None  # the network of that saved run, read once when loading
     adapter_name = "image_net"
     kind = KIND
     objective = CLASSIFICATION
@@ -61,7 +62,7 @@ class ImageTask:
         Images are resized to ``image_size``, else to the model's size where ``model`` is a previous run,
         else to their most common size (at least PRETRAINED_MIN_SIZE for EfficientNet)."""
         architecture = model or DEFAULT_ARCHITECTURE
-        start = _saved_preprocessing(architecture)
+        start, saved_architecture = _saved_model(architecture)
         if start is None and architecture not in ARCHITECTURES:
             raise ConfigError([f"The 'model' of an image task must be one of {', '.join(ARCHITECTURES)} or the "
                                f"folder of a saved image run. Got {architecture!r} instead."])
@@ -81,7 +82,7 @@ class ImageTask:
                             else _load(val, size, channels, label_col, image_col))
             val_examples = resized(val_examples, size)
             check_validation_labels(val_examples, classes)
-        return cls(train, val_examples, classes, architecture)
+        return cls(train, val_examples, classes, architecture, saved_architecture)
 
     @property
     def backbone(self) -> str:
@@ -103,14 +104,7 @@ class ImageTask:
     def trains_faster_in_fp32(self) -> bool:
         """EfficientNet does, on a CPU and on a GPU (depthwise convolutions); the small CNN trains faster in
         bf16 where bf16 is native."""
-        return self.architecture == "efficientnet-lite0" or self.saved_architecture == "efficientnet-lite0"
-
-    @property
-    def saved_architecture(self) -> str | None:
-        """The architecture of the saved run this task starts from, if it starts from one."""
-        if self.architecture in ARCHITECTURES:
-            return None
-        return json.loads((Path(self.architecture) / ADAPTER_FILE).read_text()).get("arch")
+        return "efficientnet-lite0" in (self.architecture, self.saved_architecture)
 
     @property
     def val_labels(self) -> list[str]:
@@ -197,11 +191,12 @@ def _load(source: str | os.PathLike, size: int | None, channels: int | None, lab
     return load_image_examples(source, size=size, channels=channels, label_col=label_col, path_col=image_col)
 
 
-def _saved_preprocessing(model: str) -> ImagePreprocessing | None:
-    """The preprocessing of a saved image run named by ``model`` (a folder), or None when it names none."""
+def _saved_model(model: str) -> tuple[ImagePreprocessing | None, str | None]:
+    """The preprocessing and architecture of a saved image run named by ``model`` (a folder), or Nones when
+    it names none."""
     folder = Path(model)
     if model in ARCHITECTURES or not (folder / ADAPTER_FILE).is_file():
-        return None
+        return None, None
     try:
         info = json.loads((folder / ADAPTER_FILE).read_text())
     except (OSError, ValueError) as error:
@@ -209,7 +204,7 @@ def _saved_preprocessing(model: str) -> ImagePreprocessing | None:
     if info.get("adapter") != "image_net":
         raise ConfigError([f"--model {model}: a {info.get('adapter')} model, not an image model; an image task can "
                            "start only from a saved image run."])
-    return ImagePreprocessing(int(info["image_size"]), int(info["channels"]), list(info["classes"]))
+    return ImagePreprocessing(int(info["image_size"]), int(info["channels"]), list(info["classes"])), info.get("arch")
 
 
 def pooled_features(network: nn.Module, pixels: Pixels, device: torch.device, precision: str,
