@@ -36,7 +36,7 @@ from tuneloop.models.hf_text import ADAPTER_FILE
 from tuneloop.models.quantize import MIN_AGREEMENT, agreement, agreement_sample, quantize_int8
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
-from tuneloop.tasks import modality_of, training_precision
+from tuneloop.tasks import LABELS_FILE, modality_of, saved_classes, training_precision
 from tuneloop.tasks.image import ImageTask, resized
 from tuneloop.tasks.table import TableTask, features_of
 from tuneloop.tasks.text import TextTask
@@ -46,7 +46,6 @@ from tuneloop.training.loop import Callback, EpochRecord, predict_outputs, predi
 from tuneloop.training.metrics import classification_metrics, confusion_matrix, roc_auc
 from tuneloop.training.objective import Regression, regression_metrics
 
-LABELS_FILE = "labels.json"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamically quantized linear layers, on the CPU
@@ -289,7 +288,7 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                              train_source=task.train.source, val_source=task.val.source,
                              train_fingerprint=task.train.fingerprint(),
                              val_fingerprint=task.val.fingerprint(), n_train=len(train_set), n_val=len(val_set),
-                             recipe=recipe.to_dict())
+                             recipe=recipe.to_dict(), data_options=getattr(task, "data_options", None))
     try:
         result = train(trainable, train_set, val_set, recipe, device, precision,
                        [*callbacks, _RecordEpochs(store, run_id)], checkpoint, task.objective)
@@ -356,24 +355,32 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
 
 
 def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col: str | None, model: str | None,
-              val_fraction: float, seed: int, image_col: str | None = None,
-              image_size: int | None = None) -> TextTask | TableTask | ImageTask:
-    """The checked task for ``data``; every check that can fail on bad input runs here, before any write."""
+              val_fraction: float, seed: int, image_col: str | None = None, image_size: int | None = None,
+              keep_classes: bool = False) -> TextTask | TableTask | ImageTask:
+    """The checked task for ``data``; every check that can fail on bad input runs here, before any write.
+
+    ``keep_classes``: ``model`` is a saved run being updated; its classes stay, in their order, and the data's
+    new classes are added after them (its head grows)."""
     modality = modality_of(data, task, text_col, image_col)
     if modality == "image":
         if image_size is not None and not (isinstance(image_size, int) and 8 <= image_size <= 1024):
             raise ConfigError([f"The 'image_size' parameter must be an int in the range [8, 1024]. "
                                f"Got {image_size!r} instead."])
-        return ImageTask.load(data, val, model=model, label_col=label_col, val_fraction=val_fraction, seed=seed,
-                              image_size=image_size, image_col=image_col)
-    if modality == "tabular":
-        if model is not None:
-            raise ConfigError([f"--model {model}: table rows train an MLP from scratch; a pretrained backbone "
-                               "applies to texts only. Leave out --model, or give a text column."])
-        return TableTask.load(data, val, target_col=label_col, val_fraction=val_fraction, seed=seed)
-    loaded = TextTask.load(data, val, text_col=text_col, label_col=label_col, model=model,
-                           val_fraction=val_fraction, seed=seed)
-    get_adapter("hf_text").check_backbone(loaded.backbone)
+        loaded = ImageTask.load(data, val, model=model, label_col=label_col, val_fraction=val_fraction, seed=seed,
+                                image_size=image_size, image_col=image_col, keep_classes=keep_classes)
+    elif modality == "tabular":
+        if model is not None and saved_classes(model) is None:
+            raise ConfigError([f"--model {model}: table rows train an MLP from scratch, or continue a saved table "
+                               "run's (give its model folder); a pretrained backbone applies to texts only."])
+        loaded = TableTask.load(data, val, target_col=label_col, val_fraction=val_fraction, seed=seed, model=model)
+    else:
+        loaded = TextTask.load(data, val, text_col=text_col, label_col=label_col, model=model,
+                               val_fraction=val_fraction, seed=seed, keep_classes=keep_classes)
+        get_adapter("hf_text").check_backbone(loaded.backbone)
+    # How the data was read and split: recorded with each run, so its examples can be read again.
+    loaded.data_options = {"task": modality, "text_col": text_col, "label_col": label_col, "image_col": image_col,
+                           "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
+                           "val_given": val is not None}
     return loaded
 
 

@@ -62,7 +62,9 @@ def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
 
     old = SCHEMA.replace("val_accuracy REAL,", "val_accuracy REAL NOT NULL,").replace(
         "val_macro_f1 REAL,", "val_macro_f1 REAL NOT NULL,").replace(
-        "    val_mae REAL,\n    val_rmse REAL,\n    val_r2 REAL,\n", "")
+        "    val_mae REAL,\n    val_rmse REAL,\n    val_r2 REAL,\n", "").replace(
+        "    pid INTEGER NOT NULL,\n    data_options TEXT\n", "    pid INTEGER NOT NULL\n").split(
+        "CREATE TABLE IF NOT EXISTS registry_versions")[0]
     db = sqlite3.connect(tmp_path / "tuneloop.db")
     db.executescript(old)
     db.execute("INSERT INTO runs (id, created_at, status, task, adapter, backbone, train_source, val_source, "
@@ -81,4 +83,4 @@ def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
                                "seconds": 1.0, "val_mae": 1.5, "val_rmse": 2.0, "val_r2": 0.6})
         assert ws.epochs("r1")[1]["val_r2"] == 0.6
     version = sqlite3.connect(tmp_path / "tuneloop.db").execute("PRAGMA user_version").fetchone()[0]
-    assert version == 2
+    assert version == 3

@@ -394,6 +394,11 @@ def _column_from_dict(data: Mapping[str, Any]) -> FeatureColumn:
     raise ValueError(f"column kind must be numeric or categorical, found {data['kind']!r}")
 
 
+def target_labels(examples: TableExamples) -> list[str]:
+    """Each row's target as a class name (the form a classifier's classes take)."""
+    return _labels(examples)
+
+
 def _labels(examples: TableExamples) -> list[str]:
     if examples.targets is None:
         raise ValueError(f"{examples.source} was loaded without targets (labelled=False).")

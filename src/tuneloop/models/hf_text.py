@@ -20,6 +20,7 @@ from tuneloop.config import Recipe
 from tuneloop.data.batches import Encoded
 from tuneloop.errors import ModelError
 from tuneloop.models import register_adapter
+from tuneloop.models.heads import grow_head
 
 WEIGHTS = "model.safetensors"
 ADAPTER_FILE = "tuneloop-model.json"
@@ -42,6 +43,7 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.pretrained_encoder = True  # False for an encoder built from its config alone (init "scratch")
+        self.pretrained_head = False  # True for a saved classifier's head, the start of an update (load_start)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(input_ids, attention_mask))
@@ -107,9 +109,10 @@ class TextClassifier(nn.Module):
     def pretrained_parameter_names(self) -> list[str]:
         """The encoder's parameters came from the backbone (unless built from scratch); the head and LoRA
         adapters are new."""
+        names = [f"head.{name}" for name, _ in self.head.named_parameters()] if self.pretrained_head else []
         if not self.pretrained_encoder:
-            return []
-        return [f"encoder.{name}" for name, _ in self.encoder.named_parameters() if "lora_" not in name]
+            return names
+        return names + [f"encoder.{name}" for name, _ in self.encoder.named_parameters() if "lora_" not in name]
 
     @property
     def uses_lora(self) -> bool:
@@ -255,6 +258,27 @@ def _encoder_from_config(config) -> nn.Module:
     return encoder
 
 
+def _config_for(path: Path, recipe: Recipe):
+    """The encoder's config with the recipe's dropout rates."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    for keys, value in ((DROPOUT_KEYS, recipe.dropout), (ATTENTION_DROPOUT_KEYS, recipe.attention_dropout)):
+        for key in keys:
+            if hasattr(config, key):
+                setattr(config, key, value)
+    return config
+
+
+def _for_recipe(model: TextClassifier, recipe: Recipe) -> TextClassifier:
+    """LoRA adapters where the recipe asks for them, and only the recipe's layers trainable."""
+    if recipe.lora_rank > 0:
+        model.add_lora(recipe.trainable_layers, recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout,
+                       recipe.lora_targets)
+    model.set_trainable_layers(recipe.trainable_layers)
+    return model
+
+
 class HFTextAdapter:
     name = "hf_text"
 
@@ -265,15 +289,11 @@ class HFTextAdapter:
         self._weights_file(path)
 
     def build(self, backbone: str, num_labels: int, recipe: Recipe) -> tuple[TextClassifier, object]:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
         path = Path(backbone)
         _check_model_dir(path)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        for keys, value in ((DROPOUT_KEYS, recipe.dropout), (ATTENTION_DROPOUT_KEYS, recipe.attention_dropout)):
-            for key in keys:
-                if hasattr(config, key):
-                    setattr(config, key, value)
+        config = _config_for(path, recipe)
         encoder = _encoder_from_config(config)  # random weights: init "scratch" keeps them (a fresh encoder)
         if recipe.init == "pretrained":
             weights = self._weights_file(path)
@@ -284,11 +304,22 @@ class HFTextAdapter:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = TextClassifier(encoder, num_labels, recipe.head_dropout)
         model.pretrained_encoder = recipe.init == "pretrained"
-        if recipe.lora_rank > 0:
-            model.add_lora(recipe.trainable_layers, recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout,
-                           recipe.lora_targets)
-        model.set_trainable_layers(recipe.trainable_layers)
-        return model, tokenizer
+        return _for_recipe(model, recipe), tokenizer
+
+    def load_start(self, directory: str, known: list[str], classes: list[str], recipe: Recipe
+                   ) -> tuple[TextClassifier, object]:
+        """A saved classifier as the start of an update: its encoder and head, the head grown from the
+        ``known`` classes to ``classes`` (old rows kept), dropout and trainable layers as ``recipe`` says, and
+        every weight that came from it counted as pretrained (L2-SP pulls toward the saved model)."""
+        from transformers import AutoTokenizer
+
+        path = Path(directory)
+        _check_model_dir(path)
+        model = TextClassifier(_encoder_from_config(_config_for(path, recipe)), len(known), recipe.head_dropout)
+        model.load_state_dict(load_file(str(self._weights_file(path))))
+        model.head = grow_head(model.head, known, classes)
+        model.pretrained_head = True
+        return _for_recipe(model, recipe), AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
     @staticmethod
     def _weights_file(path: Path) -> Path:

@@ -28,6 +28,7 @@ from torch import nn
 
 from tuneloop.errors import ConfigError, ModelError
 from tuneloop.models import register_adapter
+from tuneloop.models.heads import grow_head
 
 WEIGHTS = "model.safetensors"
 ADAPTER_FILE = "tuneloop-model.json"
@@ -84,6 +85,7 @@ class _LayeredImageNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, outputs)
         self.pretrained_body = False
+        self.pretrained_head = False  # a saved model's head, grown for an update (load_start with classes)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -136,10 +138,12 @@ class _LayeredImageNet(nn.Module):
         return {name: depth_of.get(id(p), 0) for name, p in self.named_parameters()}
 
     def pretrained_parameter_names(self) -> list[str]:
-        """Everything below the head when the body came from pretrained weights (or a previous run)."""
+        """Everything below the head when the body came from pretrained weights (or a previous run), and the
+        head too when it is a saved model's (an update)."""
         if not self.pretrained_body:
             return []
-        return [name for name, _ in self.named_parameters() if not name.startswith("head.")]
+        return [name for name, _ in self.named_parameters()
+                if self.pretrained_head or not name.startswith("head.")]
 
     def train(self, mode: bool = True) -> _LayeredImageNet:
         """As ``nn.Module.train``, except that batch norms in frozen groups stay in evaluation mode: their
@@ -391,11 +395,19 @@ class ImageNetAdapter:
         model.eval()
         return model, preprocessing
 
-    def load_start(self, directory: str, outputs: int, dropout: float = 0.0) -> _LayeredImageNet:
+    def load_start(self, directory: str, outputs: int, dropout: float = 0.0, *,
+                   grow_to: list[str] | None = None) -> _LayeredImageNet:
         """A saved image model as the start of a new fine-tune: its weights, a fresh head where the class count
-        differs, and its body counted as pretrained (L2-SP pulls toward it, as toward ImageNet weights)."""
-        model, _ = self.load(directory)
-        if outputs != model.shape["outputs"]:
+        differs, and its body counted as pretrained (L2-SP pulls toward it, as toward ImageNet weights).
+
+        With ``grow_to`` (an update of the saved model), the head is grown to those classes instead: the saved
+        classes keep their rows, and the head is counted as pretrained too."""
+        model, preprocessing = self.load(directory)
+        if grow_to is not None:
+            model.head = grow_head(model.head, preprocessing.classes, grow_to)
+            model.shape = {**model.shape, "outputs": len(grow_to)}
+            model.pretrained_head = True
+        elif outputs != model.shape["outputs"]:
             model.replace_head(outputs)
         model.dropout.p = dropout
         model.pretrained_body = True

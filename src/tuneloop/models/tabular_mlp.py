@@ -19,6 +19,7 @@ from tuneloop.config import Recipe
 from tuneloop.data.tabular import TabularPreprocessor, TargetEncoder
 from tuneloop.errors import ModelError
 from tuneloop.models import register_adapter
+from tuneloop.models.heads import grow_head
 
 WEIGHTS = "model.safetensors"
 ADAPTER_FILE = "tuneloop-model.json"
@@ -36,9 +37,18 @@ class TabularMLP(nn.Module):
         self.head = nn.Linear(width, outputs)
         self.shape = {"input_width": input_width, "outputs": outputs, "hidden_units": hidden_units,
                       "hidden_layers": hidden_layers}
+        self.pretrained = False  # True for a saved model, the start of an update (load_start)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(features))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """The row's representation before the head (the last hidden layer's output)."""
+        return self.body(features)
+
+    def pretrained_parameter_names(self) -> list[str]:
+        """Every weight of a model started from a saved one (L2-SP pulls toward them); none for a fresh one."""
+        return [name for name, _ in self.named_parameters()] if self.pretrained else []
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,19 @@ class TabularMLPAdapter:
         model.load_state_dict(load_file(str(path / WEIGHTS)))
         model.eval()
         return model, preprocessing
+
+    def load_start(self, directory: str, known: list[str], classes: list[str], recipe: Recipe) -> TabularMLP:
+        """A saved MLP as the start of an update: its weights, the head grown from the ``known`` classes to
+        ``classes`` (a regressor's head is kept), the recipe's dropout, and all of it counted as pretrained."""
+        model, _ = self.load(directory)
+        if classes:
+            model.head = grow_head(model.head, known, classes)
+            model.shape = {**model.shape, "outputs": len(classes)}
+        for module in model.body:
+            if isinstance(module, nn.Dropout):
+                module.p = recipe.dropout
+        model.pretrained = True
+        return model.train()
 
 
 register_adapter(TabularMLPAdapter())

@@ -23,7 +23,8 @@ from typing import Any
 from tuneloop.errors import RunNotFoundError, TuneloopError
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 2  # 2: regression metrics per epoch, classification metrics nullable (see _upgrade)
+SCHEMA_VERSION = 3  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
+# each run's data options (how its data was read and split), see _upgrade_from_1 and _upgrade_from_2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     artifact TEXT,
     error TEXT,
     host TEXT NOT NULL,
-    pid INTEGER NOT NULL
+    pid INTEGER NOT NULL,
+    data_options TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -90,6 +92,33 @@ CREATE TABLE IF NOT EXISTS tuneloop_trials (
     seconds REAL,
     PRIMARY KEY (study_id, number)
 );
+CREATE TABLE IF NOT EXISTS registry_versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    parent INTEGER,
+    stage TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'archived')),
+    lineage TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    gate TEXT,
+    reason TEXT,
+    folder TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS registry_one_production ON registry_versions (name) WHERE stage = 'production';
+CREATE TABLE IF NOT EXISTS registry_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('register', 'promote', 'rollback', 'archive')),
+    previous INTEGER,
+    at TEXT NOT NULL,
+    reason TEXT,
+    forced INTEGER NOT NULL DEFAULT 0,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL
+);
 """
 
 
@@ -109,6 +138,14 @@ def _upgrade_from_1(connection: sqlite3.Connection) -> None:
                        "learning_rate, train_samples_per_s, seconds) SELECT run_id, epoch, train_loss, val_loss, "
                        "val_accuracy, val_macro_f1, learning_rate, train_samples_per_s, seconds FROM epochs_schema1")
     connection.execute("DROP TABLE epochs_schema1")
+
+
+def _upgrade_from_2(connection: sqlite3.Connection) -> None:
+    """Schema 2 -> 3, inside the caller's transaction: runs gain their data options (the registry tables are
+    new, and created with the others)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+    if "data_options" not in columns:
+        connection.execute("ALTER TABLE runs ADD COLUMN data_options TEXT")
 
 
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
@@ -138,6 +175,9 @@ class RunRecord:
     best_epoch: int | None
     seconds: float | None
     artifact: Path | None
+    train_fingerprint: str = ""
+    val_fingerprint: str = ""
+    data_options: dict[str, Any] | None = None  # how the data was read and split; None for older runs
 
 
 class Workspace:
@@ -169,6 +209,8 @@ class Workspace:
                                     f"this one reads {SCHEMA_VERSION}). Upgrade tuneloop.")
             if version == 1:
                 _upgrade_from_1(connection)
+            if version in (1, 2):
+                _upgrade_from_2(connection)
             _create_tables(connection)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             connection.execute("COMMIT")
@@ -179,6 +221,11 @@ class Workspace:
         workspace = cls(root, connection)
         workspace._mark_interrupted()
         return workspace
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open database (autocommit mode: a caller that needs a transaction begins one itself)."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -193,15 +240,18 @@ class Workspace:
 
     def start_run(self, *, task: str, adapter: str, backbone: str, train_source: str, val_source: str,
                   train_fingerprint: str, val_fingerprint: str, n_train: int, n_val: int,
-                  recipe: dict[str, Any]) -> str:
+                  recipe: dict[str, Any], data_options: dict[str, Any] | None = None) -> str:
+        """A new run, 'running'; ``data_options`` say how its data was read and split (columns, validation
+        share, seed), so that the same examples can be read again later (to register the run's model)."""
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         with self._db:
             self._db.execute(
                 "INSERT INTO runs (id, created_at, status, task, adapter, backbone, train_source, val_source, "
-                "train_fingerprint, val_fingerprint, n_train, n_val, recipe, host, pid) "
-                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "train_fingerprint, val_fingerprint, n_train, n_val, recipe, host, pid, data_options) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, _now(), task, adapter, backbone, train_source, val_source, train_fingerprint,
-                 val_fingerprint, n_train, n_val, json.dumps(recipe), socket.gethostname(), os.getpid()))
+                 val_fingerprint, n_train, n_val, json.dumps(recipe), socket.gethostname(), os.getpid(),
+                 json.dumps(data_options) if data_options is not None else None))
         return run_id
 
     def record_epoch(self, run_id: str, epoch: dict[str, float]) -> None:
@@ -356,7 +406,9 @@ class Workspace:
             val_source=row["val_source"], n_train=row["n_train"], n_val=row["n_val"],
             recipe=json.loads(row["recipe"]), metrics=json.loads(row["metrics"] or "{}"),
             best_epoch=row["best_epoch"], seconds=row["seconds"],
-            artifact=self.root / row["artifact"] if row["artifact"] else None)
+            artifact=self.root / row["artifact"] if row["artifact"] else None,
+            train_fingerprint=row["train_fingerprint"], val_fingerprint=row["val_fingerprint"],
+            data_options=json.loads(row["data_options"]) if row["data_options"] else None)
 
 
 def _process_alive(pid: int) -> bool:

@@ -20,6 +20,8 @@ from tuneloop.errors import ConfigError
 
 MODALITIES = ("auto", "text", "tabular", "image")
 PROSE_WORDS = 4
+LABELS_FILE = "labels.json"  # a saved run's classes, in its head's order
+MODEL_FILE = "tuneloop-model.json"  # every saved run's model folder has one (adapters write it)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,23 @@ def _holds_prose(values: list[Any]) -> bool:
     """Most of the column's cells are text of at least PROSE_WORDS words: sentences, not categories."""
     cells = [v for v in values if isinstance(v, str) and v.strip()]
     return bool(cells) and sum(len(v.split()) >= PROSE_WORDS for v in cells) >= len(cells) / 2
+
+
+def saved_classes(model: str | os.PathLike | None) -> list[str] | None:
+    """The classes of the saved run whose model folder is ``model``, in its head's order (an empty list for a
+    regressor), or None where ``model`` is not a saved run's folder (a backbone, an architecture's name)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(model) if model is not None else None
+    if folder is None or not (folder / MODEL_FILE).is_file() or not (folder / LABELS_FILE).is_file():
+        return None
+    return list(json.loads((folder / LABELS_FILE).read_text()))
+
+
+def classes_keeping(known: list[str], labels: list[str]) -> list[str]:
+    """An update's classes: the known ones in their order, then the labels' new ones, sorted."""
+    return [*known, *sorted(set(labels) - set(known))]
 
 
 def training_precision(task: Any, requested: str, device: torch.device) -> str:

@@ -28,7 +28,7 @@ from tuneloop.data.text import check_validation_labels, class_names, stratified_
 from tuneloop.errors import ConfigError, ModelError
 from tuneloop.models import get_adapter
 from tuneloop.models.image_nets import ADAPTER_FILE, ARCHITECTURES, ImagePreprocessing, build_image_network
-from tuneloop.tasks import Prepared
+from tuneloop.tasks import Prepared, classes_keeping
 from tuneloop.training.device import autocast
 from tuneloop.training.objective import CLASSIFICATION
 
@@ -48,6 +48,7 @@ class ImageTask:
     classes: list[str]
     architecture: str  # efficientnet-lite0, small-cnn, or a previous image run's model folder
     saved_architecture: str | None = None  # the network of that saved run, read once when loading
+    keep_classes: bool = False  # an update of that saved run: its classes stay, its head grows to new ones
     adapter_name = "image_net"
     kind = KIND
     objective = CLASSIFICATION
@@ -56,13 +57,17 @@ class ImageTask:
     @classmethod
     def load(cls, data: str | os.PathLike | ImageExamples, val: str | os.PathLike | ImageExamples | None, *,
              model: str | None, label_col: str | None, val_fraction: float, seed: int,
-             image_size: int | None = None, image_col: str | None = None) -> ImageTask:
+             image_size: int | None = None, image_col: str | None = None, keep_classes: bool = False) -> ImageTask:
         """Read, decode and check every image (all that can fail on bad input) before any workspace write.
 
         Images are resized to ``image_size``, else to the model's size where ``model`` is a previous run,
-        else to their most common size (at least PRETRAINED_MIN_SIZE for EfficientNet)."""
+        else to their most common size (at least PRETRAINED_MIN_SIZE for EfficientNet). With
+        ``keep_classes`` (an update of the previous run ``model``) its classes stay, in their order, and the
+        data's new classes are added after them."""
         architecture = model or DEFAULT_ARCHITECTURE
         start, saved_architecture = _saved_model(architecture)
+        if keep_classes and start is None:
+            raise ConfigError([f"Keeping a model's classes needs a saved image run's model folder; got {model!r}."])
         if start is None and architecture not in ARCHITECTURES:
             raise ConfigError([f"The 'model' of an image task must be one of {', '.join(ARCHITECTURES)} or the "
                                f"folder of a saved image run. Got {architecture!r} instead."])
@@ -74,7 +79,7 @@ class ImageTask:
             train = (resized(train, PRETRAINED_MIN_SIZE) if isinstance(data, ImageExamples)
                      else _load(data, PRETRAINED_MIN_SIZE, channels, label_col, image_col))
         size, channels = int(train.pixels.shape[-1]), int(train.pixels.shape[1])
-        classes = class_names(train)
+        classes = classes_keeping(start.classes, train.labels) if keep_classes else class_names(train)
         if val is None:
             train, val_examples = stratified_split(train, val_fraction, seed)
         else:
@@ -82,7 +87,7 @@ class ImageTask:
                             else _load(val, size, channels, label_col, image_col))
             val_examples = resized(val_examples, size)
             check_validation_labels(val_examples, classes)
-        return cls(train, val_examples, classes, architecture, saved_architecture)
+        return cls(train, val_examples, classes, architecture, saved_architecture, keep_classes)
 
     @property
     def backbone(self) -> str:
@@ -126,7 +131,8 @@ class ImageTask:
             if recipe.init == "scratch":
                 raise ConfigError(["init 'scratch' starts from random weights, but the model is a saved run "
                                    f"({self.architecture}). Give --model small-cnn or efficientnet-lite0 instead."])
-            network = get_adapter(self.adapter_name).load_start(self.architecture, outputs, recipe.dropout)
+            network = get_adapter(self.adapter_name).load_start(
+                self.architecture, outputs, recipe.dropout, grow_to=self.classes if self.keep_classes else None)
         else:
             network = build_image_network(
                 self.architecture, outputs, in_channels=channels, recipe_dropout=recipe.dropout,

@@ -26,10 +26,11 @@ from tuneloop.data.tabular import (
     infer_task,
     load_table_examples,
     split_table,
+    target_labels,
 )
 from tuneloop.models import get_adapter
 from tuneloop.models.tabular_mlp import TablePreprocessing
-from tuneloop.tasks import Prepared
+from tuneloop.tasks import Prepared, classes_keeping, saved_classes
 from tuneloop.training.objective import CLASSIFICATION, Objective, Regression
 
 
@@ -43,22 +44,38 @@ class TableTask:
     train_features: Features
     val_features: Features
     backbone: str = "mlp (trained from scratch)"
+    start_classes: list[str] | None = None  # where training starts from a saved run's MLP: its classes
     adapter_name = "tabular_mlp"
     family = "tabular"  # the guided policy's rule table and the search space
 
     @classmethod
     def load(cls, data: str | os.PathLike | TableExamples, val: str | os.PathLike | TableExamples | None, *,
-             target_col: str | None, val_fraction: float, seed: int) -> TableTask:
-        """Read and check the data, fit the preprocessing on the training rows and transform every row."""
+             target_col: str | None, val_fraction: float, seed: int, model: str | None = None) -> TableTask:
+        """Read and check the data, fit the preprocessing on the training rows and transform every row.
+
+        With ``model``, a saved table run's folder, training continues from its MLP instead (an update): its
+        preprocessing is kept as it was fitted, and a classifier keeps its classes, in their order, with the
+        data's new classes added after them."""
         train = data if isinstance(data, TableExamples) else load_table_examples(data, target_col)
-        task = infer_task(train.targets)
+        start_classes = saved_classes(model)
+        saved = get_adapter(cls.adapter_name).load(str(model))[1] if start_classes is not None else None
+        task = saved.target.task if saved is not None else infer_task(train.targets)
         if val is None:
             train, val_examples = split_table(train, val_fraction, seed, task)
         else:
             val_examples = val if isinstance(val, TableExamples) else load_table_examples(val, target_col)
-        preprocessing = TablePreprocessing(TabularPreprocessor().fit(train), TargetEncoder(task).fit(train))
+        if saved is None:
+            preprocessing = TablePreprocessing(TabularPreprocessor().fit(train), TargetEncoder(task).fit(train))
+        else:
+            target = saved.target
+            if task == "classification":
+                labels = target_labels(train)
+                target = TargetEncoder.from_dict({**target.to_dict(), "classes": classes_keeping(
+                    list(target.classes or []), labels)})
+            preprocessing = TablePreprocessing(saved.features, target)
         train_features, val_features = (features_of(part, preprocessing) for part in (train, val_examples))
-        return cls(train, val_examples, preprocessing, train_features, val_features)
+        backbone = str(model) if saved is not None else cls.backbone
+        return cls(train, val_examples, preprocessing, train_features, val_features, backbone, start_classes)
 
     @property
     def kind(self) -> str:
@@ -80,7 +97,11 @@ class TableTask:
 
     def prepare(self, recipe: Recipe, device: torch.device, precision: str, *, cache_features: bool = True
                 ) -> Prepared:
-        network = get_adapter(self.adapter_name).build(self.preprocessing, recipe)
+        adapter = get_adapter(self.adapter_name)
+        if self.start_classes is not None:
+            network = adapter.load_start(self.backbone, self.start_classes, self.classes, recipe)
+        else:
+            network = adapter.build(self.preprocessing, recipe)
         train_set = self.train_features
         if recipe.augment > 0 or recipe.mixup > 0:
             train_set = AugmentedRows(self.train_features, numeric_positions(self.preprocessing.features),

@@ -22,9 +22,10 @@ from tuneloop.data.text import (
     load_text_examples,
     stratified_split,
 )
+from tuneloop.errors import ConfigError
 from tuneloop.models import get_adapter
 from tuneloop.models.hf_text import HeadOnly, TopLayers, default_backbone
-from tuneloop.tasks import Prepared
+from tuneloop.tasks import Prepared, classes_keeping, saved_classes
 from tuneloop.training.device import pick_device, resolve_precision
 from tuneloop.training.objective import CLASSIFICATION
 
@@ -58,22 +59,32 @@ class TextTask:
     objective = CLASSIFICATION
     family = "text"  # the guided policy's rule table and the search space
     features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
+    start_classes: list[str] | None = None  # where the backbone is a saved run's classifier: its classes
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _synonyms: SynonymTable | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None, *,
              text_col: str | None, label_col: str | None, model: str | None, val_fraction: float,
-             seed: int) -> TextTask:
-        """Read and check the data (everything that can fail on bad input), before any workspace write."""
+             seed: int, keep_classes: bool = False) -> TextTask:
+        """Read and check the data (everything that can fail on bad input), before any workspace write.
+
+        ``model`` may be a saved text run's folder: training starts from its classifier, whose head keeps the
+        rows of the classes it shares with the data. With ``keep_classes`` (an update of that model) all of
+        its classes stay, in their order, and the data's new classes are added after them."""
         train_examples = data if isinstance(data, TextExamples) else load_text_examples(data, text_col, label_col)
-        classes = class_names(train_examples)
+        start_classes = saved_classes(model)
+        if keep_classes and start_classes is None:
+            raise ConfigError([f"Keeping a model's classes needs a saved text run's model folder; got {model!r}."])
+        classes = (classes_keeping(start_classes, train_examples.labels) if keep_classes
+                   else class_names(train_examples))
         if val is None:
             train_examples, val_examples = stratified_split(train_examples, val_fraction, seed)
         else:
             val_examples = val if isinstance(val, TextExamples) else load_text_examples(val, text_col, label_col)
             check_validation_labels(val_examples, classes)
-        return cls(train_examples, val_examples, classes, str(model) if model else default_backbone())
+        return cls(train_examples, val_examples, classes, str(model) if model else default_backbone(),
+                   start_classes=start_classes)
 
     @property
     def val_labels(self) -> list[str]:
@@ -106,7 +117,10 @@ class TextTask:
         """A fresh classifier for ``recipe`` and what it trains on: frozen layers' outputs come from the cache
         where the recipe freezes layers (and ``cache_features``), else the token ids."""
         adapter = get_adapter("hf_text")
-        network, tokenizer = adapter.build(self.backbone, len(self.classes), recipe)
+        if self.start_classes is not None:
+            network, tokenizer = adapter.load_start(self.backbone, self.start_classes, self.classes, recipe)
+        else:
+            network, tokenizer = adapter.build(self.backbone, len(self.classes), recipe)
         train_set, val_set = self.encoded(tokenizer, recipe)
         if recipe.augment > 0:
             # The inputs change every epoch, so frozen layers' outputs do too: nothing to cache.
