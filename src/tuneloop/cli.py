@@ -13,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from tuneloop import cli_registry
 from tuneloop.config import INITS, METRICS, PRECISIONS, SCHEDULES, UNFREEZING, Recipe
 from tuneloop.errors import ConfigError, TuneloopError
 from tuneloop.tasks import MODALITIES
@@ -177,7 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--val-size", type=int, default=None, help="validation examples from R8's test split [600]")
     demo.add_argument("--epochs", type=int, default=None, help="epochs [3]")
     _common(demo)
+    cli_registry.add_commands(commands, _common, _data_columns)
     return parser
+
+
+def _data_columns(parser: argparse.ArgumentParser) -> None:
+    """Column flags for new data read like a registered model's training data (its own columns by default)."""
+    parser.add_argument("--text-col", help="text column [the model's own]")
+    parser.add_argument("--label-col", help="label or target column [the model's own]")
+    parser.add_argument("--image-col", help="images listed in a table: the path column [the model's own]")
 
 
 def _version() -> str:
@@ -369,20 +378,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "report": cmd_report, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo, "lr-find": cmd_lr_find}
+            "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo, "lr-find": cmd_lr_find,
+            **cli_registry.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except TuneloopError as exc:
         print(f"tuneloop {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("tuneloop: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""The promotion gate: a pure decision on per-example scores. A candidate replaces the production version
+only if both hold, on examples neither was tuned on:
+
+1. on the new data's holdout it is better by more than noise: the lower end of the paired bootstrap
+   confidence interval of (candidate - production), over the same examples, is above zero;
+2. on the old holdout it loses at most ``tolerance``: production's mean score minus the candidate's.
+
+Scores are 1/0 correctness for a classifier (means are accuracies, the tolerance is in accuracy points) or
+negative absolute errors for a regressor (the tolerance is then a share of production's mean absolute error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from tuneloop.adapt.stats import paired_bootstrap
+
+DEFAULT_TOLERANCE = 0.02
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str  # "new data gain" or "old data kept"
+    passed: bool
+    summary: str  # one line, with the numbers
+    numbers: dict[str, float]
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    checks: list[GateCheck]
+    tolerance: float
+
+    @property
+    def failed(self) -> list[GateCheck]:
+        return [check for check in self.checks if not check.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"promote": self.promote, "tolerance": self.tolerance, "checks": [asdict(c) for c in self.checks]}
+
+
+def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate: np.ndarray,
+           old_production: np.ndarray, *, tolerance: float = DEFAULT_TOLERANCE, regression: bool = False,
+           seed: int = 0) -> GateDecision:
+    """The gate's decision from each model's per-example scores on the new holdout and on the old one."""
+    what = "mean absolute error" if regression else "accuracy"
+    gain = paired_bootstrap(new_candidate, new_production, seed=seed, confidence=CONFIDENCE)
+    beats_noise = gain.low > 0
+    new_numbers = {"n": gain.n, "candidate": _shown(new_candidate, regression),
+                   "production": _shown(new_production, regression), **_signed(gain.to_dict(), regression)}
+    change = "lower by" if regression else "gain"
+    new_check = GateCheck(
+        "new data gain", beats_noise,
+        f"new holdout ({gain.n} examples): {what} {new_numbers['candidate']:.4f} against production's "
+        f"{new_numbers['production']:.4f}, {change} {gain.difference:+.4f} ({CONFIDENCE:.0%} CI {gain.low:+.4f} "
+        f"to {gain.high:+.4f}): " + ("larger than noise" if beats_noise else "not larger than noise"),
+        new_numbers)
+    checks = [new_check]
+    if len(old_candidate):
+        kept = paired_bootstrap(old_candidate, old_production, seed=seed, confidence=CONFIDENCE)
+        production_mean = float(np.mean(old_production))
+        drop = -kept.difference
+        allowed = tolerance * abs(production_mean) if regression else tolerance
+        old_numbers = {"n": kept.n, "candidate": _shown(old_candidate, regression),
+                       "production": _shown(old_production, regression), "drop": drop, "allowed": allowed,
+                       **_signed(kept.to_dict(), regression)}
+        checks.append(GateCheck(
+            "old data kept", drop <= allowed,
+            f"old holdout ({kept.n} examples): {what} {old_numbers['candidate']:.4f} against production's "
+            f"{old_numbers['production']:.4f}, a loss of {drop:+.4f} (allowed {allowed:.4f}; {CONFIDENCE:.0%} CI of "
+            f"the change {kept.low:+.4f} to {kept.high:+.4f})", old_numbers))
+    else:
+        checks.append(GateCheck("old data kept", True, "no old holdout kept: nothing to compare", {"n": 0}))
+    return GateDecision(all(check.passed for check in checks), checks, tolerance)
+
+
+def _shown(scores: np.ndarray, regression: bool) -> float:
+    """Accuracy, or the mean absolute error (scores are its negatives)."""
+    mean = float(np.mean(scores))
+    return -mean if regression else mean
+
+
+def _signed(bootstrap: dict[str, float], regression: bool) -> dict[str, float]:
+    return {key: float(value) for key, value in bootstrap.items() if key in ("difference", "low", "high")}

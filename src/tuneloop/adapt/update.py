@@ -1,0 +1,221 @@
+"""Updating a production model on new data without forgetting, then gating the update.
+
+The new data is split three ways: a holdout the gate judges on (never trained or tuned on), validation data
+the update's trials are scored on, and training data. The production version's kept holdout is split in two:
+one half scores the trials, the other is the gate's old holdout. Each trial fine-tunes the production model
+(its head grown where the new data has new classes) on the new training data plus a stratified replay of the
+data it was trained on, pulled toward its weights by L2-SP; the update's policy moves the learning rate,
+epochs, replay share and pull between trials. The best trial is registered as a candidate with its own
+replay and holdout samples, and promoted if the gate passes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.adapt.gate import DEFAULT_TOLERANCE, GateDecision
+from tuneloop.adapt.policy import UpdateKnobs, UpdateOutcome, best_outcome, first_knobs, next_knobs
+from tuneloop.adapt.samples import (
+    HOLDOUT_SIZE,
+    REPLAY_SIZE,
+    Examples,
+    bounded_sample,
+    class_labels,
+    concat,
+    load_examples,
+    save_examples,
+    split_off,
+)
+from tuneloop.adapt.scoring import example_scores, is_regressor, read_like
+from tuneloop.adapt.versions import GATE_NEW, GATE_OLD, gate_decision, version_run
+from tuneloop.api import Run, load_task, train_run
+from tuneloop.data.feature_cache import FeatureCache
+from tuneloop.errors import ConfigError, DataError
+from tuneloop.store.registry import ModelVersion, Registry, parse_reference
+from tuneloop.store.workspace import Workspace
+from tuneloop.training.loop import Callback
+from tuneloop.tuning.study import Budget, new_study_id
+
+HOLDOUT_FRACTION = 0.25  # of the new data, kept for the gate alone
+VALIDATION_FRACTION = 0.2  # of the rest, scoring the update's trials
+
+
+@dataclass(frozen=True)
+class UpdateTrial:
+    number: int
+    knobs: UpdateKnobs
+    reason: str
+    run_id: str
+    outcome: UpdateOutcome
+    seconds: float
+
+
+@dataclass
+class AdaptResult:
+    """The update: its version (a candidate, or production where promoted), the gate's decision, the
+    trials that led to it, and the production version it started from."""
+
+    version: ModelVersion
+    parent: ModelVersion
+    promoted: bool
+    decision: GateDecision
+    trials: list[UpdateTrial] = field(default_factory=list)
+    study_id: str = ""
+    new_classes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version.ref, "parent": self.parent.ref, "promoted": self.promoted,
+                "stage": "production" if self.promoted else self.version.stage, "study": self.study_id,
+                "new_classes": self.new_classes, "gate": self.decision.to_dict(),
+                "trials": [{"number": t.number, "run": t.run_id, "knobs": t.knobs.__dict__, "reason": t.reason,
+                            "new_gain": t.outcome.new_gain, "old_drop": t.outcome.old_drop,
+                            "seconds": round(t.seconds, 1)} for t in self.trials]}
+
+
+def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, budget: str = "4trials",
+          tolerance: float = DEFAULT_TOLERANCE, promote: bool = True, force: bool = False,
+          reason: str | None = None, text_col: str | None = None, label_col: str | None = None,
+          image_col: str | None = None, learning_rate: float | None = None, epochs: int | None = None,
+          replay_ratio: float | None = None, l2sp: float | None = None, holdout_fraction: float = HOLDOUT_FRACTION,
+          replay_size: int = REPLAY_SIZE, holdout_size: int = HOLDOUT_SIZE, seed: int = 0,
+          callbacks: Sequence[Callback] = ()) -> AdaptResult:
+    """Fine-tune ``name``'s production version on labelled new ``data`` without forgetting, register the
+    result as a candidate, and promote it where the gate passes (``promote``), or anyway with ``force`` and
+    a ``reason``. ``budget`` bounds the update's trials ('4trials', '10m'); knobs given here fix the first
+    trial's values (the policy may still move them on forgetting)."""
+    problems = _option_problems(tolerance, holdout_fraction, replay_ratio, force, reason)
+    try:
+        limits = Budget.parse(budget)
+    except ConfigError as error:
+        problems += error.problems
+    if problems:
+        raise ConfigError(problems)
+    reference_name, number = parse_reference(name)
+    with Workspace.open(workspace) as store:
+        registry = Registry(store)
+        parent = registry.get(reference_name, number)
+        production = version_run(store, parent)
+        options = parent.lineage.get("data_options", {})
+        new = read_like(production, data, options, text_col=text_col, label_col=label_col, image_col=image_col)
+        classification = not is_regressor(production)
+        replay, old_holdout = load_examples(parent.folder, "replay"), load_examples(parent.folder, "holdout")
+        new_rest, gate_new = split_off(new, holdout_fraction, seed, classification)
+        new_train, new_val = split_off(new_rest, VALIDATION_FRACTION, seed + 1, classification)
+        old_val, gate_old = split_off(old_holdout, 0.5, seed + 2, classification)
+        if min(len(new_train), len(new_val), len(gate_new)) == 0:
+            raise DataError(f"{new.source}: {len(new)} examples are too few to train, validate and hold out for "
+                            "the gate; give more new data.")
+        new_classes = sorted(set(class_labels(new) or []) - set(production.classes)) if classification else []
+
+        baseline = {"new": example_scores(production, new_val), "old": example_scores(production, old_val)}
+        study_id = new_study_id()
+        store.create_study(study_id, "adapt", "gain on new data, old data kept",
+                           {"name": parent.name, "parent": parent.version, "data": new.source, "budget": budget,
+                            "tolerance": tolerance})
+        parent_recipe = production.recipe
+        knobs = first_knobs(learning_rate or parent_recipe.learning_rate, epochs or parent_recipe.epochs)
+        knobs = UpdateKnobs(knobs.learning_rate, knobs.epochs,
+                            knobs.replay_ratio if replay_ratio is None else replay_ratio,
+                            knobs.l2sp if l2sp is None else l2sp)
+        why = f"start from {parent.ref}'s own recipe: {knobs.describe()}"
+        trials: list[UpdateTrial] = []
+        runs: list[Run] = []
+        started = time.perf_counter()
+        while True:
+            number = len(trials) + 1
+            store.start_trial(study_id, number, number, parent_recipe.to_dict(), why)
+            trial_started = time.perf_counter()
+            run, best_was_last = _train_update(store, production, parent, options, new_train, new_val, old_val,
+                                               replay, knobs, seed, callbacks)
+            outcome = UpdateOutcome(
+                knobs, float(np.mean(example_scores(run, new_val)) - np.mean(baseline["new"])),
+                float(np.mean(baseline["old"]) - np.mean(example_scores(run, old_val))), best_was_last)
+            seconds = time.perf_counter() - trial_started
+            trials.append(UpdateTrial(number, knobs, why, run.id, outcome, seconds))
+            runs.append(run)
+            store.end_trial(study_id, number, status="completed", run_id=run.id, value=outcome.new_gain,
+                            diagnosis="forgetting" if outcome.old_drop > tolerance else "kept",
+                            summary=f"new data {outcome.new_gain:+.4f}, old data {-outcome.old_drop:+.4f}",
+                            evidence={"new_gain": outcome.new_gain, "old_drop": outcome.old_drop,
+                                      **knobs.__dict__}, seconds=seconds)
+            spent = time.perf_counter() - started
+            if (limits.trials and len(trials) >= limits.trials) or (limits.seconds and spent >= limits.seconds):
+                stop = "budget spent"
+                break
+            proposal = next_knobs([t.outcome for t in trials], tolerance)
+            if proposal is None:
+                stop = "converged"
+                break
+            knobs, why = proposal
+        store.finish_study(study_id, stop)
+        best = best_outcome([t.outcome for t in trials], tolerance)
+        chosen, chosen_trial = runs[best], trials[best]
+
+        decision = gate_decision(chosen, production, gate_new, gate_old, tolerance)
+        lineage = {**parent.lineage, "run": chosen.id, "adapted_from": parent.ref, "study": study_id,
+                   "new_data": new.source, "new_fingerprint": new.fingerprint(), "new_classes": new_classes,
+                   "knobs": chosen_trial.knobs.__dict__, "recipe": chosen.recipe.to_dict()}
+
+        def fill(folder: Path) -> None:
+            save_examples(bounded_sample(concat(replay, new_rest), replay_size, seed, classification), folder,
+                          "replay")
+            save_examples(bounded_sample(concat(old_holdout, gate_new), holdout_size, seed, classification), folder,
+                          "holdout")
+            save_examples(gate_new, folder, GATE_NEW)
+            save_examples(gate_old, folder, GATE_OLD)
+
+        version = registry.register(parent.name, run_id=chosen.id, lineage=lineage, metrics=chosen.metrics,
+                                    parent=parent.version, fill=fill)
+        registry.record_gate(parent.name, version.version, decision.to_dict())
+        promoted = False
+        if promote and (decision.promote or force):
+            version = registry.promote(parent.name, version.version, reason=reason,
+                                       forced=force and not decision.promote, gate=decision.to_dict())
+            promoted = True
+        else:
+            version = registry.get(parent.name, version.version)
+    return AdaptResult(version, parent, promoted, decision, trials, study_id, new_classes)
+
+
+def _train_update(store: Workspace, production: Run, parent: ModelVersion, options: dict, new_train: Examples,
+                  new_val: Examples, old_val: Examples, replay: Examples, knobs: UpdateKnobs, seed: int,
+                  callbacks: Sequence[Callback]) -> tuple[Run, bool]:
+    """One trial: the production model fine-tuned on the new training data and its share of replay, with
+    the best epoch chosen on new and old validation data together."""
+    classification = not is_regressor(production)
+    share = knobs.replay_ratio
+    wanted = 0 if share <= 0 else round(len(new_train) * share / (1 - share))
+    replayed = bounded_sample(replay, min(wanted, len(replay)), seed, classification) if wanted else None
+    train = concat(new_train, replayed) if replayed is not None and len(replayed) else new_train
+    task = load_task(train, concat(new_val, old_val), task=options.get("task", "auto"), text_col=None,
+                     label_col=None, model=str(production.path), val_fraction=VALIDATION_FRACTION, seed=seed,
+                     keep_classes=classification)
+    if hasattr(task, "features"):  # the frozen part's outputs, shared across trials and later updates
+        task.features = FeatureCache(store.root / "cache")
+    recipe = production.recipe.replace(learning_rate=knobs.learning_rate, epochs=knobs.epochs, l2sp=knobs.l2sp,
+                                       seed=seed)
+    run, result = train_run(store, task, recipe, callbacks)
+    return run, result.best_epoch == len(result.history)
+
+
+def _option_problems(tolerance: float, holdout_fraction: float, replay_ratio: float | None, force: bool,
+                     reason: str | None) -> list[str]:
+    problems = []
+    if not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1):
+        problems.append(f"The 'tolerance' parameter must be a float in the range [0, 1]. Got {tolerance!r} instead.")
+    if not (isinstance(holdout_fraction, (int, float)) and 0 < holdout_fraction < 1):
+        problems.append(f"The 'holdout_fraction' parameter must be a float in the range (0, 1). "
+                        f"Got {holdout_fraction!r} instead.")
+    if replay_ratio is not None and not (isinstance(replay_ratio, (int, float)) and 0 <= replay_ratio < 1):
+        problems.append(f"The 'replay_ratio' parameter must be a float in the range [0, 1). Got {replay_ratio!r} "
+                        "instead.")
+    if force and not (reason and reason.strip()):
+        problems.append("--force needs --reason TEXT: the reason is recorded with the version.")
+    return problems

@@ -1,0 +1,171 @@
+"""The registry as a user works it: register a run's model under a name, promote a version through the gate,
+roll back, archive, list and show. Each version's folder keeps a bounded sample of the data it was trained
+on (``replay``) and validated on (``holdout``); an update's version also keeps the two holdouts its gate
+judged it on (``gate_new``, ``gate_old``), so the same decision can be taken again later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop.adapt.gate import DEFAULT_TOLERANCE, GateDecision, decide
+from tuneloop.adapt.samples import HOLDOUT_SIZE, REPLAY_SIZE, Examples, bounded_sample, load_examples, save_examples
+from tuneloop.adapt.scoring import example_scores, is_regressor
+from tuneloop.api import Run, load_task
+from tuneloop.errors import ConfigError, DataError, RunNotFoundError, TuneloopError
+from tuneloop.store.registry import ModelVersion, Registry, parse_reference
+from tuneloop.store.workspace import RunRecord, Workspace
+
+GATE_NEW, GATE_OLD = "gate_new", "gate_old"
+
+
+class GateRefused(TuneloopError):
+    """The candidate did not pass the promotion gate; production is unchanged."""
+
+    exit_code = 3
+    def __init__(self, version: ModelVersion, decision: GateDecision):
+        failed = "; ".join(check.summary for check in decision.failed)
+        super().__init__(f"{version.ref} stays a candidate: {failed}. Production is unchanged. Promote it anyway "
+                         "with --force --reason TEXT.")
+        self.version, self.decision = version, decision
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: ModelVersion
+    decision: GateDecision | None  # None where there was no production version to compare with
+
+
+def open_registry(workspace: str | os.PathLike | None) -> tuple[Workspace, Registry]:
+    store = Workspace.open(workspace)
+    return store, Registry(store)
+
+
+def version_run(store: Workspace, version: ModelVersion) -> Run:
+    """The model of a registered version."""
+    record = store.resolve(version.run_id)
+    if record.artifact is None or not record.artifact.is_dir():
+        raise RunNotFoundError(f"{version.ref}: the model folder of run {record.id} is missing.")
+    return Run.from_dir(record.artifact, record.id)
+
+
+def register(name: str, run: str, *, workspace: str | os.PathLike | None = None, data: Any = None,
+             val: Any = None, replay_size: int = REPLAY_SIZE, holdout_size: int = HOLDOUT_SIZE) -> ModelVersion:
+    """Register a completed run's model as a new candidate version of ``name``, keeping a stratified sample
+    of the data it was trained and validated on. The data is read again from where the run read it (checked
+    against the fingerprints it recorded), or from ``data`` and ``val`` where given."""
+    parse_reference(name)
+    with Workspace.open(workspace) as store:
+        record = store.resolve(run)
+        train, held = _run_examples(record, data, val)
+        model = Run.from_dir(record.artifact, record.id)
+        classification = not is_regressor(model)
+        lineage = {"run": record.id, "kind": record.task, "backbone": record.backbone,
+                   "train_source": record.train_source, "val_source": record.val_source,
+                   "train_fingerprint": record.train_fingerprint, "val_fingerprint": record.val_fingerprint,
+                   "recipe": record.recipe, "data_options": record.data_options or {}}
+
+        def fill(folder: Path) -> None:
+            save_examples(bounded_sample(train, replay_size, 0, classification), folder, "replay")
+            save_examples(bounded_sample(held, holdout_size, 0, classification), folder, "holdout")
+
+        return Registry(store).register(name, run_id=record.id, lineage=lineage, metrics=record.metrics, fill=fill)
+
+
+def _run_examples(record: RunRecord, data: Any, val: Any) -> tuple[Examples, Examples]:
+    """The run's training and validation examples, read as the run read them."""
+    options = record.data_options
+    if data is None and options is None:
+        raise ConfigError([f"run {record.id} does not record how its data was read (an older tuneloop trained it):"
+                           " give its training data with --data (and --val)."])
+    options = options or {}
+    source = data if data is not None else record.train_source
+    held = val if val is not None else (record.val_source if options.get("val_given") else None)
+    if data is None and not Path(record.train_source).exists():
+        raise DataError(f"run {record.id} was trained on {record.train_source}, which is not here to read again: "
+                        "give its training data with --data (and --val).")
+    model = record.backbone if record.adapter != "tabular_mlp" else None
+    task = load_task(source, held, task=options.get("task", "auto"), text_col=options.get("text_col"),
+                     label_col=options.get("label_col"), model=model, val_fraction=options.get("val_fraction", 0.2),
+                     seed=options.get("seed", record.recipe.get("seed", 0)), image_col=options.get("image_col"),
+                     image_size=options.get("image_size"))
+    if data is None and (task.train.fingerprint(), task.val.fingerprint()) != (record.train_fingerprint,
+                                                                                record.val_fingerprint):
+        raise DataError(f"{record.train_source} has changed since run {record.id} read it (its fingerprint "
+                        "differs): give the data it was trained on with --data (and --val).")
+    return task.train, task.val
+
+
+def promote(reference: str, *, workspace: str | os.PathLike | None = None, force: bool = False,
+            reason: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> Promotion:
+    """Make ``NAME:VERSION`` production, through the gate where there is a production version to beat:
+    GateRefused (production unchanged) where it fails, unless ``force`` with a ``reason``."""
+    name, number = parse_reference(reference)
+    if number is None:
+        raise ConfigError([f"promote needs a version: NAME:VERSION, e.g. {name}:2."])
+    if force and not (reason and reason.strip()):
+        raise ConfigError(["--force needs --reason TEXT: the reason is recorded with the version."])
+    with Workspace.open(workspace) as store:
+        registry = Registry(store)
+        candidate = registry.get(name, number)
+        production = registry.production(name)
+        if production is None or production.version == candidate.version:
+            return Promotion(registry.promote(name, number, reason=reason, forced=force), None)
+        decision = judge(store, candidate, production, tolerance)
+        registry.record_gate(name, number, decision.to_dict())
+        if not decision.promote and not force:
+            raise GateRefused(candidate, decision)
+        promoted = registry.promote(name, number, reason=reason, forced=force and not decision.promote,
+                                    gate=decision.to_dict())
+        return Promotion(promoted, decision)
+
+
+def judge(store: Workspace, candidate: ModelVersion, production: ModelVersion,
+          tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+    """The gate's decision between two versions: on the candidate's new-data holdout and the old holdout it
+    kept for its gate (an update), or else on the candidate's own holdout and production's."""
+    gate_new = candidate.folder / f"{GATE_NEW}.json"
+    new = load_examples(candidate.folder, GATE_NEW if gate_new.exists() else "holdout")
+    old = load_examples(candidate.folder, GATE_OLD) if gate_new.exists() else load_examples(production.folder,
+                                                                                            "holdout")
+    return gate_decision(version_run(store, candidate), version_run(store, production), new, old, tolerance)
+
+
+def gate_decision(candidate: Run, production: Run, new: Examples, old: Examples,
+                  tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+    return decide(example_scores(candidate, new), example_scores(production, new), example_scores(candidate, old),
+                  example_scores(production, old), tolerance=tolerance, regression=is_regressor(production))
+
+
+def rollback(reference: str, *, workspace: str | os.PathLike | None = None, reason: str | None = None
+             ) -> ModelVersion:
+    name, number = parse_reference(reference)
+    with Workspace.open(workspace) as store:
+        return Registry(store).rollback(name, number, reason=reason)
+
+
+def archive(reference: str, *, workspace: str | os.PathLike | None = None, reason: str | None = None
+            ) -> ModelVersion:
+    name, number = parse_reference(reference)
+    if number is None:
+        raise ConfigError([f"archive needs a version: NAME:VERSION, e.g. {name}:1."])
+    with Workspace.open(workspace) as store:
+        return Registry(store).archive(name, number, reason=reason)
+
+
+def models(workspace: str | os.PathLike | None = None) -> dict[str, list[ModelVersion]]:
+    """Every registered name with its versions."""
+    with Workspace.open(workspace) as store:
+        registry = Registry(store)
+        return {name: registry.versions(name) for name in registry.names()}
+
+
+def show(reference: str, workspace: str | os.PathLike | None = None) -> tuple[ModelVersion, list[dict[str, Any]]]:
+    """A version (production where no version is given) and the name's history of stage changes."""
+    name, number = parse_reference(reference)
+    with Workspace.open(workspace) as store:
+        registry = Registry(store)
+        return registry.get(name, number), registry.events(name)
