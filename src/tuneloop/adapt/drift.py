@@ -104,12 +104,12 @@ def verdict_for(evidence: list[Evidence], new_classes: list[str], ref: str, has_
     shifted = [e.name for e in evidence if e.shifted]
     worse = any(e.shifted for e in evidence if e.name in ("accuracy", "error"))
     name = ref.split(":")[0]
-    if not shifted:
+    if not shifted and not new_classes:
         return "no drift", f"nothing to do: {ref} sees the new data as it saw its training data."
     if worse or new_classes:
         what = f"new classes ({', '.join(new_classes)})" if new_classes else "the model does worse on it"
         return ("drift, and the model is worse" if worse else "drift: new classes",
-                f"update the model: tuneloop adapt {name} DATA ({what}; shifted: {', '.join(shifted)}).")
+                f"update the model: tuneloop adapt {name} DATA ({what}; shifted: {', '.join(shifted) or 'none'}).")
     if has_labels:
         return "drift", (f"the data has moved ({', '.join(shifted)}) but {ref} does as well on it as on its "
                          f"holdout: no update needed yet; check again with the next data.")

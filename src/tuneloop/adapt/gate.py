@@ -3,7 +3,11 @@ only if both hold, on examples neither was tuned on:
 
 1. on the new data's holdout it is better by more than noise: the lower end of the paired bootstrap
    confidence interval of (candidate - production), over the same examples, is above zero;
-2. on the old holdout it loses at most ``tolerance``: production's mean score minus the candidate's.
+2. on the old holdout it loses at most ``tolerance``: production's mean score minus the candidate's;
+3. where a chance baseline is given, it beats that too on the new holdout, by more than noise: the best
+   constant answer (the holdout's most common class, or its median value). Data with shuffled labels can
+   teach a model nothing but the label shares, and its holdout is shuffled too: a candidate trained on it
+   may well beat a production model that has never seen its classes, but not chance.
 
 Scores are 1/0 correctness for a classifier (means are accuracies, the tolerance is in accuracy points) or
 negative absolute errors for a regressor (the tolerance is then a share of production's mean absolute error).
@@ -46,8 +50,9 @@ class GateDecision:
 
 def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate: np.ndarray,
            old_production: np.ndarray, *, tolerance: float = DEFAULT_TOLERANCE, regression: bool = False,
-           seed: int = 0) -> GateDecision:
-    """The gate's decision from each model's per-example scores on the new holdout and on the old one."""
+           seed: int = 0, new_chance: np.ndarray | None = None) -> GateDecision:
+    """The gate's decision from each model's per-example scores on the new holdout and on the old one (and
+    a constant answer's scores on the new holdout, ``new_chance``)."""
     what = "mean absolute error" if regression else "accuracy"
     gain = paired_bootstrap(new_candidate, new_production, seed=seed, confidence=CONFIDENCE)
     beats_noise = gain.low > 0
@@ -76,6 +81,15 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
             f"the change {kept.low:+.4f} to {kept.high:+.4f})", old_numbers))
     else:
         checks.append(GateCheck("old data kept", True, "no old holdout kept: nothing to compare", {"n": 0}))
+    if new_chance is not None:
+        learned = paired_bootstrap(new_candidate, new_chance, seed=seed, confidence=CONFIDENCE)
+        chance = _shown(new_chance, regression)
+        checks.append(GateCheck(
+            "better than chance", learned.low > 0,
+            f"new holdout: {what} {new_numbers['candidate']:.4f} against {chance:.4f} for always giving the most "
+            f"common answer ({CONFIDENCE:.0%} CI of the difference {learned.low:+.4f} to {learned.high:+.4f})"
+            + ("" if learned.low > 0 else ": the update learned nothing beyond the label shares"),
+            {"chance": chance, **_signed(learned.to_dict(), regression)}))
     return GateDecision(all(check.passed for check in checks), checks, tolerance)
 
 

@@ -7,12 +7,23 @@ judged it on (``gate_new``, ``gate_old``), so the same decision can be taken aga
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tuneloop.adapt.gate import DEFAULT_TOLERANCE, GateDecision, decide
-from tuneloop.adapt.samples import HOLDOUT_SIZE, REPLAY_SIZE, Examples, bounded_sample, load_examples, save_examples
+from tuneloop.adapt.samples import (
+    HOLDOUT_SIZE,
+    REPLAY_SIZE,
+    Examples,
+    bounded_sample,
+    class_labels,
+    load_examples,
+    save_examples,
+)
 from tuneloop.adapt.scoring import example_scores, is_regressor
 from tuneloop.api import Run, load_task
 from tuneloop.errors import ConfigError, DataError, RunNotFoundError, TuneloopError
@@ -136,8 +147,21 @@ def judge(store: Workspace, candidate: ModelVersion, production: ModelVersion,
 
 def gate_decision(candidate: Run, production: Run, new: Examples, old: Examples,
                   tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+    regression = is_regressor(production)
     return decide(example_scores(candidate, new), example_scores(production, new), example_scores(candidate, old),
-                  example_scores(production, old), tolerance=tolerance, regression=is_regressor(production))
+                  example_scores(production, old), tolerance=tolerance, regression=regression,
+                  new_chance=chance_scores(new, regression))
+
+
+def chance_scores(examples: Examples, regression: bool) -> np.ndarray:
+    """Per-example scores of the best constant answer on ``examples``: their most common class (1 where an
+    example has it), or their median value (negative absolute errors)."""
+    if regression:
+        values = np.asarray(examples.targets, dtype=np.float64)
+        return -np.abs(values - np.median(values))
+    labels = class_labels(examples)
+    common = Counter(labels).most_common(1)[0][0]
+    return np.array([label == common for label in labels], dtype=np.float64)
 
 
 def rollback(reference: str, *, workspace: str | os.PathLike | None = None, reason: str | None = None
