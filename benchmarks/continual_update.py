@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from tuneloop import api
-from tuneloop.adapt import versions
-from tuneloop.adapt.drift import drift
-from tuneloop.adapt.samples import load_examples, split_off
-from tuneloop.adapt.scoring import example_scores
-from tuneloop.adapt.update import HOLDOUT_FRACTION, VALIDATION_FRACTION, adapt
 from tuneloop.config import Recipe
+from tuneloop.continual import versions
+from tuneloop.continual.drift import drift
+from tuneloop.continual.samples import load_examples, split_off
+from tuneloop.continual.scoring import example_scores
+from tuneloop.continual.update import HOLDOUT_FRACTION, VALIDATION_FRACTION, adapt
 from tuneloop.data.demo import reuters_r8, stratified_sample
 from tuneloop.data.text import TextExamples
 from tuneloop.store.registry import Registry

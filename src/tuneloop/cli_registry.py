@@ -95,10 +95,10 @@ def _tolerance(args: argparse.Namespace) -> dict[str, float]:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from tuneloop.adapt import versions
+    from tuneloop.continual import versions
 
     if args.action == "list":
-        listed = versions.models(args.workspace)
+        listed = versions.registered_models(args.workspace)
         _emit(args, {name: [_version_dict(v) for v in found] for name, found in listed.items()})
         if not args.json:
             if not listed:
@@ -167,7 +167,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    from tuneloop.adapt.drift import drift
+    from tuneloop.continual.drift import drift
 
     report = drift(args.name, args.data, workspace=args.workspace, text_col=args.text_col,
                    label_col=args.label_col, image_col=args.image_col, labelled=False if args.unlabelled else None)
@@ -181,7 +181,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from tuneloop.adapt.update import adapt
+    from tuneloop.continual.update import adapt
 
     callbacks = []
     if not (args.quiet or args.json):

@@ -292,3 +292,16 @@ def test_a_process_killed_during_promotion_leaves_the_old_production(registry, w
         assert registry.events("m") == events
         assert registry.promote("m", 2).stage == "production"
         assert registry.get("m", 1).stage == "archived"
+
+
+def test_a_promotion_judged_against_a_production_version_that_has_since_changed_is_refused(tmp_path):
+    with Workspace.open(tmp_path, create=True) as ws:
+        registry = Registry(ws)
+        for _ in range(3):
+            registry.register("m", run_id=completed_run(ws), lineage={}, metrics={})
+        registry.promote("m", 1)
+        registry.promote("m", 2)  # another process, while version 3 was being judged against version 1
+        with pytest.raises(TuneloopError, match="became production"):
+            registry.promote("m", 3, replacing=1)
+        assert registry.get("m").version == 2 and registry.get("m", 3).stage == "candidate"
+        assert registry.promote("m", 3, replacing=2).stage == "production"

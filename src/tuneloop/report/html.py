@@ -617,6 +617,11 @@ def confusion_section(study: StudyRecord) -> str:
     title = "<h2>Confusion matrix of the best model</h2>"
     if best is None or not best["run_id"]:
         return f"<section>{title}<p>No completed trial with a saved model, so nothing to evaluate.</p></section>"
+    if study.row["strategy"] == "adapt":
+        name = study.row["options"].get("name", "NAME")
+        return (f"<section>{title}<p>Not drawn for an update: its validation data joins new and kept examples "
+                f"that the registry holds. Its gate decision, on holdouts no trial saw, is in "
+                f"<code>tuneloop registry show {_e(name)}:VERSION</code>.</p></section>")
     heading = f"trial {best['number']}, run {best['run_id']}, on the validation set"
     try:
         task, run = _best_on_validation(study, best)

@@ -125,12 +125,20 @@ class Registry:
         return self.get(name, version)
 
     def promote(self, name: str, version: int, *, reason: str | None = None, forced: bool = False,
-                gate: dict[str, Any] | None = None) -> ModelVersion:
-        """Make ``version`` production, archiving the current one; an archived version may come back this way."""
+                gate: dict[str, Any] | None = None, replacing: int | None = None) -> ModelVersion:
+        """Make ``version`` production, archiving the current one; an archived version may come back this way.
+
+        ``replacing``: the production version the gate judged ``version`` against. Where another process has
+        promoted a different one since, nothing changes and the promotion is refused: the decision was not
+        taken against the version it would replace."""
         _check_name(name)
         with self._transaction():
             self._row(name, version)
             current = self._production_number(name)
+            if replacing is not None and current not in (replacing, version):
+                raise TuneloopError(f"'{name}:{current}' became production while '{name}:{version}' was judged "
+                                    f"against '{name}:{replacing}'; nothing changed. Promote it again to judge it "
+                                    "against the new production version.")
             if current != version:
                 self._change_stage(name, version, current, "promote", reason=reason, forced=forced, gate=gate)
         return self.get(name, version)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tuneloop.adapt.samples import Examples, class_labels
 from tuneloop.api import Predictions, Run
+from tuneloop.continual.samples import Examples, class_labels
 from tuneloop.data.batches import Features
 from tuneloop.data.images import ImageExamples, Pixels
 from tuneloop.data.tabular import TableExamples, load_table_examples

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tuneloop.adapt import stats
-from tuneloop.adapt.stats import (
+from tuneloop.continual import stats
+from tuneloop.continual.stats import (
     chi_squared_homogeneity,
     mmd_permutation_test,
     paired_bootstrap,

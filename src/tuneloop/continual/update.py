@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.adapt.gate import DEFAULT_TOLERANCE, GateDecision
-from tuneloop.adapt.policy import UpdateKnobs, UpdateOutcome, best_outcome, first_knobs, next_knobs
-from tuneloop.adapt.samples import (
+from tuneloop.api import Run, load_task, train_run
+from tuneloop.config import Recipe
+from tuneloop.continual.gate import DEFAULT_TOLERANCE, GateDecision
+from tuneloop.continual.policy import UpdateKnobs, UpdateOutcome, best_outcome, first_knobs, next_knobs
+from tuneloop.continual.samples import (
     HOLDOUT_SIZE,
     REPLAY_SIZE,
     Examples,
@@ -33,9 +35,8 @@ from tuneloop.adapt.samples import (
     save_examples,
     split_off,
 )
-from tuneloop.adapt.scoring import example_scores, is_regressor, read_like
-from tuneloop.adapt.versions import GATE_NEW, GATE_OLD, gate_decision, version_run
-from tuneloop.api import Run, load_task, train_run
+from tuneloop.continual.scoring import example_scores, is_regressor, read_like
+from tuneloop.continual.versions import GATE_NEW, GATE_OLD, gate_decision, version_run
 from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.errors import ConfigError, DataError
 from tuneloop.store.registry import ModelVersion, Registry, parse_reference
@@ -116,10 +117,11 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
 
         baseline = {"new": example_scores(production, new_val), "old": example_scores(production, old_val)}
         study_id = new_study_id()
-        store.create_study(study_id, "adapt", "gain on new data, old data kept",
+        parent_recipe = production.recipe
+        metric = parent_recipe.for_objective("regression" if not classification else "classification").metric
+        store.create_study(study_id, "adapt", metric,
                            {"name": parent.name, "parent": parent.version, "data": new.source, "budget": budget,
                             "tolerance": tolerance})
-        parent_recipe = production.recipe
         knobs = first_knobs(learning_rate or parent_recipe.learning_rate, epochs or parent_recipe.epochs)
         knobs = UpdateKnobs(knobs.learning_rate, knobs.epochs,
                             knobs.replay_ratio if replay_ratio is None else replay_ratio,
@@ -130,17 +132,20 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
         started = time.perf_counter()
         while True:
             number = len(trials) + 1
-            store.start_trial(study_id, number, number, parent_recipe.to_dict(), why)
+            recipe = parent_recipe.replace(learning_rate=knobs.learning_rate, epochs=knobs.epochs,
+                                           l2sp=knobs.l2sp, seed=seed)
+            store.start_trial(study_id, number, number, {**recipe.to_dict(), "replay_ratio": knobs.replay_ratio},
+                              why)
             trial_started = time.perf_counter()
-            run, best_was_last = _train_update(store, production, parent, options, new_train, new_val, old_val,
-                                               replay, knobs, seed, callbacks)
+            run, best_was_last = _train_update(store, production, options, new_train, new_val, old_val, replay,
+                                               recipe, knobs.replay_ratio, callbacks)
             outcome = UpdateOutcome(
                 knobs, float(np.mean(example_scores(run, new_val)) - np.mean(baseline["new"])),
                 float(np.mean(baseline["old"]) - np.mean(example_scores(run, old_val))), best_was_last)
             seconds = time.perf_counter() - trial_started
             trials.append(UpdateTrial(number, knobs, why, run.id, outcome, seconds))
             runs.append(run)
-            store.end_trial(study_id, number, status="completed", run_id=run.id, value=outcome.new_gain,
+            store.end_trial(study_id, number, status="completed", run_id=run.id, value=run.metrics[f"val_{metric}"],
                             diagnosis="forgetting" if outcome.old_drop > tolerance else "kept",
                             summary=f"new data {outcome.new_gain:+.4f}, old data {-outcome.old_drop:+.4f}",
                             evidence={"new_gain": outcome.new_gain, "old_drop": outcome.old_drop,
@@ -159,9 +164,12 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
         chosen, chosen_trial = runs[best], trials[best]
 
         decision = gate_decision(chosen, production, gate_new, gate_old, tolerance)
-        lineage = {**parent.lineage, "run": chosen.id, "adapted_from": parent.ref, "study": study_id,
+        record = store.resolve(chosen.id)
+        lineage = {"run": chosen.id, "kind": record.task, "backbone": record.backbone, "adapted_from": parent.ref,
+                   "study": study_id, "train_source": f"{new.source} + replay of {parent.ref}",
+                   "train_fingerprint": record.train_fingerprint, "val_fingerprint": record.val_fingerprint,
                    "new_data": new.source, "new_fingerprint": new.fingerprint(), "new_classes": new_classes,
-                   "knobs": chosen_trial.knobs.__dict__, "recipe": chosen.recipe.to_dict()}
+                   "knobs": chosen_trial.knobs.__dict__, "recipe": chosen.recipe.to_dict(), "data_options": options}
 
         def fill(folder: Path) -> None:
             save_examples(bounded_sample(concat(replay, new_rest), replay_size, seed, classification), folder,
@@ -177,30 +185,28 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
         promoted = False
         if promote and (decision.promote or force):
             version = registry.promote(parent.name, version.version, reason=reason,
-                                       forced=force and not decision.promote, gate=decision.to_dict())
+                                       forced=force and not decision.promote, gate=decision.to_dict(),
+                                       replacing=parent.version)
             promoted = True
         else:
             version = registry.get(parent.name, version.version)
     return AdaptResult(version, parent, promoted, decision, trials, study_id, new_classes)
 
 
-def _train_update(store: Workspace, production: Run, parent: ModelVersion, options: dict, new_train: Examples,
-                  new_val: Examples, old_val: Examples, replay: Examples, knobs: UpdateKnobs, seed: int,
+def _train_update(store: Workspace, production: Run, options: dict, new_train: Examples, new_val: Examples,
+                  old_val: Examples, replay: Examples, recipe: Recipe, replay_ratio: float,
                   callbacks: Sequence[Callback]) -> tuple[Run, bool]:
-    """One trial: the production model fine-tuned on the new training data and its share of replay, with
-    the best epoch chosen on new and old validation data together."""
+    """One trial: the production model fine-tuned by ``recipe`` on the new training data and its share of
+    replay, with the best epoch chosen on new and old validation data together."""
     classification = not is_regressor(production)
-    share = knobs.replay_ratio
-    wanted = 0 if share <= 0 else round(len(new_train) * share / (1 - share))
-    replayed = bounded_sample(replay, min(wanted, len(replay)), seed, classification) if wanted else None
+    wanted = 0 if replay_ratio <= 0 else round(len(new_train) * replay_ratio / (1 - replay_ratio))
+    replayed = bounded_sample(replay, min(wanted, len(replay)), recipe.seed, classification) if wanted else None
     train = concat(new_train, replayed) if replayed is not None and len(replayed) else new_train
     task = load_task(train, concat(new_val, old_val), task=options.get("task", "auto"), text_col=None,
-                     label_col=None, model=str(production.path), val_fraction=VALIDATION_FRACTION, seed=seed,
+                     label_col=None, model=str(production.path), val_fraction=VALIDATION_FRACTION, seed=recipe.seed,
                      keep_classes=classification)
     if hasattr(task, "features"):  # the frozen part's outputs, shared across trials and later updates
         task.features = FeatureCache(store.root / "cache")
-    recipe = production.recipe.replace(learning_rate=knobs.learning_rate, epochs=knobs.epochs, l2sp=knobs.l2sp,
-                                       seed=seed)
     run, result = train_run(store, task, recipe, callbacks)
     return run, result.best_epoch == len(result.history)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneloop.adapt.gate import DEFAULT_TOLERANCE, decide
+from tuneloop.continual.gate import DEFAULT_TOLERANCE, decide
 
 
 def correct(n: int, right: int, seed: int = 0) -> np.ndarray:

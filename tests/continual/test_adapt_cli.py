@@ -16,9 +16,9 @@ import torch
 from tests.conftest import sentiment_rows, write_csv
 
 from tuneloop import api
-from tuneloop.adapt import versions
-from tuneloop.adapt.update import adapt
 from tuneloop.config import Recipe
+from tuneloop.continual import versions
+from tuneloop.continual.update import adapt
 from tuneloop.data.images import write_image_folder
 from tuneloop.errors import ConfigError, DataError
 from tuneloop.models import get_adapter

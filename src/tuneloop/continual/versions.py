@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.adapt.gate import DEFAULT_TOLERANCE, GateDecision, decide
-from tuneloop.adapt.samples import (
+from tuneloop.api import Run, load_task
+from tuneloop.continual.gate import DEFAULT_TOLERANCE, GateDecision, decide
+from tuneloop.continual.samples import (
     HOLDOUT_SIZE,
     REPLAY_SIZE,
     Examples,
@@ -24,8 +25,7 @@ from tuneloop.adapt.samples import (
     load_examples,
     save_examples,
 )
-from tuneloop.adapt.scoring import example_scores, is_regressor
-from tuneloop.api import Run, load_task
+from tuneloop.continual.scoring import example_scores, is_regressor
 from tuneloop.errors import ConfigError, DataError, RunNotFoundError, TuneloopError
 from tuneloop.store.registry import ModelVersion, Registry, parse_reference
 from tuneloop.store.workspace import RunRecord, Workspace
@@ -130,7 +130,7 @@ def promote(reference: str, *, workspace: str | os.PathLike | None = None, force
         if not decision.promote and not force:
             raise GateRefused(candidate, decision)
         promoted = registry.promote(name, number, reason=reason, forced=force and not decision.promote,
-                                    gate=decision.to_dict())
+                                    gate=decision.to_dict(), replacing=production.version)
         return Promotion(promoted, decision)
 
 
@@ -180,7 +180,7 @@ def archive(reference: str, *, workspace: str | os.PathLike | None = None, reaso
         return Registry(store).archive(name, number, reason=reason)
 
 
-def models(workspace: str | os.PathLike | None = None) -> dict[str, list[ModelVersion]]:
+def registered_models(workspace: str | os.PathLike | None = None) -> dict[str, list[ModelVersion]]:
     """Every registered name with its versions."""
     with Workspace.open(workspace) as store:
         registry = Registry(store)

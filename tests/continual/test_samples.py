@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuneloop.adapt.samples import (
+from tuneloop.continual.samples import (
     bounded_sample,
     class_labels,
     concat,

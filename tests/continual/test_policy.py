@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from tuneloop.adapt.policy import (
+from tuneloop.continual.policy import (
     MAX_EPOCHS,
     MAX_REPLAY,
     MIN_LEARNING_RATE,

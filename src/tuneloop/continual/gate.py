@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.adapt.stats import paired_bootstrap
+from tuneloop.continual.stats import paired_bootstrap
 
 DEFAULT_TOLERANCE = 0.02
 CONFIDENCE = 0.95

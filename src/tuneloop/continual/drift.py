@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.adapt.samples import Examples, class_labels, load_examples
-from tuneloop.adapt.scoring import embeddings, example_scores, is_regressor, predict_examples, read_like
-from tuneloop.adapt.stats import TestResult, chi_squared_homogeneity, mmd_permutation_test, two_proportion_test
-from tuneloop.adapt.versions import version_run
+from tuneloop.continual.samples import Examples, class_labels, load_examples
+from tuneloop.continual.scoring import embeddings, example_scores, is_regressor, predict_examples, read_like
+from tuneloop.continual.stats import TestResult, chi_squared_homogeneity, mmd_permutation_test, two_proportion_test
+from tuneloop.continual.versions import version_run
 from tuneloop.data.tabular import TableExamples
 from tuneloop.errors import DataError
 from tuneloop.store.registry import Registry, parse_reference

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuneloop.adapt.drift import Evidence, verdict_for
+from tuneloop.continual.drift import Evidence, verdict_for
 
 REF = "reviews:3"
 
