@@ -248,3 +248,13 @@ def test_text_and_images_adapt_with_new_classes(tiny_model, tmp_path):
     with Workspace.open(workspace) as store:
         assert versions.version_run(store, result.version).classes == ["0", "1", "2", "3", "4"]
     assert result.decision.checks[0].passed, result.decision.checks[0].summary
+
+
+def test_fit_can_start_from_a_saved_text_run(tiny_model, tmp_path):
+    base = api.fit(write_csv(tmp_path / "a.csv", ["text", "label"], sentiment_rows(20)), model=str(tiny_model),
+                   workspace=tmp_path / "ws", epochs=1, trainable_layers=1)
+    rows = sentiment_rows(20, seed=1) + [("meh okay so-so fine", "neutral")] * 20
+    run = api.fit(write_csv(tmp_path / "b.csv", ["text", "label"], rows), model=str(base.path),
+                  workspace=tmp_path / "ws", epochs=1, trainable_layers=1)
+    assert run.classes == ["neg", "neutral", "pos"], "a fit (not an update) takes the data's classes, sorted"
+    assert api.load_run(run.id, tmp_path / "ws").predict_texts(["good great"]).labels[0] in run.classes

@@ -80,6 +80,32 @@ class AdaptResult:
                             "seconds": round(t.seconds, 1)} for t in self.trials]}
 
 
+@dataclass(frozen=True)
+class UpdateData:
+    """The new data and the kept old data, split for an update: what trains, what scores the trials, and
+    what only the gate sees."""
+
+    new_rest: Examples  # the new data less the gate's holdout: training and validation, kept for replay later
+    new_train: Examples
+    new_val: Examples
+    gate_new: Examples
+    old_val: Examples
+    gate_old: Examples
+    old_holdout: Examples
+    replay: Examples
+
+    @classmethod
+    def split(cls, new: Examples, replay: Examples, old_holdout: Examples, holdout_fraction: float, seed: int,
+              classification: bool) -> UpdateData:
+        new_rest, gate_new = split_off(new, holdout_fraction, seed, classification)
+        new_train, new_val = split_off(new_rest, VALIDATION_FRACTION, seed + 1, classification)
+        old_val, gate_old = split_off(old_holdout, 0.5, seed + 2, classification)
+        if min(len(new_train), len(new_val), len(gate_new)) == 0:
+            raise DataError(f"{new.source}: {len(new)} examples are too few to train, validate and hold out for "
+                            "the gate; give more new data.")
+        return cls(new_rest, new_train, new_val, gate_new, old_val, gate_old, old_holdout, replay)
+
+
 def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, budget: str = "4trials",
           tolerance: float = DEFAULT_TOLERANCE, promote: bool = True, force: bool = False,
           reason: str | None = None, text_col: str | None = None, label_col: str | None = None,
@@ -106,103 +132,109 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
         options = parent.lineage.get("data_options", {})
         new = read_like(production, data, options, text_col=text_col, label_col=label_col, image_col=image_col)
         classification = not is_regressor(production)
-        replay, old_holdout = load_examples(parent.folder, "replay"), load_examples(parent.folder, "holdout")
-        new_rest, gate_new = split_off(new, holdout_fraction, seed, classification)
-        new_train, new_val = split_off(new_rest, VALIDATION_FRACTION, seed + 1, classification)
-        old_val, gate_old = split_off(old_holdout, 0.5, seed + 2, classification)
-        if min(len(new_train), len(new_val), len(gate_new)) == 0:
-            raise DataError(f"{new.source}: {len(new)} examples are too few to train, validate and hold out for "
-                            "the gate; give more new data.")
+        parts = UpdateData.split(new, load_examples(parent.folder, "replay"), load_examples(parent.folder, "holdout"),
+                                 holdout_fraction, seed, classification)
         new_classes = sorted(set(class_labels(new) or []) - set(production.classes)) if classification else []
 
-        baseline = {"new": example_scores(production, new_val), "old": example_scores(production, old_val)}
-        study_id = new_study_id()
-        parent_recipe = production.recipe
-        metric = parent_recipe.for_objective("regression" if not classification else "classification").metric
-        store.create_study(study_id, "adapt", metric,
-                           {"name": parent.name, "parent": parent.version, "data": new.source, "budget": budget,
-                            "tolerance": tolerance})
-        knobs = first_knobs(learning_rate or parent_recipe.learning_rate, epochs or parent_recipe.epochs)
-        knobs = UpdateKnobs(knobs.learning_rate, knobs.epochs,
-                            knobs.replay_ratio if replay_ratio is None else replay_ratio,
-                            knobs.l2sp if l2sp is None else l2sp)
-        why = f"start from {parent.ref}'s own recipe: {knobs.describe()}"
-        trials: list[UpdateTrial] = []
-        runs: list[Run] = []
-        started = time.perf_counter()
-        while True:
-            number = len(trials) + 1
-            recipe = parent_recipe.replace(learning_rate=knobs.learning_rate, epochs=knobs.epochs,
-                                           l2sp=knobs.l2sp, seed=seed)
-            store.start_trial(study_id, number, number, {**recipe.to_dict(), "replay_ratio": knobs.replay_ratio},
-                              why)
-            trial_started = time.perf_counter()
-            run, best_was_last = _train_update(store, production, options, new_train, new_val, old_val, replay,
-                                               recipe, knobs.replay_ratio, callbacks)
-            outcome = UpdateOutcome(
-                knobs, float(np.mean(example_scores(run, new_val)) - np.mean(baseline["new"])),
-                float(np.mean(baseline["old"]) - np.mean(example_scores(run, old_val))), best_was_last)
-            seconds = time.perf_counter() - trial_started
-            trials.append(UpdateTrial(number, knobs, why, run.id, outcome, seconds))
-            runs.append(run)
-            store.end_trial(study_id, number, status="completed", run_id=run.id, value=run.metrics[f"val_{metric}"],
-                            diagnosis="forgetting" if outcome.old_drop > tolerance else "kept",
-                            summary=f"new data {outcome.new_gain:+.4f}, old data {-outcome.old_drop:+.4f}",
-                            evidence={"new_gain": outcome.new_gain, "old_drop": outcome.old_drop,
-                                      **knobs.__dict__}, seconds=seconds)
-            spent = time.perf_counter() - started
-            if (limits.trials and len(trials) >= limits.trials) or (limits.seconds and spent >= limits.seconds):
-                stop = "budget spent"
-                break
-            proposal = next_knobs([t.outcome for t in trials], tolerance)
-            if proposal is None:
-                stop = "converged"
-                break
-            knobs, why = proposal
-        store.finish_study(study_id, stop)
+        first = first_knobs(learning_rate or production.recipe.learning_rate, epochs or production.recipe.epochs)
+        first = UpdateKnobs(first.learning_rate, first.epochs, first.replay_ratio if replay_ratio is None
+                            else replay_ratio, first.l2sp if l2sp is None else l2sp)
+        study_id, trials, runs = _search(store, parent, production, options, parts, first, limits, tolerance, seed,
+                                         callbacks)
         best = best_outcome([t.outcome for t in trials], tolerance)
-        chosen, chosen_trial = runs[best], trials[best]
-
-        decision = gate_decision(chosen, production, gate_new, gate_old, tolerance)
-        record = store.resolve(chosen.id)
-        lineage = {"run": chosen.id, "kind": record.task, "backbone": record.backbone, "adapted_from": parent.ref,
-                   "study": study_id, "train_source": f"{new.source} + replay of {parent.ref}",
-                   "train_fingerprint": record.train_fingerprint, "val_fingerprint": record.val_fingerprint,
-                   "new_data": new.source, "new_fingerprint": new.fingerprint(), "new_classes": new_classes,
-                   "knobs": chosen_trial.knobs.__dict__, "recipe": chosen.recipe.to_dict(), "data_options": options}
-
-        def fill(folder: Path) -> None:
-            save_examples(bounded_sample(concat(replay, new_rest), replay_size, seed, classification), folder,
-                          "replay")
-            save_examples(bounded_sample(concat(old_holdout, gate_new), holdout_size, seed, classification), folder,
-                          "holdout")
-            save_examples(gate_new, folder, GATE_NEW)
-            save_examples(gate_old, folder, GATE_OLD)
-
-        version = registry.register(parent.name, run_id=chosen.id, lineage=lineage, metrics=chosen.metrics,
-                                    parent=parent.version, fill=fill)
+        chosen = runs[best]
+        decision = gate_decision(chosen, production, parts.gate_new, parts.gate_old, tolerance)
+        version = _register_update(store, registry, parent, chosen, trials[best], study_id, new, new_classes,
+                                   parts, options, replay_size, holdout_size, seed, classification)
         registry.record_gate(parent.name, version.version, decision.to_dict())
-        promoted = False
-        if promote and (decision.promote or force):
+        promoted = promote and (decision.promote or force)
+        if promoted:
             version = registry.promote(parent.name, version.version, reason=reason,
                                        forced=force and not decision.promote, gate=decision.to_dict(),
                                        replacing=parent.version)
-            promoted = True
         else:
             version = registry.get(parent.name, version.version)
     return AdaptResult(version, parent, promoted, decision, trials, study_id, new_classes)
 
 
-def _train_update(store: Workspace, production: Run, options: dict, new_train: Examples, new_val: Examples,
-                  old_val: Examples, replay: Examples, recipe: Recipe, replay_ratio: float,
-                  callbacks: Sequence[Callback]) -> tuple[Run, bool]:
+def _search(store: Workspace, parent: ModelVersion, production: Run, options: dict, parts: UpdateData,
+            knobs: UpdateKnobs, limits: Budget, tolerance: float, seed: int, callbacks: Sequence[Callback]
+            ) -> tuple[str, list[UpdateTrial], list[Run]]:
+    """The update's trials, each scored against production on new and old validation data, the policy
+    choosing the next knobs, until the budget is spent or the policy stops; recorded as a study."""
+    classification = not is_regressor(production)
+    baseline_new = float(np.mean(example_scores(production, parts.new_val)))
+    baseline_old = float(np.mean(example_scores(production, parts.old_val)))
+    metric = production.recipe.for_objective("classification" if classification else "regression").metric
+    study_id = new_study_id()
+    store.create_study(study_id, "adapt", metric, {"name": parent.name, "parent": parent.version,
+                                                   "data": parts.new_rest.source, "budget": str(limits),
+                                                   "tolerance": tolerance})
+    why = f"start from {parent.ref}'s own recipe: {knobs.describe()}"
+    trials: list[UpdateTrial] = []
+    runs: list[Run] = []
+    started = time.perf_counter()
+    while True:
+        number = len(trials) + 1
+        recipe = production.recipe.replace(learning_rate=knobs.learning_rate, epochs=knobs.epochs,
+                                           l2sp=knobs.l2sp, seed=seed)
+        store.start_trial(study_id, number, number, {**recipe.to_dict(), "replay_ratio": knobs.replay_ratio}, why)
+        trial_started = time.perf_counter()
+        run, best_was_last = _train_update(store, production, options, parts, recipe, knobs.replay_ratio, callbacks)
+        outcome = UpdateOutcome(knobs, float(np.mean(example_scores(run, parts.new_val))) - baseline_new,
+                                baseline_old - float(np.mean(example_scores(run, parts.old_val))), best_was_last)
+        seconds = time.perf_counter() - trial_started
+        trials.append(UpdateTrial(number, knobs, why, run.id, outcome, seconds))
+        runs.append(run)
+        store.end_trial(study_id, number, status="completed", run_id=run.id, value=run.metrics[f"val_{metric}"],
+                        diagnosis="forgetting" if outcome.old_drop > tolerance else "kept",
+                        summary=f"new data {outcome.new_gain:+.4f}, old data {-outcome.old_drop:+.4f}",
+                        evidence={"new_gain": outcome.new_gain, "old_drop": outcome.old_drop, **knobs.__dict__},
+                        seconds=seconds)
+        spent = time.perf_counter() - started
+        if (limits.trials and len(trials) >= limits.trials) or (limits.seconds and spent >= limits.seconds):
+            store.finish_study(study_id, "budget spent")
+            return study_id, trials, runs
+        proposal = next_knobs([t.outcome for t in trials], tolerance)
+        if proposal is None:
+            store.finish_study(study_id, "converged")
+            return study_id, trials, runs
+        knobs, why = proposal
+
+
+def _register_update(store: Workspace, registry: Registry, parent: ModelVersion, chosen: Run, trial: UpdateTrial,
+                     study_id: str, new: Examples, new_classes: list[str], parts: UpdateData, options: dict,
+                     replay_size: int, holdout_size: int, seed: int, classification: bool) -> ModelVersion:
+    """The chosen trial's model as a candidate version, with its lineage and its own kept samples: replay of
+    the old sample and the new training data, a holdout joining the old and new ones, and the gate's two."""
+    record = store.resolve(chosen.id)
+    lineage = {"run": chosen.id, "kind": record.task, "backbone": record.backbone, "adapted_from": parent.ref,
+               "study": study_id, "train_source": f"{new.source} + replay of {parent.ref}",
+               "train_fingerprint": record.train_fingerprint, "val_fingerprint": record.val_fingerprint,
+               "new_data": new.source, "new_fingerprint": new.fingerprint(), "new_classes": new_classes,
+               "knobs": trial.knobs.__dict__, "recipe": chosen.recipe.to_dict(), "data_options": options}
+
+    def fill(folder: Path) -> None:
+        save_examples(bounded_sample(concat(parts.replay, parts.new_rest), replay_size, seed, classification),
+                      folder, "replay")
+        save_examples(bounded_sample(concat(parts.old_holdout, parts.gate_new), holdout_size, seed, classification),
+                      folder, "holdout")
+        save_examples(parts.gate_new, folder, GATE_NEW)
+        save_examples(parts.gate_old, folder, GATE_OLD)
+
+    return registry.register(parent.name, run_id=chosen.id, lineage=lineage, metrics=chosen.metrics,
+                             parent=parent.version, fill=fill)
+
+
+def _train_update(store: Workspace, production: Run, options: dict, parts: UpdateData, recipe: Recipe,
+                  replay_ratio: float, callbacks: Sequence[Callback]) -> tuple[Run, bool]:
     """One trial: the production model fine-tuned by ``recipe`` on the new training data and its share of
     replay, with the best epoch chosen on new and old validation data together."""
     classification = not is_regressor(production)
-    wanted = 0 if replay_ratio <= 0 else round(len(new_train) * replay_ratio / (1 - replay_ratio))
-    replayed = bounded_sample(replay, min(wanted, len(replay)), recipe.seed, classification) if wanted else None
-    train = concat(new_train, replayed) if replayed is not None and len(replayed) else new_train
-    task = load_task(train, concat(new_val, old_val), task=options.get("task", "auto"), text_col=None,
+    wanted = 0 if replay_ratio <= 0 else round(len(parts.new_train) * replay_ratio / (1 - replay_ratio))
+    replayed = bounded_sample(parts.replay, min(wanted, len(parts.replay)), recipe.seed, classification)
+    train = concat(parts.new_train, replayed) if wanted and len(replayed) else parts.new_train
+    task = load_task(train, concat(parts.new_val, parts.old_val), task=options.get("task", "auto"), text_col=None,
                      label_col=None, model=str(production.path), val_fraction=VALIDATION_FRACTION, seed=recipe.seed,
                      keep_classes=classification)
     if hasattr(task, "features"):  # the frozen part's outputs, shared across trials and later updates
