@@ -53,3 +53,37 @@ def test_demo_command_reloads_the_same_model(tmp_path):
                       "--workspace", tmp_path / "ws")
     assert result["reloaded_agreement"] == 1.0
     assert result["val_accuracy"] > result["majority_class_rate"]
+
+
+def test_new_topics_are_learned_without_forgetting_and_a_shuffled_update_is_refused(tmp_path):
+    """Reuters R8: a head on the packaged encoder learns three topics; new data of two more arrives."""
+    old_topics, new_topics = ("acq", "crude", "earn"), ("grain", "ship")
+    train_all = reuters_r8("train")
+    old = train_all.subset([i for i, t in enumerate(train_all.labels) if t in old_topics])
+    new = train_all.subset([i for i, t in enumerate(train_all.labels) if t in new_topics])
+    old = stratified_sample(old, 600, seed=0)
+    base_csv = write_csv(tmp_path / "base.csv", ["text", "topic"], zip(old.texts, old.labels, strict=True))
+    new_csv = write_csv(tmp_path / "new.csv", ["text", "topic"], zip(new.texts, new.labels, strict=True))
+    shuffled = list(new.labels)
+    __import__("random").Random(0).shuffle(shuffled)
+    poisoned_csv = write_csv(tmp_path / "poisoned.csv", ["text", "topic"], zip(new.texts, shuffled, strict=True))
+    ws = tmp_path / "ws"
+
+    base = tuneloop("fit", base_csv, "--label-col", "topic", "--workspace", ws, "--trainable-layers", "0",
+                    "--epochs", "10", "--lr", "3e-3", "--max-length", "96")
+    tuneloop("registry", "register", "news", base["run"], "--workspace", ws)
+    tuneloop("registry", "promote", "news:1", "--workspace", ws)
+    drift = tuneloop("drift", "news", new_csv, "--workspace", ws)
+    assert drift["new_classes"] == list(new_topics) and drift["verdict"].startswith("drift")
+
+    # The base's validation split is 120 texts, so the gate's old holdout is 60: one mistake more is 0.017.
+    update = tuneloop("adapt", "news", new_csv, "--workspace", ws, "--tolerance", "0.05")
+    assert update["promoted"], update["gate"]
+    assert update["new_classes"] == list(new_topics)
+
+    exe = shutil.which("tuneloop", path=str(Path(sys.executable).parent)) or "tuneloop"
+    refused = subprocess.run([exe, "adapt", "news", str(poisoned_csv), "--workspace", str(ws), "--json"],
+                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert refused.returncode == 3, refused.stderr
+    assert not json.loads(refused.stdout)["promoted"]
+    assert tuneloop("registry", "show", "news", "--workspace", ws)["ref"] == "news:2"

@@ -125,6 +125,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
             print("  history:")
             for event in events:
                 print(f"    {event['at']}  {event['action']:<8} v{event['version']}"
+                      + (" by force" if event.get("forced") else "")
                       + (f" (production was v{event['previous']})" if event.get("previous") else "")
                       + (f": {event['reason']}" if event.get("reason") else ""))
         return 0

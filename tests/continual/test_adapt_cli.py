@@ -93,6 +93,7 @@ def test_drift_finds_new_classes_and_no_drift_in_more_of_the_same(registered, di
     assert same.returncode == 0, same.stderr
     report = json.loads(same.stdout)
     assert report["verdict"] == "no drift", report
+    assert all(e["shifted"] is False for e in report["evidence"]), "JSON booleans, not strings"
     assert {e["name"] for e in report["evidence"]} == {"labels", "inputs", "confidence", "accuracy"}
 
     moved = tuneloop("drift", "digits", str(digit_tables["new"]), "--workspace", str(registered), "--json")
@@ -100,7 +101,7 @@ def test_drift_finds_new_classes_and_no_drift_in_more_of_the_same(registered, di
     assert report["new_classes"] == [f"d{i}" for i in range(5, 10)]
     assert report["verdict"].startswith("drift") and "tuneloop adapt digits" in report["recommendation"]
     inputs = next(e for e in report["evidence"] if e["name"] == "inputs")
-    assert inputs["shifted"] and inputs["p_value"] < 0.01
+    assert inputs["shifted"] is True and inputs["p_value"] < 0.01
 
     unlabelled = tuneloop("drift", "digits", str(digit_tables["new"]), "--unlabelled", "--workspace",
                           str(registered), "--json")

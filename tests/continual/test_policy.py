@@ -1,5 +1,6 @@
-"""The update's knob rules: forgetting calls for more replay, a stronger pull to the parent and a lower learning
-rate; a trial still improving gets more epochs; otherwise the search stops. And which trial to keep."""
+"""The update's knob rules: forgetting (a fall of more than half the tolerance) calls for more replay and a
+stronger pull to the parent, then, with replay at its cap, a lower learning rate; a trial still improving gets
+more epochs; otherwise the search stops. And which trial to keep."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tuneloop.continual.policy import (
     MAX_EPOCHS,
     MAX_REPLAY,
     MIN_LEARNING_RATE,
+    SEARCH_MARGIN,
     UpdateKnobs,
     UpdateOutcome,
     best_outcome,
@@ -34,14 +36,22 @@ def test_the_first_trial_keeps_the_parents_learning_rate_and_epochs():
     assert knobs.l2sp == 0.1
 
 
-def test_forgetting_raises_replay_strengthens_the_pull_and_halves_the_learning_rate():
+def test_forgetting_raises_replay_and_strengthens_the_pull():
     knobs, reason = next_knobs([outcome(old_drop=0.05)], TOLERANCE)
 
     assert knobs.replay_ratio == pytest.approx(0.65)
     assert knobs.l2sp == pytest.approx(0.5)
-    assert knobs.learning_rate == pytest.approx(5e-4)
+    assert knobs.learning_rate == KNOBS.learning_rate, "the learning rate moves only once replay is at its cap"
     assert knobs.epochs == KNOBS.epochs
     assert reason.startswith("forgetting")
+
+
+def test_forgetting_with_replay_at_its_cap_halves_the_learning_rate():
+    at_cap = replace(KNOBS, replay_ratio=MAX_REPLAY)
+    knobs, reason = next_knobs([outcome(at_cap, old_drop=0.05)], TOLERANCE)
+    assert knobs.learning_rate == pytest.approx(KNOBS.learning_rate / 2)
+    assert knobs.l2sp == pytest.approx(0.5)
+    assert "learning rate halved" in reason
 
 
 def test_forgetting_wins_over_still_improving():
@@ -83,8 +93,10 @@ def test_forgetting_with_every_knob_at_its_limit_stops_the_search():
     assert next_knobs([outcome(stuck, old_drop=0.3)], TOLERANCE) is None
 
 
-def test_a_drop_of_exactly_the_tolerance_is_not_forgetting():
-    assert next_knobs([outcome(old_drop=TOLERANCE)], TOLERANCE) is None
+def test_the_search_allows_itself_half_the_tolerance():
+    assert next_knobs([outcome(old_drop=TOLERANCE * SEARCH_MARGIN)], TOLERANCE) is None
+    knobs, reason = next_knobs([outcome(old_drop=TOLERANCE * 0.99)], TOLERANCE)
+    assert reason.startswith("forgetting"), "just inside the tolerance on validation is not safe at the gate"
 
 
 def test_a_trial_still_improving_at_its_last_epoch_gets_twice_the_epochs():
@@ -116,18 +128,25 @@ def test_the_description_names_every_knob():
     assert "learning rate" in text and "10 epochs" in text and "replay 0.50" in text and "L2-SP" in text
 
 
-def test_best_keeps_the_largest_new_gain_among_trials_within_tolerance():
+def test_best_keeps_the_largest_new_gain_among_trials_within_half_the_tolerance():
     outcomes = [
         outcome(new_gain=0.20, old_drop=0.05),  # the largest gain, but forgot too much
-        outcome(new_gain=0.08, old_drop=0.01),
-        outcome(new_gain=0.12, old_drop=0.02),
+        outcome(new_gain=0.08, old_drop=0.005),
+        outcome(new_gain=0.12, old_drop=0.01),
+        outcome(new_gain=0.15, old_drop=0.02),  # within the tolerance, not within the search's margin
         outcome(new_gain=0.03, old_drop=-0.01),
     ]
     assert best_outcome(outcomes, TOLERANCE) == 2
 
 
+def test_best_falls_back_to_trials_within_the_tolerance():
+    outcomes = [outcome(new_gain=0.2, old_drop=0.05), outcome(new_gain=0.1, old_drop=0.015),
+                outcome(new_gain=0.15, old_drop=0.02)]
+    assert best_outcome(outcomes, TOLERANCE) == 2
+
+
 def test_best_breaks_a_tie_in_gain_by_the_smaller_old_drop():
-    outcomes = [outcome(new_gain=0.1, old_drop=0.015), outcome(new_gain=0.1, old_drop=0.005)]
+    outcomes = [outcome(new_gain=0.1, old_drop=0.008), outcome(new_gain=0.1, old_drop=0.005)]
     assert best_outcome(outcomes, TOLERANCE) == 1
 
 

@@ -86,7 +86,7 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
         new_sample = new.subset(_some(len(new), rng))
         inputs = mmd_permutation_test(embeddings(run, old_sample), embeddings(run, new_sample), seed=seed)
         evidence.append(Evidence(
-            "inputs", inputs.p_value < ALPHA,
+            "inputs", bool(inputs.p_value < ALPHA),
             f"the model's representation of the new inputs {'differs from' if inputs.p_value < ALPHA else 'matches'}"
             f" the training sample's (MMD {inputs.statistic:.4g}, p = {inputs.p_value:.3g}, "
             f"{inputs.detail['n_reference']} vs {inputs.detail['n_new']} examples)",
@@ -142,7 +142,7 @@ def _label_evidence(test: TestResult, new_classes: list[str]) -> Evidence:
     moved = sorted(shares.items(), key=lambda kv: -abs(kv[1]["new"] - kv[1]["reference"]))[:3]
     listed = ", ".join(f"{name} {s['reference']:.1%} -> {s['new']:.1%}" for name, s in moved)
     unseen = f"; classes the model has never seen: {', '.join(new_classes)}" if new_classes else ""
-    shifted = test.p_value < ALPHA or bool(new_classes)
+    shifted = bool(test.p_value < ALPHA or new_classes)
     return Evidence("labels", shifted,
                     f"label shares {'moved' if shifted else 'match'} (chi-squared {test.statistic:.4g}, "
                     f"df {test.detail.get('df')}, p = {test.p_value:.3g}; most moved: {listed}){unseen}",
@@ -153,16 +153,16 @@ def _target_shift(replay: Examples, new: Examples, seed: int) -> Evidence:
     old = np.asarray(replay.targets, dtype=np.float64)
     now = np.asarray(new.targets, dtype=np.float64)
     test = mmd_permutation_test(old, now, seed=seed)
-    shifted = test.p_value < ALPHA
+    shifted = bool(test.p_value < ALPHA)
     return Evidence("labels", shifted, f"target values {'moved' if shifted else 'match'}: mean {old.mean():.4g} -> "
                     f"{now.mean():.4g}, std {old.std():.4g} -> {now.std():.4g} (MMD p = {test.p_value:.3g})",
-                    test.statistic, test.p_value, {"old_mean": old.mean(), "new_mean": now.mean()})
+                    test.statistic, test.p_value, {"old_mean": float(old.mean()), "new_mean": float(now.mean())})
 
 
 def _confidence(run, holdout: Examples, new: Examples) -> Evidence:
     before = float(predict_examples(run, holdout).probabilities.max(1).mean())
     now = float(predict_examples(run, new).probabilities.max(1).mean())
-    shifted = before - now > CONFIDENCE_DROP
+    shifted = bool(before - now > CONFIDENCE_DROP)
     return Evidence("confidence", shifted, f"mean confidence {now:.3f} on the new data against {before:.3f} on the "
                     "holdout" + (" (lower: the model is less sure of the new inputs)" if shifted else ""),
                     details={"holdout": before, "new": now})
@@ -171,11 +171,12 @@ def _confidence(run, holdout: Examples, new: Examples) -> Evidence:
 def _performance(run, holdout: Examples, new: Examples, regression: bool) -> Evidence:
     before, now = example_scores(run, holdout), example_scores(run, new)
     if regression:
-        worse = float(-now.mean()) > 1.1 * float(-before.mean())
+        worse = bool(-now.mean() > 1.1 * -before.mean())
         return Evidence("error", worse, f"mean absolute error {-now.mean():.4g} on the new data against "
-                        f"{-before.mean():.4g} on the holdout", details={"holdout": -before.mean(), "new": -now.mean()})
+                        f"{-before.mean():.4g} on the holdout",
+                        details={"holdout": float(-before.mean()), "new": float(-now.mean())})
     test = two_proportion_test(int(before.sum()), len(before), int(now.sum()), len(now))
-    worse = test.p_value < ALPHA and now.mean() < before.mean()
+    worse = bool(test.p_value < ALPHA and now.mean() < before.mean())
     return Evidence("accuracy", worse, f"accuracy {now.mean():.3f} on the new data against {before.mean():.3f} on the "
                     f"holdout (p = {test.p_value:.3g})", test.statistic, test.p_value,
                     {"holdout": float(before.mean()), "new": float(now.mean())})

@@ -55,7 +55,7 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
     a constant answer's scores on the new holdout, ``new_chance``)."""
     what = "mean absolute error" if regression else "accuracy"
     gain = paired_bootstrap(new_candidate, new_production, seed=seed, confidence=CONFIDENCE)
-    beats_noise = gain.low > 0
+    beats_noise = bool(gain.low > 0)
     new_numbers = {"n": gain.n, "candidate": _shown(new_candidate, regression),
                    "production": _shown(new_production, regression), **_signed(gain.to_dict(), regression)}
     change = "lower by" if regression else "gain"
@@ -75,7 +75,7 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
                        "production": _shown(old_production, regression), "drop": drop, "allowed": allowed,
                        **_signed(kept.to_dict(), regression)}
         checks.append(GateCheck(
-            "old data kept", drop <= allowed,
+            "old data kept", bool(drop <= allowed),
             f"old holdout ({kept.n} examples): {what} {old_numbers['candidate']:.4f} against production's "
             f"{old_numbers['production']:.4f}, a loss of {drop:+.4f} (allowed {allowed:.4f}; {CONFIDENCE:.0%} CI of "
             f"the change {kept.low:+.4f} to {kept.high:+.4f})", old_numbers))
@@ -85,12 +85,12 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
         learned = paired_bootstrap(new_candidate, new_chance, seed=seed, confidence=CONFIDENCE)
         chance = _shown(new_chance, regression)
         checks.append(GateCheck(
-            "better than chance", learned.low > 0,
+            "better than chance", bool(learned.low > 0),
             f"new holdout: {what} {new_numbers['candidate']:.4f} against {chance:.4f} for always giving the most "
             f"common answer ({CONFIDENCE:.0%} CI of the difference {learned.low:+.4f} to {learned.high:+.4f})"
             + ("" if learned.low > 0 else ": the update learned nothing beyond the label shares"),
             {"chance": chance, **_signed(learned.to_dict(), regression)}))
-    return GateDecision(all(check.passed for check in checks), checks, tolerance)
+    return GateDecision(bool(all(check.passed for check in checks)), checks, tolerance)
 
 
 def _shown(scores: np.ndarray, regression: bool) -> float:

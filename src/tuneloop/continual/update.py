@@ -187,7 +187,7 @@ def _search(store: Workspace, parent: ModelVersion, production: Run, options: di
         trials.append(UpdateTrial(number, knobs, why, run.id, outcome, seconds))
         runs.append(run)
         store.end_trial(study_id, number, status="completed", run_id=run.id, value=run.metrics[f"val_{metric}"],
-                        diagnosis="forgetting" if outcome.old_drop > tolerance else "kept",
+                        diagnosis="forgetting" if outcome.forgot(tolerance) else "kept",
                         summary=f"new data {outcome.new_gain:+.4f}, old data {-outcome.old_drop:+.4f}",
                         evidence={"new_gain": outcome.new_gain, "old_drop": outcome.old_drop, **knobs.__dict__},
                         seconds=seconds)
