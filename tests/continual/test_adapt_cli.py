@@ -259,3 +259,12 @@ def test_fit_can_start_from_a_saved_text_run(tiny_model, tmp_path):
                   workspace=tmp_path / "ws", epochs=1, trainable_layers=1)
     assert run.classes == ["neg", "neutral", "pos"], "a fit (not an update) takes the data's classes, sorted"
     assert api.load_run(run.id, tmp_path / "ws").predict_texts(["good great"]).labels[0] in run.classes
+
+
+def test_a_registered_study_winner_records_its_study(digit_tables, tmp_path):
+    workspace = tmp_path / "ws"
+    study = api.tune(digit_tables["old"], budget="2trials", workspace=workspace, seed_check=False,
+                     recipe=Recipe(epochs=5, learning_rate=1e-3))
+    version = versions.register("digits", study.best_run.id, workspace=workspace)
+    assert version.lineage["study"] == study.study_id
+    assert version.lineage["run"] == study.best_run.id and version.lineage["recipe"]["epochs"] >= 1

@@ -78,7 +78,7 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
             "old data kept", bool(drop <= allowed),
             f"old holdout ({kept.n} examples): {what} {old_numbers['candidate']:.4f} against production's "
             f"{old_numbers['production']:.4f}, a loss of {drop:+.4f} (allowed {allowed:.4f}; {CONFIDENCE:.0%} CI of "
-            f"the change {kept.low:+.4f} to {kept.high:+.4f})", old_numbers))
+            f"the loss {-kept.high:+.4f} to {-kept.low:+.4f})", old_numbers))
     else:
         checks.append(GateCheck("old data kept", True, "no old holdout kept: nothing to compare", {"n": 0}))
     if new_chance is not None:
@@ -86,8 +86,9 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
         chance = _shown(new_chance, regression)
         checks.append(GateCheck(
             "better than chance", bool(learned.low > 0),
-            f"new holdout: {what} {new_numbers['candidate']:.4f} against {chance:.4f} for always giving the most "
-            f"common answer ({CONFIDENCE:.0%} CI of the difference {learned.low:+.4f} to {learned.high:+.4f})"
+            f"new holdout: {what} {new_numbers['candidate']:.4f} against {chance:.4f} for always answering "
+            f"{'the median' if regression else 'the most common class'} ({CONFIDENCE:.0%} CI of the difference "
+            f"{learned.low:+.4f} to {learned.high:+.4f})"
             + ("" if learned.low > 0 else ": the update learned nothing beyond the label shares"),
             {"chance": chance, **_signed(learned.to_dict(), regression)}))
     return GateDecision(bool(all(check.passed for check in checks)), checks, tolerance)

@@ -68,8 +68,8 @@ def next_knobs(outcomes: list[UpdateOutcome], tolerance: float) -> tuple[UpdateK
             change = "replay at its cap, learning rate halved"
         if more == knobs:
             return None
-        return more, (f"forgetting: the old data's score fell {last.old_drop:.4f} (the search allows "
-                      f"{tolerance * SEARCH_MARGIN:.4f}, half the tolerance) -> {change}, L2-SP {knobs.l2sp:.2g} -> "
+        return more, (f"forgetting: the old data's score fell {last.old_drop:.4g} (the search allows "
+                      f"{tolerance * SEARCH_MARGIN:.4g}, half the tolerance) -> {change}, L2-SP {knobs.l2sp:.2g} -> "
                       f"{more.l2sp:.2g}")
     if last.best_epoch_was_last and knobs.epochs < MAX_EPOCHS:
         longer = replace(knobs, epochs=min(MAX_EPOCHS, knobs.epochs * 2))

@@ -139,9 +139,9 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
         first = first_knobs(learning_rate or production.recipe.learning_rate, epochs or production.recipe.epochs)
         first = UpdateKnobs(first.learning_rate, first.epochs, first.replay_ratio if replay_ratio is None
                             else replay_ratio, first.l2sp if l2sp is None else l2sp)
-        study_id, trials, runs = _search(store, parent, production, options, parts, first, limits, tolerance, seed,
-                                         callbacks)
-        best = best_outcome([t.outcome for t in trials], tolerance)
+        study_id, trials, runs, allowed = _search(store, parent, production, options, parts, first, limits,
+                                                  tolerance, seed, callbacks)
+        best = best_outcome([t.outcome for t in trials], allowed)
         chosen = runs[best]
         decision = gate_decision(chosen, production, parts.gate_new, parts.gate_old, tolerance)
         version = _register_update(store, registry, parent, chosen, trials[best], study_id, new, new_classes,
@@ -159,12 +159,16 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
 
 def _search(store: Workspace, parent: ModelVersion, production: Run, options: dict, parts: UpdateData,
             knobs: UpdateKnobs, limits: Budget, tolerance: float, seed: int, callbacks: Sequence[Callback]
-            ) -> tuple[str, list[UpdateTrial], list[Run]]:
+            ) -> tuple[str, list[UpdateTrial], list[Run], float]:
     """The update's trials, each scored against production on new and old validation data, the policy
-    choosing the next knobs, until the budget is spent or the policy stops; recorded as a study."""
+    choosing the next knobs, until the budget is spent or the policy stops; recorded as a study. Also
+    returns the tolerance in score units."""
     classification = not is_regressor(production)
     baseline_new = float(np.mean(example_scores(production, parts.new_val)))
     baseline_old = float(np.mean(example_scores(production, parts.old_val)))
+    # The policy reads the tolerance in score units, as the gate does: accuracy points, or for a regressor
+    # a share of production's mean absolute error.
+    allowed = tolerance if classification else tolerance * abs(baseline_old)
     metric = production.recipe.for_objective("classification" if classification else "regression").metric
     study_id = new_study_id()
     store.create_study(study_id, "adapt", metric, {"name": parent.name, "parent": parent.version,
@@ -187,18 +191,18 @@ def _search(store: Workspace, parent: ModelVersion, production: Run, options: di
         trials.append(UpdateTrial(number, knobs, why, run.id, outcome, seconds))
         runs.append(run)
         store.end_trial(study_id, number, status="completed", run_id=run.id, value=run.metrics[f"val_{metric}"],
-                        diagnosis="forgetting" if outcome.forgot(tolerance) else "kept",
+                        diagnosis="forgetting" if outcome.forgot(allowed) else "kept",
                         summary=f"new data {outcome.new_gain:+.4f}, old data {-outcome.old_drop:+.4f}",
                         evidence={"new_gain": outcome.new_gain, "old_drop": outcome.old_drop, **knobs.__dict__},
                         seconds=seconds)
         spent = time.perf_counter() - started
         if (limits.trials and len(trials) >= limits.trials) or (limits.seconds and spent >= limits.seconds):
             store.finish_study(study_id, "budget spent")
-            return study_id, trials, runs
-        proposal = next_knobs([t.outcome for t in trials], tolerance)
+            return study_id, trials, runs, allowed
+        proposal = next_knobs([t.outcome for t in trials], allowed)
         if proposal is None:
             store.finish_study(study_id, "converged")
-            return study_id, trials, runs
+            return study_id, trials, runs, allowed
         knobs, why = proposal
 
 

@@ -77,7 +77,8 @@ def register(name: str, run: str, *, workspace: str | os.PathLike | None = None,
         lineage = {"run": record.id, "kind": record.task, "backbone": record.backbone,
                    "train_source": record.train_source, "val_source": record.val_source,
                    "train_fingerprint": record.train_fingerprint, "val_fingerprint": record.val_fingerprint,
-                   "recipe": record.recipe, "data_options": record.data_options or {}}
+                   "recipe": record.recipe, "data_options": record.data_options or {},
+                   "study": store.study_of(record.id)}
 
         def fill(folder: Path) -> None:
             save_examples(bounded_sample(train, replay_size, 0, classification), folder, "replay")

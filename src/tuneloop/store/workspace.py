@@ -359,6 +359,11 @@ class Workspace:
         return [{**dict(r), "recipe": json.loads(r["recipe"]), "evidence": json.loads(r["evidence"] or "{}")}
                 for r in rows]
 
+    def study_of(self, run_id: str) -> str | None:
+        """The study whose trial trained ``run_id``, or None for a run of its own (``fit``)."""
+        row = self._db.execute("SELECT study_id FROM tuneloop_trials WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
+        return row[0] if row else None
+
     def studies(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM tuneloop_studies ORDER BY created_at").fetchall()
         return [{**dict(r), "options": json.loads(r["options"])} for r in rows]
