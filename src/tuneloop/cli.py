@@ -102,7 +102,8 @@ def _training_data(parser: argparse.ArgumentParser) -> None:
                         help="images: the side they are resized to [their most common size; >= 64 for EfficientNet]")
     parser.add_argument("--model", metavar="PATH",
                         help="texts: a local Hugging Face model folder [packaged all-MiniLM-L6-v2]; images: "
-                             "efficientnet-lite0 [default], small-cnn, or a saved image run's model folder")
+                             "efficientnet-lite0 [default], small-cnn; any kind: a saved run's model folder "
+                             "to continue from (its head keeps the rows of the classes it shares with the data)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,6 +75,8 @@ def add_commands(commands: argparse._SubParsersAction, common, recipe_free_data)
                        help="register the update as a candidate and stop, whatever the gate says")
     adapt.add_argument("--force", action="store_true", help="promote even if the gate refuses (needs --reason)")
     adapt.add_argument("--reason", help="why a forced promotion: recorded with the version")
+    adapt.add_argument("--holdout-fraction", type=float, default=0.25,
+                       help="share of the new data held out for the gate alone [0.25]")
     adapt.add_argument("--seed", type=int, default=0, help="seed of the splits and the replay draw [0]")
     common(adapt)
 
@@ -192,7 +194,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     result = adapt(args.name, args.data, workspace=args.workspace, budget=args.budget, promote=args.promote,
                    force=args.force, reason=args.reason, text_col=args.text_col, label_col=args.label_col,
                    image_col=args.image_col, learning_rate=args.learning_rate, epochs=args.epochs,
-                   replay_ratio=args.replay_ratio, l2sp=args.l2sp, seed=args.seed, callbacks=callbacks,
+                   replay_ratio=args.replay_ratio, l2sp=args.l2sp, holdout_fraction=args.holdout_fraction,
+                   seed=args.seed, callbacks=callbacks,
                    **_tolerance(args))
     _emit(args, result.to_dict())
     if not args.json:
