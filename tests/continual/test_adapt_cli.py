@@ -194,6 +194,8 @@ def test_registering_a_run_whose_data_has_changed_is_refused(digit_tables, tmp_p
     data.write_text(digit_tables["more_old"].read_text())
     with pytest.raises(DataError, match="has changed"):
         versions.register("digits", run.id, workspace=workspace)
+    with pytest.raises(DataError, match="not the data run"):
+        versions.register("digits", run.id, workspace=workspace, data=digit_tables["more_old"])
     version = versions.register("digits", run.id, workspace=workspace, data=digit_tables["old"])
     assert version.version == 1
 
@@ -268,3 +270,28 @@ def test_a_registered_study_winner_records_its_study(digit_tables, tmp_path):
     version = versions.register("digits", study.best_run.id, workspace=workspace)
     assert version.lineage["study"] == study.study_id
     assert version.lineage["run"] == study.best_run.id and version.lineage["recipe"]["epochs"] >= 1
+
+
+def test_updates_chain_each_keeping_what_came_before(tmp_path):
+    """Digits 0-3, then 4-6, then 7-9: the third version knows all ten, and its kept samples hold them all."""
+    frame = sklearn_datasets.load_digits(as_frame=True).frame.sample(frac=1, random_state=1).reset_index(drop=True)
+    frame["target"] = frame["target"].map(lambda d: f"d{d}")
+    parts = {}
+    for name, digits in (("a", range(0, 4)), ("b", range(4, 7)), ("c", range(7, 10))):
+        parts[name] = tmp_path / f"{name}.csv"
+        frame[frame.target.isin([f"d{i}" for i in digits])].to_csv(parts[name], index=False)
+    workspace = tmp_path / "ws"
+    run = api.fit(parts["a"], workspace=workspace, epochs=20, learning_rate=1e-3, patience=5)
+    versions.register("digits", run.id, workspace=workspace)
+    versions.promote("digits:1", workspace=workspace)
+    second = adapt("digits", parts["b"], workspace=workspace, tolerance=0.05)
+    third = adapt("digits", parts["c"], workspace=workspace, tolerance=0.05)
+    assert (second.promoted, third.promoted) == (True, True), (second.decision.to_dict(), third.decision.to_dict())
+    assert third.parent.ref == "digits:2" and third.version.parent == 2
+    with Workspace.open(workspace) as store:
+        final = versions.version_run(store, third.version)
+        replay = json.loads((third.version.folder / "replay.json").read_text())
+        holdout = json.loads((third.version.folder / "holdout.json").read_text())
+    assert final.classes == [f"d{i}" for i in range(10)]
+    assert set(replay["targets"]) == set(final.classes) and set(holdout["targets"]) == set(final.classes)
+    assert api.evaluate(final, parts["a"]).metrics["accuracy"] > 0.9, "the first digits survive two updates"

@@ -104,10 +104,12 @@ def _run_examples(record: RunRecord, data: Any, val: Any) -> tuple[Examples, Exa
                      label_col=options.get("label_col"), model=model, val_fraction=options.get("val_fraction", 0.2),
                      seed=options.get("seed", record.recipe.get("seed", 0)), image_col=options.get("image_col"),
                      image_size=options.get("image_size"))
-    if data is None and (task.train.fingerprint(), task.val.fingerprint()) != (record.train_fingerprint,
-                                                                                record.val_fingerprint):
-        raise DataError(f"{record.train_source} has changed since run {record.id} read it (its fingerprint "
-                        "differs): give the data it was trained on with --data (and --val).")
+    if (task.train.fingerprint(), task.val.fingerprint()) != (record.train_fingerprint, record.val_fingerprint):
+        if data is None:
+            raise DataError(f"{record.train_source} has changed since run {record.id} read it (its fingerprint "
+                            "differs): give the data it was trained on with --data (and --val).")
+        raise DataError(f"{getattr(data, 'source', data)}: not the data run {record.id} was trained and validated "
+                        "on (the fingerprints differ); the registry keeps a sample of exactly that data.")
     return task.train, task.val
 
 
