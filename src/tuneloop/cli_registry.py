@@ -219,11 +219,9 @@ def _print_gate(decision) -> None:
 
 
 def _scores(metrics: dict[str, Any]) -> str:
-    if "val_rmse" in metrics:
-        return f"val RMSE {metrics['val_rmse']:.4g}"
-    if "val_accuracy" in metrics:
-        return f"val accuracy {metrics['val_accuracy']:.4f}"
-    return ""
+    from tuneloop.cli import scores_in_words  # imported here: cli imports this module
+
+    return f"val {scores_in_words(metrics)}" if metrics else ""
 
 
 COMMANDS = {"registry": cmd_registry, "drift": cmd_drift, "adapt": cmd_adapt}

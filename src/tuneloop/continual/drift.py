@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.api import Predictions
 from tuneloop.continual.samples import Examples, class_labels, load_examples
 from tuneloop.continual.scoring import embeddings, example_scores, is_regressor, predict_examples, read_like
 from tuneloop.continual.stats import TestResult, chi_squared_homogeneity, mmd_permutation_test, two_proportion_test
@@ -91,10 +92,11 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
             f" the training sample's (MMD {inputs.statistic:.4g}, p = {inputs.p_value:.3g}, "
             f"{inputs.detail['n_reference']} vs {inputs.detail['n_new']} examples)",
             inputs.statistic, inputs.p_value, inputs.detail))
+        predicted = {"holdout": predict_examples(run, holdout), "new": predict_examples(run, new)}
         if not regression:
-            evidence.append(_confidence(run, holdout, new))
+            evidence.append(_confidence(predicted["holdout"], predicted["new"]))
         if has_labels:
-            evidence.append(_performance(run, holdout, new, regression))
+            evidence.append(_performance(run, holdout, new, regression, predicted))
     verdict, recommendation = verdict_for(evidence, new_classes, version.ref, has_labels)
     return DriftReport(version.ref, len(new), evidence, new_classes, verdict, recommendation)
 
@@ -159,17 +161,19 @@ def _target_shift(replay: Examples, new: Examples, seed: int) -> Evidence:
                     test.statistic, test.p_value, {"old_mean": float(old.mean()), "new_mean": float(now.mean())})
 
 
-def _confidence(run, holdout: Examples, new: Examples) -> Evidence:
-    before = float(predict_examples(run, holdout).probabilities.max(1).mean())
-    now = float(predict_examples(run, new).probabilities.max(1).mean())
+def _confidence(holdout: Predictions, new: Predictions) -> Evidence:
+    before = float(holdout.probabilities.max(1).mean())
+    now = float(new.probabilities.max(1).mean())
     shifted = bool(before - now > CONFIDENCE_DROP)
     return Evidence("confidence", shifted, f"mean confidence {now:.3f} on the new data against {before:.3f} on the "
                     "holdout" + (" (lower: the model is less sure of the new inputs)" if shifted else ""),
                     details={"holdout": before, "new": now})
 
 
-def _performance(run, holdout: Examples, new: Examples, regression: bool) -> Evidence:
-    before, now = example_scores(run, holdout), example_scores(run, new)
+def _performance(run, holdout: Examples, new: Examples, regression: bool,
+                 predicted: dict[str, Predictions]) -> Evidence:
+    before = example_scores(run, holdout, predicted["holdout"])
+    now = example_scores(run, new, predicted["new"])
     if regression:
         worse = bool(-now.mean() > 1.1 * -before.mean())
         return Evidence("error", worse, f"mean absolute error {-now.mean():.4g} on the new data against "

@@ -57,7 +57,7 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
     gain = paired_bootstrap(new_candidate, new_production, seed=seed, confidence=CONFIDENCE)
     beats_noise = bool(gain.low > 0)
     new_numbers = {"n": gain.n, "candidate": _shown(new_candidate, regression),
-                   "production": _shown(new_production, regression), **_signed(gain.to_dict(), regression)}
+                   "production": _shown(new_production, regression), **_interval(gain.to_dict())}
     change = "lower by" if regression else "gain"
     new_check = GateCheck(
         "new data gain", beats_noise,
@@ -73,7 +73,7 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
         allowed = tolerance * abs(production_mean) if regression else tolerance
         old_numbers = {"n": kept.n, "candidate": _shown(old_candidate, regression),
                        "production": _shown(old_production, regression), "drop": drop, "allowed": allowed,
-                       **_signed(kept.to_dict(), regression)}
+                       **_interval(kept.to_dict())}
         checks.append(GateCheck(
             "old data kept", bool(drop <= allowed),
             f"old holdout ({kept.n} examples): {what} {old_numbers['candidate']:.4f} against production's "
@@ -90,7 +90,7 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
             f"{'the median' if regression else 'the most common class'} ({CONFIDENCE:.0%} CI of the difference "
             f"{learned.low:+.4f} to {learned.high:+.4f})"
             + ("" if learned.low > 0 else ": the update learned nothing beyond the label shares"),
-            {"chance": chance, **_signed(learned.to_dict(), regression)}))
+            {"chance": chance, **_interval(learned.to_dict())}))
     return GateDecision(bool(all(check.passed for check in checks)), checks, tolerance)
 
 
@@ -100,5 +100,6 @@ def _shown(scores: np.ndarray, regression: bool) -> float:
     return -mean if regression else mean
 
 
-def _signed(bootstrap: dict[str, float], regression: bool) -> dict[str, float]:
+def _interval(bootstrap: dict[str, float]) -> dict[str, float]:
+    """The mean difference and its confidence interval, of a bootstrap's summary."""
     return {key: float(value) for key, value in bootstrap.items() if key in ("difference", "low", "high")}

@@ -236,8 +236,10 @@ def _train_update(store: Workspace, production: Run, options: dict, parts: Updat
     replay, with the best epoch chosen on new and old validation data together."""
     classification = not is_regressor(production)
     wanted = 0 if replay_ratio <= 0 else round(len(parts.new_train) * replay_ratio / (1 - replay_ratio))
-    replayed = bounded_sample(parts.replay, min(wanted, len(parts.replay)), recipe.seed, classification)
-    train = concat(parts.new_train, replayed) if wanted and len(replayed) else parts.new_train
+    train = parts.new_train
+    if wanted:
+        train = concat(train, bounded_sample(parts.replay, min(wanted, len(parts.replay)), recipe.seed,
+                                             classification))
     task = load_task(train, concat(parts.new_val, parts.old_val), task=options.get("task", "auto"), text_col=None,
                      label_col=None, model=str(production.path), val_fraction=VALIDATION_FRACTION, seed=recipe.seed,
                      keep_classes=classification)

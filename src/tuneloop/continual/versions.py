@@ -50,11 +50,6 @@ class Promotion:
     decision: GateDecision | None  # None where there was no production version to compare with
 
 
-def open_registry(workspace: str | os.PathLike | None) -> tuple[Workspace, Registry]:
-    store = Workspace.open(workspace)
-    return store, Registry(store)
-
-
 def version_run(store: Workspace, version: ModelVersion) -> Run:
     """The model of a registered version."""
     record = store.resolve(version.run_id)

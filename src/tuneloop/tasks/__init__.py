@@ -21,7 +21,6 @@ from tuneloop.errors import ConfigError
 MODALITIES = ("auto", "text", "tabular", "image")
 PROSE_WORDS = 4
 LABELS_FILE = "labels.json"  # a saved run's classes, in its head's order
-MODEL_FILE = "tuneloop-model.json"  # every saved run's model folder has one (adapters write it)
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,10 @@ def saved_classes(model: str | os.PathLike | None) -> list[str] | None:
     import json
     from pathlib import Path
 
+    from tuneloop.models.hf_text import ADAPTER_FILE  # every adapter writes this file
+
     folder = Path(model) if model is not None else None
-    if folder is None or not (folder / MODEL_FILE).is_file() or not (folder / LABELS_FILE).is_file():
+    if folder is None or not (folder / ADAPTER_FILE).is_file() or not (folder / LABELS_FILE).is_file():
         return None
     return list(json.loads((folder / LABELS_FILE).read_text()))
 
