@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import re
+import time
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from tuneloop.tasks.text import TextTask
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.device import pick_device, resolve_precision
 from tuneloop.training.loop import Callback, EpochRecord, predict_outputs, predict_probabilities, train
+from tuneloop.training.loop import evaluate as evaluate_model
 from tuneloop.training.metrics import classification_metrics, confusion_matrix, roc_auc
 from tuneloop.training.objective import Regression, regression_metrics
 
@@ -244,6 +246,8 @@ class Run:
 
 
 class _RecordEpochs(Callback):
+    main_phase_only = True
+
     def __init__(self, workspace: Workspace, run_id: str):
         self.workspace, self.run_id = workspace, run_id
 
@@ -277,24 +281,40 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     for pruning: that one is recorded with its metrics and without a model (disk stays bounded).
     """
     recipe = recipe.for_objective(task.objective.name)  # the run records its concrete metric
-    torch.manual_seed(recipe.seed)  # the head's (or network's) initial weights
+    torch.manual_seed(recipe.weights_seed)  # the head's (or network's) initial weights
     device = pick_device()
     precision = training_precision(task, recipe.precision, device)
     prepared = task.prepare(recipe, device, precision, cache_features=cache_features)
-    network, trainable = prepared.network, prepared.trainable
-    train_set, val_set = prepared.train_set, prepared.val_set
+    if recipe.init_seed != -1:  # the weights came from init_seed; dropout and the rest of training from seed
+        torch.manual_seed(recipe.seed)
     adapter = get_adapter(task.adapter_name)
     run_id = store.start_run(task=task.kind, adapter=adapter.name, backbone=task.backbone,
                              train_source=task.train.source, val_source=task.val.source,
                              train_fingerprint=task.train.fingerprint(),
-                             val_fingerprint=task.val.fingerprint(), n_train=len(train_set), n_val=len(val_set),
+                             val_fingerprint=task.val.fingerprint(), n_train=len(task.train), n_val=len(task.val),
                              recipe=recipe.to_dict(), data_options=getattr(task, "data_options", None))
     try:
+        phase_seconds = 0.0
+        if prepared.first_phase is not None:  # contrastive tuning on pairs, checkpointed apart from the rest
+            phase = prepared.first_phase
+            shown = [c for c in callbacks if not c.main_phase_only]
+            part = EpochCheckpoint(checkpoint.folder / phase.name) if checkpoint is not None else None
+            phase_result = train(phase.trainable, phase.train_set, phase.val_set, phase.recipe, device, precision,
+                                 shown, part, phase.objective)
+            if phase_result.diverged:
+                raise ModelError(f"Contrastive tuning on pairs diverged (the loss became NaN or infinite) at "
+                                 f"learning rate {phase.recipe.learning_rate}.")
+            phase_seconds = phase_result.seconds
+            prepared = phase.then()
+        network, trainable = prepared.network, prepared.trainable
+        train_set, val_set = prepared.train_set, prepared.val_set
         result = train(trainable, train_set, val_set, recipe, device, precision,
                        [*callbacks, _RecordEpochs(store, run_id)], checkpoint, task.objective)
         if not result.history:
             raise ModelError(f"Training diverged in the first epoch (the loss became NaN or infinite) at learning "
                              f"rate {recipe.learning_rate}. Try a lower --learning-rate.")
+        if result.best_val_predictions is None:  # resumed past its best epoch: predict again, with its weights
+            result.best_val_predictions = predict_outputs(trainable, val_set, device, precision, task.objective)
         best = result.best
         metrics = {**{f"val_{name}": best.metric(name) for name in task.objective.metrics},
                    "val_loss": best.val_loss,
@@ -302,20 +322,15 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
                    "resumed_from_epoch": result.resumed_from_epoch,
                    "cached_inputs": prepared.cached, "not_cached": prepared.not_cached,
-                   "diverged": result.diverged, "seconds": round(result.seconds, 3), "precision": precision,
+                   "diverged": result.diverged, "seconds": round(result.seconds + phase_seconds, 3),
+                   "pairs_seconds": round(phase_seconds, 3), "precision": precision,
                    "device": device.type, **_baseline(task, val_set), **_val_roc_auc(task, result, val_set),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
         if result.stopped_by == "pruned":
             store.fail_run(run_id, f"stopped: {result.stopped_by}", status="pruned", metrics=metrics)
             return Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id)), result
 
-        def fill(folder: Path) -> None:
-            adapter.save(network, prepared.preprocessor, str(folder))
-            (folder / LABELS_FILE).write_text(json.dumps(task.classes, indent=2))
-            (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-            (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-
-        write_dir_atomic(store.artifact_dir(run_id), fill)
+        _save_model(store, run_id, adapter, network, prepared.preprocessor, task.classes, recipe, metrics)
         store.complete_run(run_id, metrics, result.best_epoch, result.seconds)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -324,6 +339,60 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
               (network.cpu().eval(), prepared.preprocessor))
     return run, result
+
+
+def _save_model(store: Workspace, run_id: str, adapter: Any, network: torch.nn.Module, preprocessor: Any,
+                classes: list[str], recipe: Recipe, metrics: dict[str, Any]) -> None:
+    """The run's model folder, written whole: weights and preprocessing, classes, recipe and metrics."""
+
+    def fill(folder: Path) -> None:
+        adapter.save(network, preprocessor, str(folder))
+        (folder / LABELS_FILE).write_text(json.dumps(classes, indent=2))
+        (folder / RECIPE_FILE).write_text(recipe.to_yaml())
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+    write_dir_atomic(store.artifact_dir(run_id), fill)
+
+
+def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe) -> tuple[Run, np.ndarray]:
+    """The uniform weight average of the models of ``run_ids`` (a model soup, Wortsman et al. 2022: runs
+    fine-tuned from the same weights average into one model, often better than each), scored on the task's
+    validation data and saved as a run of its own. Returns the run and its validation predictions."""
+    recipe = recipe.for_objective(task.objective.name)
+    members = [Run.from_dir(store.artifact_dir(run_id), run_id) for run_id in run_ids]
+    adapter = get_adapter(members[0].adapter)
+    network, preprocessor = adapter.load(str(members[0].path))
+    states = [network.state_dict()] + [adapter.load(str(m.path))[0].state_dict() for m in members[1:]]
+    averaged = {name: torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)
+                if tensor.is_floating_point() else tensor for name, tensor in states[0].items()}
+    network.load_state_dict(averaged)
+    device = pick_device()
+    precision = training_precision(task, recipe.precision, device)
+    started = time.perf_counter()
+    # The validation examples as the saved model reads them (token ids, pixels, rows): nothing cached.
+    val_set = task.prepare(recipe.replace(lora_rank=0, contrastive=0), device, precision,
+                           cache_features=False).val_set
+    scored = evaluate_model(network, val_set, device, precision, task.objective)
+    metrics = {**{f"val_{name}": value for name, value in scored.metrics.items()}, "val_loss": scored.loss,
+               "soup_of": list(run_ids), "seconds": round(time.perf_counter() - started, 3),
+               "precision": precision, "device": device.type, **_baseline(task, val_set)}
+    if task.objective.name == "classification":
+        area = roc_auc(np.asarray(val_set.label_ids), scored.probabilities)
+        metrics.update({} if area is None else {"val_roc_auc": area})
+    run_id = store.start_run(task=task.kind, adapter=adapter.name, backbone=task.backbone,
+                             train_source=task.train.source, val_source=task.val.source,
+                             train_fingerprint=task.train.fingerprint(), val_fingerprint=task.val.fingerprint(),
+                             n_train=len(task.train), n_val=len(val_set), recipe=recipe.to_dict(),
+                             data_options=getattr(task, "data_options", None))
+    try:
+        _save_model(store, run_id, adapter, network, preprocessor, task.classes, recipe, metrics)
+        store.complete_run(run_id, metrics, None, metrics["seconds"])
+    except BaseException as exc:
+        store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip())
+        raise
+    run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, [],
+              (network.cpu().eval(), preprocessor))
+    return run, scored.probabilities
 
 
 def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None = None,
@@ -501,6 +570,7 @@ class TuneResult:
             "seed_check": self.seed_check.to_dict() if self.seed_check else None,
             "trials": [{"number": t.number, "status": t.status, "run": t.run_id, "value": t.value,
                         "recipe": t.recipe.to_dict(), "reason": t.reason, "seconds": round(t.seconds, 1),
+                        "parent": t.parent, "no_effect": t.no_effect or None,
                         "diagnosis": t.diagnosis.label if t.diagnosis else None,
                         "diagnosis_summary": t.diagnosis.summary if t.diagnosis else None} for t in self.trials],
         }
@@ -512,18 +582,23 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
          text_col: str | None = None, label_col: str | None = None, image_col: str | None = None,
          image_size: int | None = None, model: str | None = None,
          recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
-         name: str | None = None, resume: str | None = None, seed_check: bool = True,
+         name: str | None = None, resume: str | None = None, seed_check: bool = True, plateau: int | None = None,
          callbacks: Sequence[Any] = ()) -> TuneResult:
     """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
 
-    ``resume`` continues a study by id with the data and options it was started with: finished trials are
-    not re-run, interrupted ones are, and the time budget counts what was already spent. With ``seed_check``
-    the top two recipes are re-run with two more seeds before the best is chosen (within the time budget;
-    not counted in a trial budget). ``task`` is "text", "tabular" or "auto", as for ``fit``.
+    ``budget`` is wall time from this call (reading the data, the range test and building caches count) or a
+    number of search trials. ``resume`` continues a study by id with the data and options it was started
+    with: finished trials are not re-run, interrupted ones are, and the time budget counts what was already
+    spent. With ``seed_check`` the top two recipes are re-run with other seeds before the best is chosen,
+    where that can change the answer (within a quarter of the budget), and their runs' weight average is
+    handed back where it scores higher. ``plateau`` trials without a gain beyond validation noise end the
+    study (0: never; default: 4 for the guided strategy, never for the others). ``task`` is "text",
+    "tabular" or "auto", as for ``fit``.
     """
-    from tuneloop.tuning.strategies import GuidedStrategy, make_strategy
+    from tuneloop.tuning.strategies import DataFacts, GuidedStrategy, make_strategy
     from tuneloop.tuning.study import Budget, check_study_options, new_study_id, run_study
 
+    started = time.monotonic()
     if resume is not None:
         with Workspace.open(workspace) as store:
             row = store.claim_study(resume)
@@ -534,7 +609,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
         if data is None:
             raise ConfigError(["tune needs a data file, or --resume STUDY to continue a study."])
         base = recipe or Recipe()
-        problems = option_problems(base, val_fraction) + check_study_options(strategy, prune, target)
+        problems = option_problems(base, val_fraction) + check_study_options(strategy, prune, target, plateau)
         if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
             problems.append(f"The 'name' parameter must be letters, digits, '_', '.', '-' (at most 64). "
                             f"Got {name!r} instead.")
@@ -547,7 +622,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
         options = {"data": _as_path(data), "val": _as_path(val) if val is not None else None, "budget": budget,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
                    "label_col": label_col, "image_col": image_col, "image_size": image_size, "model": model,
-                   "recipe": base.to_dict(), "val_fraction": val_fraction,
+                   "recipe": base.to_dict(), "val_fraction": val_fraction, "plateau": plateau,
                    "seed_check": seed_check, "task": modality_of(data, task, text_col, image_col)}
         if isinstance(data, (TextExamples, TableExamples)) or isinstance(val, (TextExamples, TableExamples)):
             options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
@@ -562,7 +637,8 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     task = loaded
     base = base.for_objective(task.objective.name)
     num_layers = _num_layers(loaded.backbone) if modality == "text" else getattr(task, "num_layers", None)
-    plan = make_strategy(options["strategy"], num_layers, task.family)
+    facts = DataFacts(num_layers, len(task.train), _smallest_class(task))
+    plan = make_strategy(options["strategy"], num_layers, task.family, facts, options.get("plateau"))
 
     with Workspace.open(workspace, create=True) as store:
         if isinstance(task, (TextTask, ImageTask)):  # frozen-layer outputs, shared with later studies
@@ -578,13 +654,32 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
             return train_run(store, task, trial_recipe, training_callbacks,
                              EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
 
+        def soup_trial(run_ids: list[str], soup_recipe: Recipe):
+            return soup_run(store, task, run_ids, soup_recipe)
+
+        # The budget counts from this call: reading the data, the range test and the first caches are spent
+        # from it like any trial's time (recorded with the study, so a resumed one counts them too).
+        setup = time.monotonic() - started
+        store.add_spent(study_id, setup)
         result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
                            target=options["target"], prune=options["prune"], train_trial=train_trial,
-                           callbacks=callbacks, spent_before=spent_before,
-                           seed_check=options.get("seed_check", True))
+                           callbacks=callbacks, spent_before=spent_before + setup,
+                           seed_check=options.get("seed_check", True), soup_trial=soup_trial,
+                           shares_start=task.starts_pretrained and base.init == "pretrained")
     best_run = load_run(result.best.run_id, workspace) if result.best else None
     return TuneResult(study_id, best_run, result.trials, result.stop_reason, result.spent_seconds,
                       result.seed_check)
+
+
+def _smallest_class(task: Any) -> int | None:
+    """Training examples of the rarest class (None for a regressor)."""
+    if task.objective.name != "classification":
+        return None
+    labels = task.train.labels if hasattr(task.train, "labels") else None
+    if labels is None:
+        return None
+    _, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
+    return int(counts.min()) if len(counts) else None
 
 
 def _as_path(value: Any) -> Any:
@@ -634,6 +729,8 @@ def _first_rate_from_range_test(plan, task: TextTask, base: Recipe) -> None:
 
 
 def _find_on(task: TextTask | TableTask, recipe: Recipe, finder):
+    """The range test of ``recipe`` on ``task`` (of a recipe with contrastive tuning: on the untuned encoder)."""
+    recipe = recipe.replace(contrastive=0)
     torch.manual_seed(recipe.seed)
     device = pick_device()
     precision = training_precision(task, recipe.precision, device)

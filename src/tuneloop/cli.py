@@ -44,6 +44,8 @@ RECIPE_HELP = {
     "patience": "epochs without gain before stopping early (0 = off)",
     "metric": "validation metric for early stopping and the best epoch (auto: macro_f1, or rmse for regression)",
     "precision": "auto uses bf16 where the CPU or GPU computes it natively", "seed": "random seed",
+    "contrastive": "texts: tune the encoder on this many pairs per example first (SetFit; 0 = off)",
+    "init_seed": "seed of the head's initial weights (-1: the seed)",
 }
 
 
@@ -152,8 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--prune", default="median", choices=("median", "asha", "none"),
                       help="stop unpromising trials early [median]")
     tune.add_argument("--name", help="study name [study-<time>]")
+    tune.add_argument("--plateau", type=int, metavar="N",
+                      help="stop after N trials without a gain beyond validation noise, 0 = never (with more "
+                           "than a fifth of the budget left, only once the larger moves are tried) [guided: 4; "
+                           "grid, random, bayes: 0]")
     tune.add_argument("--no-seed-check", dest="seed_check", action="store_false",
-                      help="skip re-running the top two recipes with two more seeds before choosing the best")
+                      help="skip re-running the top two recipes with other seeds (where they are within "
+                           "validation noise of each other) before choosing the best")
     tune.add_argument("--resume", metavar="STUDY",
                       help="continue an interrupted study with its own data and options")
     _common(tune)
@@ -295,7 +302,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       target=args.target, prune=args.prune, text_col=args.text_col, label_col=args.label_col,
                       image_col=args.image_col, image_size=args.image_size, model=args.model,
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
-                      name=args.name, resume=args.resume, seed_check=args.seed_check, callbacks=callbacks)
+                      name=args.name, resume=args.resume, seed_check=args.seed_check, plateau=args.plateau,
+                      callbacks=callbacks)
     payload = result.to_dict()
     _emit(args, payload)
     if args.json:

@@ -77,7 +77,9 @@ class Recipe:
     patience: int = 2
     metric: str = "auto"
     precision: str = "auto"
+    contrastive: int = 0
     seed: int = 42
+    init_seed: int = -1
 
     def problems(self) -> list[str]:
         """Every invalid value, each named with its allowed range and the value received."""
@@ -140,7 +142,17 @@ class Recipe:
         check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0 (0 turns early stopping off)")
         check("metric", self.metric in METRICS, f"one of {', '.join(METRICS)}")
         check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        check("contrastive", is_int(self.contrastive) and 0 <= self.contrastive <= 1000,
+              "an int in the range [0, 1000] (pairs per training example; 0 turns it off)")
+        if is_int(self.contrastive) and self.contrastive > 0 and self.init == "scratch":
+            found.append("Contrastive tuning (contrastive > 0) tunes a pretrained encoder, but init is 'scratch'. "
+                         "Set init to 'pretrained', or contrastive to 0.")
+        if is_int(self.contrastive) and self.contrastive > 0 and is_int(self.lora_rank) and self.lora_rank > 0:
+            found.append("Contrastive tuning (contrastive > 0) tunes the encoder's own weights; it does not combine "
+                         "with LoRA (lora_rank > 0). Set one of them to 0.")
         check("seed", is_int(self.seed) and 0 <= self.seed < 2**32, "an int in the range [0, 2**32)")
+        check("init_seed", is_int(self.init_seed) and -1 <= self.init_seed < 2**32,
+              "-1 (the same as seed) or an int in the range [0, 2**32)")
         return found
 
     def validate(self) -> Recipe:
@@ -161,6 +173,11 @@ class Recipe:
         if self.metric != "auto":
             return self
         return self.replace(metric="macro_f1" if objective == "classification" else "rmse")
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed of the new layers' initial weights."""
+        return self.seed if self.init_seed == -1 else self.init_seed
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)

@@ -22,10 +22,11 @@ SECTIONS = ("Learning curves", "Decision timeline", "Trials", "Parameter importa
 
 @pytest.fixture(scope="module")
 def study(tiny_model, tmp_path_factory):
-    """A guided 3-trial study with its seed check (4 re-runs, none pruned), on the tiny model: seconds."""
+    """A guided study of up to 8 trials with its seed check (a re-run of each of the top two), on the tiny
+    model: seconds."""
     folder = tmp_path_factory.mktemp("report")
     data = write_csv(folder / "train.csv", ["text", "label"], sentiment_rows(40))
-    result = api.tune(data, model=str(tiny_model), workspace=folder / "ws", name="s1", budget="3trials",
+    result = api.tune(data, model=str(tiny_model), workspace=folder / "ws", name="s1", budget="8trials",
                       recipe=Recipe(epochs=2, batch_size=8, patience=0), prune="none", seed_check=True)
     return result, folder / "ws"
 

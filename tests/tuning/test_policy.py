@@ -139,7 +139,7 @@ def test_halving_all_layers_needs_the_depth_and_is_skipped_without_it():
 
 
 def test_no_weight_decay_becomes_some():
-    assert first("overfitting", Recipe(weight_decay=0)).changes == {"weight_decay": (0, 0.01)}
+    assert first("overfitting", Recipe(weight_decay=0)).changes == {"weight_decay": (0, 0.05)}
 
 
 @pytest.mark.parametrize(("layers", "num_layers", "expected"),
@@ -192,8 +192,9 @@ def test_epochs_double_up_to_the_cap():
 
 
 def test_weight_decay_and_dropout_caps():
-    assert first("overfitting", Recipe(weight_decay=0.1)).changes == {"weight_decay": (0.1, 0.3)}
-    assert first("overfitting", Recipe(weight_decay=0.3, dropout=0.45, l2sp=10.0)).changes == {
+    assert first("overfitting", Recipe(weight_decay=0.1)).changes == {"weight_decay": (0.1, 0.5)}
+    assert first("overfitting", Recipe(weight_decay=0.5)).changes == {"weight_decay": (0.5, 1.0)}
+    assert first("overfitting", Recipe(weight_decay=1.0, dropout=0.45, l2sp=100.0)).changes == {
         "dropout": (0.45, 0.5)}
 
 
@@ -212,7 +213,7 @@ def test_following_the_policy_keeps_every_knob_valid_and_within_its_caps(label, 
         assert recipe.problems() == []
         assert recipe_key(recipe) not in {recipe_key(t) for t in tried}
         assert MIN_LEARNING_RATE <= recipe.learning_rate <= max(learning_rate_cap(recipe), start.learning_rate)
-        assert recipe.weight_decay <= 0.3 and recipe.dropout <= 0.5 and recipe.warmup_ratio <= 0.3
+        assert recipe.weight_decay <= 1.0 and recipe.dropout <= 0.5 and recipe.warmup_ratio <= 0.3
         assert 1 <= recipe.epochs <= max(MAX_EPOCHS, start.epochs)
         tried.append(recipe)
     else:
@@ -325,3 +326,70 @@ def first_in(label: str, recipe: Recipe, family: str):
     decision = next_recipe(diagnosis(label), recipe, (), num_layers=18, modality=family)
     assert decision is not None
     return decision
+
+
+# -- moves that can change the model -----------------------------------------------------------------------
+
+def test_l2sp_strength_scales_with_the_rate_and_the_length_of_the_run():
+    """The pull adds up to lr x strength x steps: the first setting makes that 0.5 at any rate."""
+    slow = Recipe(trainable_layers="all", learning_rate=2e-4, epochs=5, batch_size=16)
+    fast = slow.replace(learning_rate=4e-4)
+    for recipe in (slow, fast):
+        weight_decay = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=128).recipe
+        decision = next_recipe(diagnosis("overfitting"), recipe, [weight_decay], num_layers=6, train_size=128)
+        strength = decision.changes["l2sp"][1]
+        steps = 8 * 5
+        assert recipe.learning_rate * strength * steps == pytest.approx(0.5, rel=1e-3)
+    pulled = slow.replace(l2sp=62.5)
+    weight_decay = next_recipe(diagnosis("overfitting"), pulled, [], num_layers=6, train_size=128).recipe
+    stronger = next_recipe(diagnosis("overfitting"), pulled, [weight_decay], num_layers=6, train_size=128)
+    assert stronger.changes["l2sp"] == (62.5, 100.0), "then x5, within its range"
+
+
+def test_weight_decay_rises_to_a_felt_pull_where_the_run_is_known():
+    recipe = Recipe(trainable_layers=2, learning_rate=1e-4, epochs=4, batch_size=16)
+    decision = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=6400)
+    assert decision.changes == {"weight_decay": (0.01, 0.625)}  # 0.1 / (1e-4 x 400 steps x 4 epochs)
+    short = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=1600)
+    assert short.changes == {"weight_decay": (0.01, 1.0)}, "within its range"
+
+
+def test_a_move_without_effect_is_taken_once_further_then_left():
+    best = Recipe(trainable_layers=2, learning_rate=1e-4)
+    first_step = next_recipe(diagnosis("overfitting"), best, [], num_layers=6).recipe
+    assert first_step.weight_decay == 0.05
+    further = next_recipe(diagnosis("overfitting"), best, [first_step], num_layers=6, ineffective=[first_step])
+    assert further.recipe.weight_decay == 0.25 and "further" in further.reason
+    assert further.changes == {"weight_decay": (0.01, 0.25)}
+    moved_on = next_recipe(diagnosis("overfitting"), best, [first_step, further.recipe], num_layers=6,
+                           ineffective=[first_step, further.recipe])
+    assert "weight_decay" not in moved_on.changes and "further" not in moved_on.reason
+
+
+def test_few_examples_per_class_make_pairs_the_first_move_for_texts():
+    head = Recipe(trainable_layers=0, learning_rate=2e-3)
+    decision = next_recipe(diagnosis("good_fit"), head, [], num_layers=6, examples_per_class=16)
+    assert decision.changes == {"contrastive": (0, 20)} and "SetFit" in decision.reason
+    plenty = next_recipe(diagnosis("good_fit"), head, [], num_layers=6, examples_per_class=500)
+    assert "contrastive" not in plenty.changes
+    deeper = Recipe(trainable_layers=2, learning_rate=2e-4)
+    pairs = next_recipe(diagnosis("underfitting"), deeper, [], num_layers=6, examples_per_class=8)
+    assert pairs.recipe.contrastive == 20 and pairs.recipe.trainable_layers == 0
+    assert pairs.recipe.learning_rate == 1e-3, "the head after pairs trains at a head's rate"
+
+
+def test_exploring_tries_the_larger_moves_once_each():
+    from tuneloop.tuning.policy import explore, untried
+
+    best = Recipe(trainable_layers=0, learning_rate=2e-3, epochs=5)
+    tried: list[Recipe] = []
+    seen = []
+    while (decision := explore(best, tried, num_layers=6, examples_per_class=16)) is not None:
+        seen.append(decision.changes)
+        tried.append(decision.recipe)
+    assert seen == [{"contrastive": (0, 20)},
+                    {"trainable_layers": (0, "all"), "learning_rate": (2e-3, 2e-4)},
+                    {"epochs": (5, 10)}, {"learning_rate": (2e-3, 4e-3)}]
+    assert untried(best, tried, num_layers=6, examples_per_class=16) == []
+    assert untried(best, tried[:1], num_layers=6, examples_per_class=16) == [
+        "the whole encoder", "longer training", "a higher learning rate"]

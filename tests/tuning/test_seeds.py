@@ -37,3 +37,34 @@ def test_a_pruned_rerun_is_not_counted_and_one_run_has_unknown_noise():
     first, second = seed_groups(rows)
     assert second.values == [0.85] and second.half_width is None
     assert "seed noise is unknown" in seed_verdict([first, second])
+
+
+# -- whether the check can change the answer, and the soup -------------------------------------------------
+
+def ranked(number: int, value: float, lr: float, noise: float | None = 0.05, no_effect: str = "") -> dict:
+    evidence = {} if noise is None else {"ci_half_width": noise}
+    return {**row(number, value, lr=lr), "evidence": evidence, "no_effect": no_effect}
+
+
+def test_the_check_runs_only_where_the_top_two_are_within_noise_and_differ():
+    from tuneloop.tuning.seeds import seed_check_plan
+
+    assert seed_check_plan([ranked(0, 0.80, 1e-3), ranked(1, 0.78, 2e-3)]) == ([0, 1], "")
+    planned, why = seed_check_plan([ranked(0, 0.90, 1e-3), ranked(1, 0.78, 2e-3)])
+    assert planned == [] and "more than validation noise" in why
+    same = [ranked(0, 0.80, 1e-3), ranked(1, 0.80, 2e-3, no_effect="no effect: ...")]
+    planned, why = seed_check_plan(same)
+    assert planned == [] and "only one distinct model" in why
+    assert seed_check_plan([ranked(0, 0.9, 1e-3, None), ranked(1, 0.1, 2e-3, None)])[0] == [0, 1], (
+        "no interval (a regressor): the noise is unknown, so the check runs")
+
+
+def test_a_soup_is_handed_back_where_it_scores_at_least_its_runs_mean():
+    rows = [row(0, 0.80, lr=1e-3), row(1, 0.78, lr=2e-3),
+            row(2, 0.76, 43, 1e-3, "seed check: the recipe of trial 0 with seed 43"),
+            row(3, 0.70, 43, 2e-3, "seed check: the recipe of trial 1 with seed 43")]
+    soup = row(4, 0.79, 42, 1e-3, "soup: the weight average of trials 0, 2")
+    assert best_trial([*rows, soup])["number"] == 4, "0.79 >= the mean 0.78, though below the best run's 0.80"
+    assert best_trial([*rows, {**soup, "value": 0.77}])["number"] == 0
+    groups = seed_groups([*rows, soup])
+    assert [len(g.trials) for g in groups] == [2, 2], "a soup is no seed of its recipe"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pytest
 from tests.conftest import sentiment_rows, write_csv
@@ -69,21 +70,51 @@ def test_guided_starts_head_only_and_says_why(tiny_model, toy_csv, workspace):
 
 
 def test_seed_check_reruns_the_top_two_recipes_and_weighs_the_lead(tiny_model, toy_csv, workspace):
-    result = tune(tiny_model, toy_csv, workspace, budget="3trials", seed_check=True, strategy="random",
+    """Within a quarter of an 8-trial budget (2 runs): the top two recipes once more each, from the same
+    initial weights as their first runs (init_seed), then the winner's runs averaged into a soup."""
+    result = tune(tiny_model, toy_csv, workspace, budget="8trials", seed_check=True, strategy="random",
                   prune="none")
-    search, check = result.trials[:3], result.trials[3:]
-    assert len(check) == 4 and all(t.reason.startswith("seed check") for t in check)
-    top = sorted(search, key=lambda t: t.value, reverse=True)[:2]
+    search = result.trials[:8]
+    assert all(t.reason == "random sample" for t in search), "a sampler runs every trial asked for"
+    check = [t for t in result.trials if t.reason.startswith("seed check")]
+    assert len(check) == 2, result.seed_check.verdict
+    top = sorted((t for t in search if not t.no_effect), key=lambda t: t.value, reverse=True)[:2]
     for trial in top:
-        seeds = sorted(t.recipe.seed for t in check if recipe_key(t.recipe) == recipe_key(trial.recipe))
-        assert seeds == [trial.recipe.seed + 1, trial.recipe.seed + 2]
+        (rerun,) = [t for t in check if recipe_key(t.recipe) == recipe_key(trial.recipe)]
+        assert rerun.recipe.seed == trial.recipe.seed + 1 and rerun.recipe.init_seed == trial.recipe.seed
     groups = result.seed_check.groups
-    assert [len(g.values) for g in groups] == [3, 3]
+    assert [len(g.values) for g in groups] == [2, 2]
     assert "seed noise" in result.seed_check.verdict
     winner = max(groups, key=lambda g: g.mean)
     winner_key = recipe_key(result.trials[winner.original].recipe)
-    same_recipe = [t for t in result.trials if recipe_key(t.recipe) == winner_key]
-    assert result.best_run.id == max(same_recipe, key=lambda t: t.value).run_id
+    same_recipe = [t for t in result.trials if recipe_key(t.recipe) == winner_key
+                   and not t.reason.startswith("soup")]
+    soups = [t for t in result.trials if t.reason.startswith("soup")]
+    if soups:  # the winner's two runs differ: their average is a model, handed back where it scores their mean
+        (soup,) = soups
+        assert result.best_run.predict(["good fine", "bad sad"]).labels
+        chosen = soup if soup.value >= winner.mean else max(same_recipe, key=lambda t: t.value)
+        assert result.best_run.id == chosen.run_id
+    else:
+        assert result.best_run.id == max(same_recipe, key=lambda t: t.value).run_id
+
+
+def test_no_two_trials_share_their_validation_predictions_unless_marked_without_effect(tiny_model, toy_csv,
+                                                                                       workspace):
+    result = tune(tiny_model, toy_csv, workspace, budget="10trials")
+    with Workspace.open(workspace) as store:
+        rows = store.trials(result.study_id)
+        study = store.studies()[0]
+    seen: list[tuple[int, np.ndarray]] = []
+    for row in rows:
+        mine = np.asarray(row["predictions"])
+        repeats = [number for number, theirs in seen if np.mean(mine != theirs) <= 0.01]
+        assert bool(repeats) == bool(row["no_effect"]), (row["number"], repeats, row["no_effect"])
+        if repeats:
+            assert f"match trial {repeats[0]}'s" in row["no_effect"]
+        seen.append((row["number"], mine))
+    assert any(row["no_effect"] for row in rows), "the tiny model's saturated trials repeat each other"
+    assert study["spent_seconds"] > sum(row["seconds"] for row in rows), "reading data and the range test count"
 
 
 def test_target_stops_the_study(tiny_model, toy_csv, workspace):
@@ -236,10 +267,9 @@ class MemoryProbe:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
-def test_memory_does_not_grow_over_forty_trials(tiny_model, toy_csv, workspace, monkeypatch):
+def test_memory_does_not_grow_over_forty_trials(tiny_model, toy_csv, workspace):
     """The allocator settles over the first trials (new batch shapes, LoRA and cached-state variants); after
     that, memory must stay flat: a leak of 1.6 MiB per trial fails this."""
-    monkeypatch.setattr("tuneloop.tuning.study.CONVERGENCE_PATIENCE", 1000)  # run all 40
     probe = MemoryProbe()
     result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, budget="40trials", strategy="random",
                       prune="none", seed_check=False, callbacks=[probe],

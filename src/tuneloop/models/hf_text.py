@@ -229,6 +229,16 @@ class HeadOnly(_ClassifierPart):
         return self.classifier.classify(features)
 
 
+class PairSimilarity(_ClassifierPart):
+    """The classifier's encoder alone, on pairs of texts: the cosine similarity of each pair's two text vectors
+    (a batch holds the first texts, then the second ones). What trains in contrastive tuning."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        vectors = self.classifier.embed(input_ids, attention_mask)
+        half = len(vectors) // 2
+        return torch.nn.functional.cosine_similarity(vectors[:half].float(), vectors[half:].float(), dim=-1)
+
+
 class TopLayers(_ClassifierPart):
     """The classifier from encoder layer ``depth`` up, fed the cached hidden states that enter that layer:
     what trains when the layers below are frozen."""

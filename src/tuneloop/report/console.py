@@ -95,6 +95,8 @@ class StudyDisplay:
         value = "" if trial.value is None else f"{trial.value:.4f}"
         diagnosis = trial.diagnosis.summary if trial.diagnosis else ""
         self.console.print(f"trial {trial.number}: {trial.status} {value} in {trial.seconds:.0f}s; {diagnosis}")
+        if trial.no_effect:
+            self.console.print(f"[yellow]{trial.no_effect}[/]: not counted as a step of the search")
         if best is not None:
             self.console.print(f"best so far: trial {best.number} ({best.value:.4f}), run {best.run_id}")
 
@@ -106,7 +108,8 @@ def trials_table(result: dict) -> Table:
     for t in result["trials"]:
         r = t["recipe"]
         mark = " *" if t["run"] == result["best_run"] else ""
-        table.add_row(str(t["number"]) + mark, t["status"], "" if t["value"] is None else f"{t['value']:.4f}",
+        status = "no effect" if t.get("no_effect") else t["status"]
+        table.add_row(str(t["number"]) + mark, status, "" if t["value"] is None else f"{t['value']:.4f}",
                       str(r["trainable_layers"]), f"{r['learning_rate']:g}", str(r["epochs"]),
                       t["diagnosis"] or "", f"{t['seconds']:.0f}s")
     return table

@@ -35,7 +35,9 @@ from tuneloop.store.workspace import RunRecord, Workspace
 from tuneloop.tuning.seeds import (
     SeedGroup,
     best_trial,
+    is_search,
     is_seed_check,
+    is_soup,
     scored,
     seed_groups,
     seed_verdict,
@@ -223,7 +225,7 @@ def header_section(study: StudyRecord) -> str:
                                         f"stratified {options.get('val_fraction')} of the data"),
         ("Model", options.get("model") or DEFAULT_MODELS.get(options.get("task", "text"), "")),
         ("Started", row["created_at"]),
-        ("Seed check", seed_verdict(groups) if groups else "not run"),
+        ("Seed check", seed_verdict(groups) if groups else (row.get("seed_check") or "not run")),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     if best is None:
@@ -239,7 +241,10 @@ def header_section(study: StudyRecord) -> str:
         outcome = (f'<p class="best">Best: <b>trial {best["number"]}</b>, run <code>{_e(best["run_id"])}</code>, '
                    f"{_e(_objective_name(study.metric))} <b>{_value(best['value'])}</b> — "
                    + ", ".join(f"{_e(k)} {_e(v)}" for k, v in shown) + "</p>")
-        if len([g for g in groups if g.values]) >= 2:
+        if is_soup(best):
+            outcome += ('<p class="note">A weight average (soup) of the runs of the recipe with the best mean over '
+                        "seeds, which scored at least their mean (see the seed check).</p>")
+        elif len([g for g in groups if g.values]) >= 2:
             outcome += ('<p class="note">Chosen as the best run of the recipe with the best mean over seeds '
                         "(see the seed check).</p>")
     return f'<header><h1>Study {_e(study.id)}</h1>{outcome}<dl class="facts">{items}</dl></header>'
@@ -331,9 +336,11 @@ def verdicts(trials: list[dict[str, Any]]) -> dict[int, str]:
     found, best_so_far = {}, None
     for trial in trials:
         value = trial["value"]
-        if not scored(trial) or is_seed_check(trial):
+        if not scored(trial) or not is_search(trial):
             continue
-        if best_so_far is None:
+        if trial.get("no_effect"):
+            found[trial["number"]] = "no effect: not counted as a step"
+        elif best_so_far is None:
             found[trial["number"]] = "new best"
         elif value > best_so_far:
             found[trial["number"]] = f"new best (+{value - best_so_far:.4f})"
@@ -366,6 +373,8 @@ def _timeline_entry(study: StudyRecord, trial: dict[str, Any], knobs: list[str],
     if trial["diagnosis"]:
         lines.append(f'<p class="diagnosis"><span class="tag">read</span> {_label(trial["diagnosis"])} '
                      f'{_e(trial["diagnosis_summary"] or "")}</p>')
+    if trial.get("no_effect"):
+        lines.append(f'<p class="diagnosis"><span class="tag">same</span> {_e(trial["no_effect"])}</p>')
     classes = _row_classes(trial, is_best)
     opening = f'<li class="{classes}">' if classes else "<li>"
     return opening + "".join(lines) + "</li>"
@@ -415,7 +424,7 @@ def knob_effects(trials: list[dict[str, Any]], num_layers: int | None) -> list[K
     choice but noise, which the seed check measures."""
     effects = []
     for knob in varying_knobs([t["recipe"] for t in trials]):
-        if knob == "seed":
+        if knob in ("seed", "init_seed"):
             continue
         best: dict[str, tuple[Any, float]] = {}
         for t in trials:
@@ -505,7 +514,7 @@ def _importance_figure(effects: list[KnobEffect], importances: dict[str, float] 
 
 def importance_section(study: StudyRecord) -> str:
     """Which knobs mattered: a rough, honest view (few trials, chosen not at random) next to Optuna's."""
-    effects = knob_effects([t for t in study.completed if not is_seed_check(t)], study.num_layers())
+    effects = knob_effects([t for t in study.completed if is_search(t)], study.num_layers())
     importances, why_not = optuna_importances(study)
     if not effects and importances is None:
         return ("<section><h2>Parameter importance</h2><p>No knob took more than one value among the completed "

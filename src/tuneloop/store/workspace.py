@@ -23,8 +23,9 @@ from typing import Any
 from tuneloop.errors import RunNotFoundError, TuneloopError
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 3  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
-# each run's data options (how its data was read and split), see _upgrade_from_1 and _upgrade_from_2
+SCHEMA_VERSION = 4  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
+# each run's data options (how its data was read and split); 4: each trial's parent, its validation predictions
+# and whether it had no effect; see _upgrade_from_1, _upgrade_from_2 and _upgrade_from_3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -75,7 +76,8 @@ CREATE TABLE IF NOT EXISTS tuneloop_studies (
     spent_seconds REAL NOT NULL DEFAULT 0,
     stop_reason TEXT,
     host TEXT NOT NULL,
-    pid INTEGER NOT NULL
+    pid INTEGER NOT NULL,
+    seed_check TEXT
 );
 CREATE TABLE IF NOT EXISTS tuneloop_trials (
     study_id TEXT NOT NULL REFERENCES tuneloop_studies(id),
@@ -90,6 +92,9 @@ CREATE TABLE IF NOT EXISTS tuneloop_trials (
     diagnosis_summary TEXT,
     evidence TEXT,
     seconds REAL,
+    parent INTEGER,
+    no_effect TEXT,
+    predictions TEXT,
     PRIMARY KEY (study_id, number)
 );
 CREATE TABLE IF NOT EXISTS registry_versions (
@@ -146,6 +151,17 @@ def _upgrade_from_2(connection: sqlite3.Connection) -> None:
     columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
     if "data_options" not in columns:
         connection.execute("ALTER TABLE runs ADD COLUMN data_options TEXT")
+
+
+def _upgrade_from_3(connection: sqlite3.Connection) -> None:
+    """Schema 3 -> 4, inside the caller's transaction: trials gain the trial their move started from, whether
+    they changed nothing (the sentence that says so), and their validation predictions (to tell that)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(tuneloop_trials)")}
+    for name, kind in (("parent", "INTEGER"), ("no_effect", "TEXT"), ("predictions", "TEXT")):
+        if name not in columns:
+            connection.execute(f"ALTER TABLE tuneloop_trials ADD COLUMN {name} {kind}")
+    if "seed_check" not in {row[1] for row in connection.execute("PRAGMA table_info(tuneloop_studies)")}:
+        connection.execute("ALTER TABLE tuneloop_studies ADD COLUMN seed_check TEXT")
 
 
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
@@ -211,6 +227,8 @@ class Workspace:
                 _upgrade_from_1(connection)
             if version in (1, 2):
                 _upgrade_from_2(connection)
+            if version in (1, 2, 3):
+                _upgrade_from_3(connection)
             _create_tables(connection)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             connection.execute("COMMIT")
@@ -326,10 +344,11 @@ class Workspace:
                              "WHERE id=?", (socket.gethostname(), os.getpid(), study_id))
         return {**dict(row), "options": json.loads(row["options"])}
 
-    def finish_study(self, study_id: str, reason: str) -> None:
+    def finish_study(self, study_id: str, reason: str, seed_check: str | None = None) -> None:
+        """The study is over: why the search stopped, and what the seed check found (or why it did not run)."""
         with self._db:
-            self._db.execute("UPDATE tuneloop_studies SET status='finished', stop_reason=? WHERE id=?",
-                             (reason, study_id))
+            self._db.execute("UPDATE tuneloop_studies SET status='finished', stop_reason=?, seed_check=? WHERE id=?",
+                             (reason, seed_check, study_id))
 
     def add_spent(self, study_id: str, seconds: float) -> float:
         with self._db:
@@ -337,27 +356,32 @@ class Workspace:
                              (seconds, study_id))
         return self._db.execute("SELECT spent_seconds FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()[0]
 
-    def start_trial(self, study_id: str, number: int, optuna_number: int, recipe: dict[str, Any], reason: str) -> None:
+    def start_trial(self, study_id: str, number: int, optuna_number: int, recipe: dict[str, Any], reason: str,
+                    parent: int | None = None) -> None:
+        """A trial, 'running'; ``parent`` is the trial whose recipe its move changed (None for a first trial or
+        a sampled one)."""
         with self._db:
-            self._db.execute("INSERT INTO tuneloop_trials (study_id, number, optuna_number, status, recipe, reason) "
-                             "VALUES (?, ?, ?, 'running', ?, ?)",
-                             (study_id, number, optuna_number, json.dumps(recipe), reason))
+            self._db.execute("INSERT INTO tuneloop_trials (study_id, number, optuna_number, status, recipe, reason, "
+                             "parent) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                             (study_id, number, optuna_number, json.dumps(recipe), reason, parent))
 
     def end_trial(self, study_id: str, number: int, *, status: str, run_id: str | None, value: float | None,
                   diagnosis: str | None, summary: str | None, evidence: dict[str, Any] | None,
-                  seconds: float) -> None:
+                  seconds: float, no_effect: str | None = None, predictions: list[float] | None = None) -> None:
+        """The trial's outcome; ``no_effect`` says which earlier trial it repeats, ``predictions`` are its
+        validation predictions (class ids or values) for comparing later trials with it."""
         with self._db:
             self._db.execute(
                 "UPDATE tuneloop_trials SET status=?, run_id=?, value=?, diagnosis=?, diagnosis_summary=?, evidence=?, "
-                "seconds=? WHERE study_id=? AND number=?",
+                "seconds=?, no_effect=?, predictions=? WHERE study_id=? AND number=?",
                 (status, run_id, value, diagnosis, summary, json.dumps(evidence) if evidence else None, seconds,
-                 study_id, number))
+                 no_effect or None, json.dumps(predictions) if predictions is not None else None, study_id, number))
 
     def trials(self, study_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM tuneloop_trials WHERE study_id=? ORDER BY number",
                                 (study_id,)).fetchall()
-        return [{**dict(r), "recipe": json.loads(r["recipe"]), "evidence": json.loads(r["evidence"] or "{}")}
-                for r in rows]
+        return [{**dict(r), "recipe": json.loads(r["recipe"]), "evidence": json.loads(r["evidence"] or "{}"),
+                 "predictions": json.loads(r["predictions"]) if r["predictions"] else None} for r in rows]
 
     def study_of(self, run_id: str) -> str | None:
         """The study whose trial trained ``run_id``, or None for a run of its own (``fit``)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,22 @@ class Prepared:
     val_set: Any
     cached: str | None = None
     not_cached: str | None = None
+    first_phase: Phase | None = None  # trained before the rest; then ``first_phase.then()`` is what trains
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stage of a run trained before the recipe's own (contrastive tuning of the encoder on pairs): the module
+    that trains, its examples, its recipe and objective; ``then`` gives what the rest of the run trains, once
+    this stage has changed the network."""
+
+    trainable: torch.nn.Module
+    train_set: Any
+    val_set: Any
+    recipe: Any
+    objective: Any
+    then: Callable[[], Prepared]
+    name: str = "pairs"
 
 
 def modality_of(data: Any, requested: str = "auto", text_col: str | None = None,

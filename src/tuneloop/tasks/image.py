@@ -101,6 +101,12 @@ class ImageTask:
         return "image-scratch" if self.architecture == "small-cnn" else "image"
 
     @property
+    def starts_pretrained(self) -> bool:
+        """Runs start from the same pretrained (or saved) body, so their weights can be averaged; a small CNN
+        starts from random weights."""
+        return self.architecture != "small-cnn"
+
+    @property
     def num_layers(self) -> int | None:
         """Layer groups below the head (what ``trainable_layers`` counts), where the network has them."""
         return 18 if self.architecture == "efficientnet-lite0" else None

@@ -47,6 +47,7 @@ class TableTask:
     start_classes: list[str] | None = None  # where training starts from a saved run's MLP: its classes
     adapter_name = "tabular_mlp"
     family = "tabular"  # the guided policy's rule table and the search space
+    starts_pretrained = False  # an MLP from random weights: runs of one recipe do not average into a model
 
     @classmethod
     def load(cls, data: str | os.PathLike | TableExamples, val: str | os.PathLike | TableExamples | None, *,

@@ -15,6 +15,7 @@ from tuneloop.config import Recipe
 from tuneloop.data.augment_text import SynonymTable, TextAugmenter
 from tuneloop.data.batches import Encoded, Features, PerEpoch, TokenStates
 from tuneloop.data.feature_cache import FeatureCache, feature_key
+from tuneloop.data.pairs import MAX_VAL_PAIRS, VAL_PAIRS_PER_EXAMPLE, TextPairs
 from tuneloop.data.text import (
     TextExamples,
     check_validation_labels,
@@ -24,12 +25,25 @@ from tuneloop.data.text import (
 )
 from tuneloop.errors import ConfigError
 from tuneloop.models import get_adapter
-from tuneloop.models.hf_text import HeadOnly, TopLayers, default_backbone
-from tuneloop.tasks import Prepared, classes_keeping, saved_classes
+from tuneloop.models.hf_text import HeadOnly, PairSimilarity, TopLayers, default_backbone
+from tuneloop.tasks import Phase, Prepared, classes_keeping, saved_classes
 from tuneloop.training.device import pick_device, resolve_precision
-from tuneloop.training.objective import CLASSIFICATION
+from tuneloop.training.objective import CLASSIFICATION, PAIRS
 
 KIND = "text-classification"
+# Contrastive tuning as SetFit does it by default: the whole encoder, AdamW at 2e-5 with a tenth of the steps
+# warming up, batches of 16 pairs, one pass over the pairs.
+PAIRS_LEARNING_RATE = 2e-5
+PAIRS_BATCH = 16
+
+
+def pairs_recipe(recipe: Recipe) -> Recipe:
+    """The recipe of contrastive tuning before ``recipe``'s own training: what SetFit does by default, on the
+    recipe's seed, precision and text length."""
+    return recipe.replace(learning_rate=PAIRS_LEARNING_RATE, epochs=1, batch_size=PAIRS_BATCH, warmup_ratio=0.1,
+                          weight_decay=0.01, schedule="linear", trainable_layers="all", grad_clip=1.0, l2sp=0.0,
+                          layer_lr_decay=1.0, unfreezing="none", label_smoothing=0.0, patience=0, metric="loss",
+                          augment=0.0, mixup=0.0, contrastive=0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class TextTask:
     adapter_name = "hf_text"
     objective = CLASSIFICATION
     family = "text"  # the guided policy's rule table and the search space
+    starts_pretrained = True  # runs of one recipe start from the same encoder: their weights can be averaged
     features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
     start_classes: list[str] | None = None  # where the backbone is a saved run's classifier: its classes
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
@@ -122,6 +137,8 @@ class TextTask:
         else:
             network, tokenizer = adapter.build(self.backbone, len(self.classes), recipe)
         train_set, val_set = self.encoded(tokenizer, recipe)
+        if recipe.contrastive > 0:
+            return self._after_pairs(network, tokenizer, recipe, device, precision)
         if recipe.augment > 0:
             # The inputs change every epoch, so frozen layers' outputs do too: nothing to cache.
             augmented = AugmentedTexts(train_set, self.train.texts, TextAugmenter(recipe.augment, self.synonyms()),
@@ -132,6 +149,29 @@ class TextTask:
         cached = frozen_input_plan(recipe, network, train_set, val_set) if cache_features else None
         trainable, train_set, val_set = _on_cached_inputs(self, network, tokenizer, recipe, cached, device, precision)
         return Prepared(network, tokenizer, trainable, train_set, val_set, cached)
+
+    def _after_pairs(self, network, tokenizer, recipe: Recipe, device: torch.device, precision: str) -> Prepared:
+        """Contrastive tuning first: the whole encoder on pairs of training texts (drawn from the recipe's seed,
+        so a resumed run draws the same), then what the recipe trains, on the tuned encoder. Its vectors are
+        the run's own, never shared through the feature cache."""
+        train_set, val_set = self.encoded(tokenizer, recipe)
+        pairs = TextPairs.drawn(train_set, recipe.contrastive, [recipe.seed, 1])
+        val_pairs = TextPairs.drawn(val_set, VAL_PAIRS_PER_EXAMPLE, [recipe.seed, 2], limit=MAX_VAL_PAIRS)
+        network.requires_grad_(True)
+        network.head.requires_grad_(False)  # no gradient reaches it from pairs
+
+        def then() -> Prepared:
+            network.set_trainable_layers(recipe.trainable_layers)
+            if recipe.trainable_layers != 0 or recipe.augment > 0:
+                return Prepared(network, tokenizer, network, train_set, val_set, None,
+                                "off: the encoder was tuned on pairs in this run")
+            adapter = get_adapter("hf_text")
+            vectors = [Features(adapter.embed_all(network, part, device, precision), part.label_ids)
+                       for part in (train_set, val_set)]
+            return Prepared(network, tokenizer, HeadOnly(network), vectors[0], vectors[1], "vectors after pairs")
+
+        phase = Phase(PairSimilarity(network), pairs, val_pairs, pairs_recipe(recipe), PAIRS, then)
+        return Prepared(network, tokenizer, network, None, None, first_phase=phase)
 
     def synonyms(self) -> SynonymTable:
         """Neighbours in the backbone's embedding space of the words in the training texts, found once."""

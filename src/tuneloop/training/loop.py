@@ -76,7 +76,12 @@ class TrainResult:
 
 
 class Callback:
-    """Hooks the loop calls; override the ones you need (progress display, recording to the database)."""
+    """Hooks the loop calls; override the ones you need (progress display, recording to the database).
+
+    A run may train a first phase before the recipe's own (contrastive tuning on pairs); a callback with
+    ``main_phase_only`` (recording epochs, reporting to a pruner) is not told about that phase."""
+
+    main_phase_only = False
 
     def on_train_start(self, total_steps: int, num_examples: int, epochs: int) -> None: ...
 

@@ -2,13 +2,15 @@
 
 A rule table (``RULES``) lists for each diagnosis the moves to try, in order. ``next_recipe`` walks them and
 takes the first that changes the recipe into a valid one not run before, one move (one knob) at a time, so
-each trial answers one question and its reason can say which. Pure: no I/O, no randomness, no torch.
+each trial answers one question and its reason can say which. A move whose trial changed no validation
+prediction (no effect) is taken once more, further, before the table moves on. ``explore`` proposes the
+larger moves left untried once the search stops gaining (``EXPLORE``). Pure: no I/O, no randomness, no torch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -36,12 +38,25 @@ def learning_rate_cap(recipe: Recipe) -> float:
     return 3e-3 if recipe.lora_rank > 0 else 2e-4
 
 
+FEW_PER_CLASS = 64  # up to this many training examples in the smallest class, pairs are a move of their own
+CONTRASTIVE_PAIRS = 20  # pairs per training example when contrastive tuning is switched on
+
+
 @dataclass(frozen=True)
 class Context:
-    """What a move may read besides the recipe: the trial's best epoch and the backbone's depth, if known."""
+    """What a move may read besides the recipe: the trial's best epoch, the backbone's depth, the number of
+    training examples and of examples in the smallest class, where known."""
 
     best_epoch: int | None = None
     num_layers: int | None = None
+    train_size: int | None = None
+    examples_per_class: int | None = None
+
+    def steps(self, recipe: Recipe) -> int | None:
+        """Optimizer steps in a whole run of ``recipe``."""
+        if self.train_size is None:
+            return None
+        return math.ceil(self.train_size / recipe.batch_size) * recipe.epochs
 
 
 class Change(Protocol):
@@ -163,14 +178,70 @@ class Deeper:
 
 
 @dataclass(frozen=True)
+class Felt:
+    """A per-step pull (weight decay toward zero, L2-SP toward the pretrained weights) raised to one the run
+    can feel, then ``factor`` times stronger, up to ``high``.
+
+    Each step moves a weight by lr x value of its distance, so over a run of T steps the pull adds up to about
+    lr x value x T. A fixed step ignores that: weight decay 0.01 -> 0.05 at a rate of 2e-4 over 300 steps adds
+    up to 0.003 and changes no prediction. The first raise therefore goes to at least ``total`` / (lr x T),
+    where the run's length is known (``Context.train_size``); later raises multiply by ``factor``.
+    """
+
+    total: float
+    factor: float = 5.0
+    first: float = 0.0  # the least value the first raise gives (where the knob is still off or below it)
+    high: float = math.inf
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        old = getattr(recipe, knob)
+        steps = context.steps(recipe)
+        felt = self.total / (recipe.learning_rate * steps) if steps else 0.0
+        new = max(old * self.factor, self.first, felt)
+        return {knob: _tidy(min(self.high, new))}
+
+
+@dataclass(frozen=True)
 class PretrainedPull:
-    """L2-SP on, then stronger (x5 up to 10); only where encoder layers train, since a head has no
-    pretrained weights to be pulled toward."""
+    """L2-SP on at a strength the run feels (a pull adding up to half the distance back over the run: an idle
+    weight ends about 40% nearer its pretrained value), then x5, up to 100; only where encoder layers train,
+    since a head has no pretrained weights to be pulled toward."""
 
     def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
         if recipe.trainable_layers == 0:
             return {}
-        return {knob: _tidy(min(10.0, recipe.l2sp * 5)) if recipe.l2sp > 0 else 0.1}
+        return Felt(total=0.5, first=0.1, high=100.0).apply(recipe, knob, context)
+
+
+@dataclass(frozen=True)
+class ContrastivePairs:
+    """Where the smallest class has few examples (at most ``FEW_PER_CLASS``) and the encoder is pretrained:
+    tune the encoder on pairs of training texts (same class or not, a cosine-similarity loss), then train the
+    head on its vectors (SetFit's method, arXiv:2209.11055). With few examples a head on frozen vectors learns
+    little more, and a whole fine-tune has too few examples for its many weights; pairs are many."""
+
+    pairs: int = CONTRASTIVE_PAIRS
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        few = context.examples_per_class is not None and context.examples_per_class <= FEW_PER_CLASS
+        if not few or recipe.contrastive > 0 or recipe.init != "pretrained" or recipe.lora_rank > 0:
+            return {}
+        # The head trains on the tuned encoder's vectors at a head's rate, as the first trial's does.
+        return {knob: self.pairs, "trainable_layers": 0, "unfreezing": "none",
+                "learning_rate": max(recipe.learning_rate, 1e-3) if recipe.trainable_layers != 0
+                else recipe.learning_rate}
+
+
+@dataclass(frozen=True)
+class Deepest:
+    """Every layer trains (the whole encoder), with the learning rate brought within what pretrained layers
+    tolerate in the same move."""
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        if recipe.trainable_layers == "all":
+            return {}
+        deeper = recipe.replace(trainable_layers="all", contrastive=0)
+        return {knob: "all", "contrastive": 0, "learning_rate": min(recipe.learning_rate, learning_rate_cap(deeper))}
 
 
 @dataclass(frozen=True)
@@ -247,9 +318,14 @@ _EXPLOIT = (
     Move("label_smoothing", AtLeast(0.1), "label smoothing"),
 )
 
+_PAIRS = Move("contrastive", ContrastivePairs(),
+              "few examples per class: tune the encoder on pairs of texts first, then the head (SetFit)")
+_TEXT_EXPLOIT = (_PAIRS, *_EXPLOIT)
+
 RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
-        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("weight_decay", Felt(total=0.1, first=0.05, high=1.0), "more weight decay"),
+        _PAIRS,
         Move("l2sp", PretrainedPull(), "pull the encoder toward its pretrained weights (L2-SP)"),
         Move("lora_rank", LoraRank(1 / 2), "lower LoRA rank"),
         Move("dropout", EncoderOnly(Step(+0.1, high=0.5)), "more dropout"),
@@ -262,6 +338,7 @@ RULES: dict[str, tuple[Move, ...]] = {
         Move("trainable_layers", Shallower(), "fewer trainable layers"),
     ),
     "underfitting": (
+        _PAIRS,
         Move("trainable_layers", Deeper(), "more trainable layers"),
         Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
         Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
@@ -279,10 +356,11 @@ RULES: dict[str, tuple[Move, ...]] = {
     "too_slow": (
         Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
         Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+        _PAIRS,
         Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers"),
     ),
-    "good_fit": _EXPLOIT,
-    "noisy_validation": _EXPLOIT,
+    "good_fit": _TEXT_EXPLOIT,
+    "noisy_validation": _TEXT_EXPLOIT,
 }
 
 
@@ -297,7 +375,7 @@ _TABLE_EXPLOIT = (
 
 TABLE_RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
-        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("weight_decay", Felt(total=0.1, first=0.05, high=1.0), "more weight decay"),
         Move("dropout", Step(+0.1, high=0.5), "more dropout"),
         Move("augment", Step(+0.1, high=0.5), "augment the training rows (more): noise, rebalanced classes"),
         Move("mixup", Step(+0.2, high=0.6), "mix training rows with each other (mixup)"),
@@ -333,7 +411,7 @@ _IMAGE_MIXUP = Move("mixup", EncoderOnly(Step(+0.2, high=0.6)), "mix training im
 
 IMAGE_RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
-        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("weight_decay", Felt(total=0.1, first=0.05, high=1.0), "more weight decay"),
         Move("l2sp", PretrainedPull(), "pull the body toward its pretrained weights (L2-SP)"),
         _IMAGE_AUGMENT,
         _IMAGE_MIXUP,
@@ -369,7 +447,7 @@ IMAGE_SCRATCH_RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
         Move("augment", Step(+0.2, high=0.6), "augment the training images (more): crops, flips, rotation, colour"),
         Move("mixup", Step(+0.2, high=0.6), "mix training images (mixup, cutmix)"),
-        Move("weight_decay", Scale(5, low=0.01, high=0.3), "more weight decay"),
+        Move("weight_decay", Felt(total=0.1, first=0.05, high=1.0), "more weight decay"),
         Move("dropout", Step(+0.1, high=0.5), "more dropout"),
         Move("learning_rate", Scale(1 / 2, low=MIN_LEARNING_RATE), "lower learning rate"),
         Move("epochs", ToBestEpoch(), "stop at the best epoch"),
@@ -397,13 +475,34 @@ IMAGE_SCRATCH_RULES: dict[str, tuple[Move, ...]] = {
 
 RULES_BY_MODALITY = {"text": RULES, "tabular": TABLE_RULES, "image": IMAGE_RULES, "image-scratch": IMAGE_SCRATCH_RULES}
 
+# The larger moves a search tries, from its best recipe, once it stops gaining while much of its budget is
+# left: capacity the rule tables only reach step by step, longer training, higher rates, and pairs where
+# examples are few. A search stops on a plateau only when these are tried, or its budget is nearly spent.
+_LONGER = Move("epochs", Scale(2, high=MAX_EPOCHS), "longer training")
+_FASTER = Move("learning_rate", Scale(2, high=learning_rate_cap), "a higher learning rate")
+EXPLORE: dict[str, tuple[Move, ...]] = {
+    "text": (_PAIRS, Move("trainable_layers", Deepest(), "the whole encoder"), _LONGER, _FASTER),
+    "image": (Move("trainable_layers", Deepest(), "the whole network"), _LONGER, _FASTER),
+    "tabular": (Move("hidden_units", Scale(4, high=MAX_HIDDEN_UNITS), "a much wider MLP"),
+                Move("hidden_layers", Step(+2, high=MAX_HIDDEN_LAYERS), "a much deeper MLP"),
+                Move("epochs", Scale(2, high=TABLE_MAX_EPOCHS), "longer training"),
+                Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "a higher learning rate")),
+    "image-scratch": (Move("hidden_units", Scale(4, high=CNN_MAX_WIDTH), "a much wider CNN"),
+                      Move("hidden_layers", Step(+2, high=CNN_MAX_STAGES), "a much deeper CNN"),
+                      Move("epochs", Scale(2, high=CNN_MAX_EPOCHS), "longer training"),
+                      Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "a higher learning rate")),
+}
+
 
 RecipeKey = tuple[tuple[str, Any], ...]
 
 
+SEED_FIELDS = frozenset({"seed", "init_seed"})
+
+
 def recipe_key(recipe: Recipe) -> RecipeKey:
-    """The recipe's hyperparameters without its seed: two recipes with equal keys are the same experiment."""
-    return tuple((f.name, getattr(recipe, f.name)) for f in fields(recipe) if f.name != "seed")
+    """The recipe's hyperparameters without its seeds: two recipes with equal keys are the same experiment."""
+    return tuple((f.name, getattr(recipe, f.name)) for f in fields(recipe) if f.name not in SEED_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -417,32 +516,104 @@ class Decision:
 
 
 def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | Hashable], *,
-                num_layers: int | None, modality: str = "text") -> Decision | None:
+                num_layers: int | None, modality: str = "text", train_size: int | None = None,
+                examples_per_class: int | None = None, ineffective: Sequence[Recipe] = ()) -> Decision | None:
     """The first move of ``RULES[diagnosis.label]`` that yields a valid recipe not yet run, or None.
 
     ``tried`` holds recipes already run, or their ``recipe_key``s; ``recipe`` itself counts as run. Seeds are
     ignored in that comparison, so a reseeded copy of a run recipe is not proposed either. ``num_layers`` is
     the backbone's depth, needed to halve ``trainable_layers="all"``; ``modality`` picks the rule table
     (``RULES`` for texts, ``TABLE_RULES`` for tables, ``IMAGE_RULES`` for a pretrained image body,
-    ``IMAGE_SCRATCH_RULES`` for the small CNN). None means nothing is left to try.
+    ``IMAGE_SCRATCH_RULES`` for the small CNN). ``train_size`` and ``examples_per_class`` size the moves that
+    depend on them. None means nothing is left to try.
+
+    ``ineffective`` are recipes made from ``recipe`` whose trials changed no validation prediction: the move
+    that made each is taken once more, from it, further (weight decay x5 again, say); a knob whose second
+    step changed nothing either is left, and the table goes on.
     """
     rules = RULES_BY_MODALITY[modality]
     if diagnosis.label not in rules:
         raise ValueError(f"The 'diagnosis.label' must be one of {', '.join(RULES)}. Got {diagnosis.label!r} instead.")
     seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
     best_epoch = diagnosis.evidence.get("best_epoch")
-    context = Context(best_epoch if isinstance(best_epoch, int) else None, num_layers)
+    context = Context(best_epoch if isinstance(best_epoch, int) else None, num_layers, train_size,
+                      examples_per_class)
+    finding = diagnosis.finding or diagnosis.summary
+    further = _further(rules[diagnosis.label], recipe, ineffective, context, seen)
+    if further is not None:
+        move, start, changes = further
+        candidate = start.replace(**{knob: new for knob, (_, new) in changes.items()})
+        shown = ", ".join(f"{knob} {_show(old)} -> {_show(new)}" for knob, (old, new) in changes.items())
+        reason = (f"{diagnosis.label}: {finding} -> {move.reason}, further (the last step changed no "
+                  f"prediction): {shown}")
+        return Decision(candidate, reason, _changed(recipe, candidate), diagnosis.label)
     for move in rules[diagnosis.label]:
-        changes = move.changes(recipe, context)
+        decision = _decide(move, recipe, context, seen, f"{diagnosis.label}: {finding}")
+        if decision is not None:
+            return Decision(decision.recipe, decision.reason, decision.changes, diagnosis.label)
+    return None
+
+
+def explore(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, modality: str = "text",
+            train_size: int | None = None, examples_per_class: int | None = None) -> Decision | None:
+    """The first of ``EXPLORE[modality]``'s larger moves that makes ``recipe`` (the best so far) into a valid
+    recipe not yet run, or None when every one is tried."""
+    seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
+    context = Context(None, num_layers, train_size, examples_per_class)
+    for move in EXPLORE[modality]:
+        decision = _decide(move, recipe, context, seen, "no gain beyond validation noise for a while")
+        if decision is not None:
+            return decision
+    return None
+
+
+def untried(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, modality: str = "text",
+            train_size: int | None = None, examples_per_class: int | None = None) -> list[str]:
+    """What ``EXPLORE`` would still try from ``recipe``, in words."""
+    seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
+    context = Context(None, num_layers, train_size, examples_per_class)
+    return [move.reason for move in EXPLORE[modality] if _decide(move, recipe, context, seen, "") is not None]
+
+
+def _decide(move: Move, recipe: Recipe, context: Context, seen: set, why: str) -> Decision | None:
+    changes = move.changes(recipe, context)
+    if not changes:
+        return None
+    candidate = recipe.replace(**{knob: new for knob, (_, new) in changes.items()})
+    if candidate.problems() or recipe_key(candidate) in seen:
+        return None
+    shown = ", ".join(f"{knob} {_show(old)} -> {_show(new)}" for knob, (old, new) in changes.items())
+    return Decision(candidate, f"{why} -> {move.reason}: {shown}", changes)
+
+
+def _changed(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
+    return {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in fields(old)
+            if getattr(old, f.name) != getattr(new, f.name)}
+
+
+def _further(moves: Sequence[Move], recipe: Recipe, ineffective: Sequence[Recipe], context: Context,
+             seen: set) -> tuple[Move, Recipe, dict[str, tuple[Any, Any]]] | None:
+    """The move that made an ineffective recipe, applied to it once more; None where there is none to take.
+
+    A knob is taken further once: two ineffective steps of it from the same recipe mean it is not the knob
+    that matters here."""
+    steps_per_knob: dict[str, int] = {}
+    for child in ineffective:
+        for knob in _changed(recipe, child):
+            steps_per_knob[knob] = steps_per_knob.get(knob, 0) + 1
+    for child in ineffective:
+        changed = _changed(recipe, child)
+        if any(steps_per_knob[knob] > 1 for knob in changed):
+            continue
+        move = next((m for m in moves if m.knob in changed and m.changes(recipe, context)), None)
+        if move is None:
+            continue
+        changes = move.changes(child, context)
         if not changes:
             continue
-        candidate = recipe.replace(**{knob: new for knob, (_, new) in changes.items()})
-        if candidate.problems() or recipe_key(candidate) in seen:
-            continue
-        shown = ", ".join(f"{knob} {_show(old)} -> {_show(new)}" for knob, (old, new) in changes.items())
-        finding = diagnosis.finding or diagnosis.summary
-        reason = f"{diagnosis.label}: {finding} -> {move.reason}: {shown}"
-        return Decision(candidate, reason, changes, diagnosis.label)
+        candidate = child.replace(**{knob: new for knob, (_, new) in changes.items()})
+        if not candidate.problems() and recipe_key(candidate) not in seen:
+            return move, child, changes
     return None
 
 

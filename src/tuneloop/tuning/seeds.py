@@ -1,9 +1,11 @@
-"""The seed check, as pure functions over stored trial rows: which recipes were re-run with other seeds,
-their mean and 95% interval over seeds, whether the leader's lead is larger than seed noise, and which
-trial is therefore the best. The study driver and the report both read these, so they cannot disagree.
+"""The seed check, as pure functions over stored trial rows: whether it can change the answer (which recipes
+to re-run, or why not), which recipes were re-run with other seeds, their mean and 95% interval over seeds,
+whether the leader's lead is larger than seed noise, and which trial is therefore the best: a weight average
+of the winning recipe's runs (a soup) where it scores at least their mean. The study driver and the report
+both read these, so they cannot disagree.
 
 A trial row is a dict with ``number``, ``reason``, ``status``, ``value`` and ``recipe`` (a dict), as
-``Workspace.trials`` returns it.
+``Workspace.trials`` returns it; ``no_effect`` and ``evidence`` are read where present.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 SEED_CHECK_PREFIX = "seed check"
+SOUP_PREFIX = "soup"
 # Two-sided 95% Student t quantiles by degrees of freedom, for the seed check's interval of the mean.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -33,6 +36,40 @@ def scored(trial: dict[str, Any]) -> bool:
 
 def is_seed_check(trial: dict[str, Any]) -> bool:
     return trial["reason"].startswith(SEED_CHECK_PREFIX)
+
+
+def is_soup(trial: dict[str, Any]) -> bool:
+    return trial["reason"].startswith(SOUP_PREFIX)
+
+
+def is_search(trial: dict[str, Any]) -> bool:
+    """A trial the search proposed (not a seed-check re-run or a soup made after it)."""
+    return not (is_seed_check(trial) or is_soup(trial))
+
+
+def seed_check_plan(trials: list[dict[str, Any]]) -> tuple[list[int], str]:
+    """The search trials whose recipes a seed check re-runs (the top two distinct models), or none and why.
+
+    It can change the answer only where the top two are within the leader's validation noise of each other
+    (the half-width of its accuracy interval; a regressor has none, so it always can) and really are two
+    models: a trial whose predictions repeat an earlier one's (no effect) is the earlier one again."""
+    ranked = sorted((t for t in trials if is_search(t) and scored(t) and not t.get("no_effect")),
+                    key=lambda t: t["value"], reverse=True)
+    top: list[dict[str, Any]] = []
+    for trial in ranked:
+        if all(recipe_without_seed(trial["recipe"]) != recipe_without_seed(t["recipe"]) for t in top):
+            top.append(trial)
+        if len(top) == 2:
+            break
+    if len(top) < 2:
+        return [], "only one distinct model completed: there is nothing to compare it with"
+    first, second = top
+    noise = (first.get("evidence") or {}).get("ci_half_width")
+    lead = first["value"] - second["value"]
+    if noise is not None and lead > noise:
+        return [], (f"trial {first['number']} leads trial {second['number']} by {lead:.4f}, more than validation "
+                    f"noise (±{noise:.4f}): other seeds would not change the answer")
+    return [first["number"], second["number"]], ""
 
 
 @dataclass(frozen=True)
@@ -63,7 +100,7 @@ def seed_groups(trials: list[dict[str, Any]]) -> list[SeedGroup]:
     keys = list(dict.fromkeys(recipe_without_seed(t["recipe"]) for t in trials if is_seed_check(t)))
     groups = []
     for key in keys:
-        members = [t for t in trials if recipe_without_seed(t["recipe"]) == key]
+        members = [t for t in trials if recipe_without_seed(t["recipe"]) == key and not is_soup(t)]
         original = next((t for t in members if not is_seed_check(t)), members[0])
         groups.append(SeedGroup(original["number"], members, [t["value"] for t in members if scored(t)]))
     return groups
@@ -91,20 +128,33 @@ def seed_verdict(groups: list[SeedGroup]) -> str:
             f"trials {first.original} and {second.original} are equally good")
 
 
+def winning_group(trials: list[dict[str, Any]]) -> SeedGroup | None:
+    """After a seed check of two or more recipes, the group of the recipe with the best mean over seeds."""
+    groups = [g for g in seed_groups(trials) if g.values]
+    return max(groups, key=lambda g: g.mean) if len(groups) >= 2 else None
+
+
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The best trial as the study driver picks it: after a seed check of two or more recipes, the best run
-    of the recipe with the best mean over seeds; otherwise the completed trial with the highest objective
-    (the first on ties)."""
-    groups = [g for g in seed_groups(trials) if g.values]
-    if len(groups) >= 2:
-        winner = max(groups, key=lambda g: g.mean)
+    of the recipe with the best mean over seeds, or the weight average of its runs (a soup) where that
+    scores at least their mean; otherwise the completed search trial with the highest objective (the first on
+    ties).
+
+    A soup is measured against the mean of its runs, not against the best of them: the best run's score is
+    the highest of several draws of validation noise, and overstates that run by as much."""
+    winner = winning_group(trials)
+    if winner is not None:
+        soups = [t for t in trials if is_soup(t) and scored(t)
+                 and recipe_without_seed(t["recipe"]) == recipe_without_seed(winner.trials[0]["recipe"])]
+        if soups and soups[-1]["value"] >= winner.mean:
+            return soups[-1]
         trials = winner.trials
-    candidates = [t for t in trials if scored(t)]
+    candidates = [t for t in trials if scored(t) and not is_soup(t)]
     return max(candidates, key=lambda t: t["value"]) if candidates else None
 
 
 def recipe_without_seed(recipe: dict[str, Any]) -> str:
     """Two trials with the same key ran the same experiment with possibly different seeds."""
-    return json.dumps({k: v for k, v in recipe.items() if k != "seed"}, sort_keys=True)
+    return json.dumps({k: v for k, v in recipe.items() if k not in ("seed", "init_seed")}, sort_keys=True)
 
 

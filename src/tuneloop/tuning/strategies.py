@@ -2,7 +2,8 @@
 told its result), so pruning and the stored search state work the same for all of them.
 
 - ``guided``: ours. Starts from the cheapest capacity (a head on the frozen encoder) and asks the policy
-  what to change, reading the diagnosis of the best trial so far.
+  what to change, reading the diagnosis of the best trial so far; once it stops gaining, the larger moves it
+  has not tried (``policy.EXPLORE``). It stops on a plateau of ``plateau`` trials without a gain.
 - ``grid``, ``random``, ``bayes`` (TPE): Optuna's samplers over ``space.SAMPLED_SPACE`` / ``space.GRID``
   (each task family has its own: tables, images on a pretrained body, a small CNN from scratch).
 """
@@ -10,6 +11,7 @@ told its result), so pruning and the stored search state work the same for all o
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,10 +19,11 @@ import optuna
 
 from tuneloop.config import Recipe
 from tuneloop.tuning.diagnose import Diagnosis
-from tuneloop.tuning.policy import next_recipe, recipe_key
+from tuneloop.tuning.policy import explore, next_recipe, recipe_key, untried
 from tuneloop.tuning.space import GRIDS, SPACES, params_of, recipe_from_params
 
 STRATEGIES = ("guided", "grid", "random", "bayes")
+GUIDED_PLATEAU = 4  # trials without a gain beyond noise after which the guided search explores, then stops
 MAX_REDRAWS = 20  # samples drawn before a sampler that only proposes tried recipes counts as exhausted
 RECIPE_ATTR = "tuneloop_recipe"
 
@@ -30,6 +33,7 @@ class Proposal:
     trial: optuna.trial.Trial
     recipe: Recipe
     reason: str
+    parent: int | None = None  # the trial whose recipe this one changes
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,44 @@ class TrialOutcome:
     status: str  # completed, pruned, failed
     value: float | None
     diagnosis: Diagnosis | None
+    number: int = -1
+    parent: int | None = None
+    no_effect: bool = False  # its validation predictions repeat an earlier trial's
+
+    @property
+    def noise(self) -> float:
+        """How much a better trial must beat this one by to count: the half-width of its accuracy interval."""
+        return float(self.diagnosis.evidence.get("ci_half_width", 0.0)) if self.diagnosis else 0.0
+
+
+def best_outcome(history: Sequence[TrialOutcome]) -> TrialOutcome | None:
+    """The completed trial with the highest value (the first on ties)."""
+    scored = [t for t in history if t.status == "completed" and t.value is not None]
+    return max(scored, key=lambda t: t.value) if scored else None
+
+
+def trials_since_gain(history: Sequence[TrialOutcome]) -> int:
+    """Trials since the last one that beat the best before it by more than that best's validation noise.
+
+    A trial that changed no prediction (no effect) answered no question: it counts neither way."""
+    best: TrialOutcome | None = None
+    since = 0
+    for trial in history:
+        if trial.no_effect:
+            continue
+        scored = trial.status == "completed" and trial.value is not None
+        if scored and (best is None or trial.value - best.value > best.noise):
+            since = 0
+        else:
+            since += 1
+        if scored and (best is None or trial.value > best.value):
+            best = trial
+    return since
 
 
 class Strategy(Protocol):
     name: str
+    plateau: int  # trials without a gain beyond noise that end the study (0: never)
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler: ...
 
@@ -53,18 +91,38 @@ class Strategy(Protocol):
         trial was interrupted and must run again."""
         ...
 
+    def untried(self, history: list[TrialOutcome]) -> list[str]:
+        """Moves with an expected gain this strategy has not tried yet, in words (why not to stop yet)."""
+        ...
 
-def _ask_fixed(study: optuna.Study, recipe: Recipe, reason: str) -> Proposal:
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the guided policy sizes its moves by: the backbone's depth, the training examples, the smallest
+    class's examples (None where unknown or not a classifier)."""
+
+    num_layers: int | None = None
+    train_size: int | None = None
+    examples_per_class: int | None = None
+
+    def policy_options(self) -> dict[str, Any]:
+        return {"num_layers": self.num_layers, "train_size": self.train_size,
+                "examples_per_class": self.examples_per_class}
+
+
+def _ask_fixed(study: optuna.Study, recipe: Recipe, reason: str, parent: int | None = None) -> Proposal:
     trial = study.ask()
     trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
-    return Proposal(trial, recipe, reason)
+    return Proposal(trial, recipe, reason, parent)
 
 
 class GuidedStrategy:
     name = "guided"
 
-    def __init__(self, num_layers: int | None, modality: str = "text"):
-        self.num_layers, self.modality = num_layers, modality
+    def __init__(self, num_layers: int | None, modality: str = "text", facts: DataFacts | None = None,
+                 plateau: int = GUIDED_PLATEAU):
+        self.facts = facts or DataFacts(num_layers)
+        self.num_layers, self.modality, self.plateau = self.facts.num_layers, modality, plateau
         self.first_learning_rate = 2e-3  # a head's usual rate; the study driver's caller may set it from lr-find
         self.first_note = ""
 
@@ -96,20 +154,34 @@ class GuidedStrategy:
             return _ask_fixed(study, retry, "re-run of an interrupted trial")
         if not history:
             return _ask_fixed(study, self.first_recipe(base), self.first_reason())
-        scored = [t for t in history if t.status == "completed" and t.value is not None]
-        if not scored:  # every trial so far failed: calm the first recipe down
+        tried = [t.recipe for t in history]
+        options = {**self.facts.policy_options(), "modality": self.modality}
+        best = best_outcome(history)
+        if best is None:  # every trial so far failed: calm the first recipe down
             last = history[-1]
             if last.diagnosis is None:
                 return None
-            decision = next_recipe(last.diagnosis, last.recipe, [t.recipe for t in history],
-                                   num_layers=self.num_layers, modality=self.modality)
-        else:
-            best = max(scored, key=lambda t: t.value)
-            decision = next_recipe(best.diagnosis, best.recipe, [t.recipe for t in history],
-                                   num_layers=self.num_layers, modality=self.modality)
+            decision = next_recipe(last.diagnosis, last.recipe, tried, **options)
+            return None if decision is None else _ask_fixed(study, decision.recipe, decision.reason, last.number)
+        decision = None
+        if not self._plateaued(history):
+            ineffective = [t.recipe for t in history if t.no_effect and t.parent == best.number]
+            decision = next_recipe(best.diagnosis, best.recipe, tried, ineffective=ineffective, **options)
+        if decision is None:  # on a plateau, or the rule table is spent: the larger moves not yet tried
+            decision = explore(best.recipe, tried, **options)
         if decision is None:
             return None
-        return _ask_fixed(study, decision.recipe, decision.reason)
+        return _ask_fixed(study, decision.recipe, decision.reason, best.number)
+
+    def _plateaued(self, history: list[TrialOutcome]) -> bool:
+        return bool(self.plateau) and trials_since_gain(history) >= self.plateau
+
+    def untried(self, history: list[TrialOutcome]) -> list[str]:
+        best = best_outcome(history)
+        if best is None:
+            return []
+        return untried(best.recipe, [t.recipe for t in history], **self.facts.policy_options(),
+                       modality=self.modality)
 
 
 class SamplerStrategy:
@@ -119,8 +191,11 @@ class SamplerStrategy:
     inside ``tell``, which only works under ``study.optimize``, not in an ask/tell loop the caller owns).
     """
 
-    def __init__(self, name: str, modality: str = "text"):
-        self.name, self.modality = name, modality
+    def __init__(self, name: str, modality: str = "text", plateau: int = 0):
+        self.name, self.modality, self.plateau = name, modality, plateau
+
+    def untried(self, history: list[TrialOutcome]) -> list[str]:
+        return []  # a sampler has no notion of a move left untried: its plateau (if asked for) ends the study
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.name == "bayes":
@@ -168,11 +243,14 @@ def grid_points(grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def make_strategy(name: str, num_layers: int | None, modality: str = "text") -> Strategy:
+def make_strategy(name: str, num_layers: int | None, modality: str = "text", facts: DataFacts | None = None,
+                  plateau: int | None = None) -> Strategy:
+    """``plateau``: trials without a gain beyond validation noise that end the study (0: never); None takes
+    the strategy's own default (the guided search's GUIDED_PLATEAU; a sampler runs every trial asked for)."""
     if name == "guided":
-        return GuidedStrategy(num_layers, modality)
+        return GuidedStrategy(num_layers, modality, facts, GUIDED_PLATEAU if plateau is None else plateau)
     if name in STRATEGIES:
-        return SamplerStrategy(name, modality)
+        return SamplerStrategy(name, modality, plateau or 0)
     raise ValueError(f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. Got {name!r} instead.")
 
 

@@ -6,6 +6,11 @@ convergence ends the study. Every trial is a run in the workspace, so the best o
         proposal = strategy.propose(...)     # guided: the policy applied to the best trial's diagnosis
         run = train_run(proposal.recipe)     # per-epoch validation, pruning, the budget's deadline
         diagnosis = diagnose(run.history)    # recorded before the next proposal
+        same = same_as(run's predictions)    # a trial that changed no prediction counts for nothing
+
+Then, where it can change the answer, the seed check re-runs the top two recipes with other seeds (at
+most a quarter of the budget), and the runs of the winning recipe are averaged into a soup where they
+share their initial weights.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 
 from tuneloop.config import LOWER_IS_BETTER, Recipe
@@ -26,11 +32,31 @@ from tuneloop.errors import ConfigError, TuneloopError
 from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import Callback, EpochRecord, StopTraining
 from tuneloop.tuning.diagnose import Diagnosis, diagnose
-from tuneloop.tuning.policy import recipe_key
-from tuneloop.tuning.seeds import SEED_CHECK_PREFIX, SeedGroup, best_trial, seed_groups, seed_verdict
-from tuneloop.tuning.strategies import PRUNERS, STRATEGIES, Proposal, Strategy, TrialOutcome, make_pruner
+from tuneloop.tuning.effect import compact, same_as
+from tuneloop.tuning.seeds import (
+    SEED_CHECK_PREFIX,
+    SOUP_PREFIX,
+    SeedGroup,
+    best_trial,
+    is_search,
+    seed_check_plan,
+    seed_groups,
+    seed_verdict,
+    winning_group,
+)
+from tuneloop.tuning.strategies import (
+    PRUNERS,
+    STRATEGIES,
+    Proposal,
+    Strategy,
+    TrialOutcome,
+    best_outcome,
+    make_pruner,
+    trials_since_gain,
+)
 
-CONVERGENCE_PATIENCE = 4  # proposals without a gain beyond noise before the study stops
+EARLY_STOP_SHARE = 0.2  # a plateau ends a study with more of its budget left only when nothing is left to try
+SEED_CHECK_SHARE = 0.25  # the most of a budget the seed check may spend
 
 
 @dataclass(frozen=True)
@@ -69,9 +95,20 @@ class TrialRecord:
     diagnosis: Diagnosis | None = None
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    parent: int | None = None  # the trial whose recipe this one's move changed
+    no_effect: str = ""  # where its validation predictions repeat an earlier trial's: the sentence saying so
+    predictions: np.ndarray | None = None  # its validation predictions (class ids, or standardized values)
 
     def outcome(self) -> TrialOutcome:
-        return TrialOutcome(self.recipe, self.status, self.value, self.diagnosis)
+        return TrialOutcome(self.recipe, self.status, self.value, self.diagnosis, self.number, self.parent,
+                            bool(self.no_effect))
+
+    def row(self) -> dict[str, Any]:
+        """As ``Workspace.trials`` returns it, for the pure functions of ``seeds``."""
+        evidence = self.diagnosis.evidence if self.diagnosis else {}
+        return {"number": self.number, "reason": self.reason, "status": self.status, "value": self.value,
+                "recipe": self.recipe.to_dict(), "run_id": self.run_id, "no_effect": self.no_effect,
+                "evidence": evidence}
 
 
 class StudyCallback:
@@ -92,6 +129,8 @@ class _ReportToOptuna(Callback):
     a decaying learning rate, a 20-epoch trial at epoch 2 is still warming up where a 10-epoch one is well
     on its way, and comparing them there would prune every longer schedule the policy asks for.
     """
+
+    main_phase_only = True  # a run's first phase (pairs) reports nothing a pruner could compare
 
     def __init__(self, trial: optuna.trial.Trial, metric: str, deadline: float | None, prunable: bool = True,
                  epochs: int = 100):
@@ -127,8 +166,11 @@ def new_study_id() -> str:
     return "study-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def check_study_options(strategy: str, prune: str, target: float | None) -> list[str]:
+def check_study_options(strategy: str, prune: str, target: float | None, plateau: int | None = None) -> list[str]:
     problems = []
+    if plateau is not None and (isinstance(plateau, bool) or not isinstance(plateau, int) or plateau < 0):
+        problems.append(f"The 'plateau' parameter must be an int >= 0 (0 never stops on a plateau). "
+                        f"Got {plateau!r} instead.")
     if strategy not in STRATEGIES:
         problems.append(f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. Got {strategy!r} instead.")
     if prune not in PRUNERS:
@@ -143,7 +185,8 @@ SEED_CHECK_SEEDS = 2  # extra seeds for each of the top two recipes
 
 @dataclass(frozen=True)
 class SeedCheck:
-    """The top recipes re-run with more seeds: per recipe the values over seeds, and the verdict."""
+    """The top recipes re-run with more seeds: per recipe the values over seeds, and the verdict (or why the
+    check was not run: then there are no groups)."""
 
     groups: list[SeedGroup]
     verdict: str
@@ -154,21 +197,32 @@ class SeedCheck:
                            for g in self.groups]}
 
 
+SoupTrial = Callable[[list[str], Recipe], Any]  # (the runs to average, their recipe) -> (run, predictions)
+
+
 def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy: Strategy, budget: Budget, *,
               target: float | None, prune: str, train_trial, callbacks: Sequence[StudyCallback] = (),
-              spent_before: float = 0.0, seed_check: bool = True) -> StudyResult:
+              spent_before: float = 0.0, seed_check: bool = True, soup_trial: SoupTrial | None = None,
+              shares_start: bool = False) -> StudyResult:
     """Drive a study to its end. ``train_trial(recipe, training_callbacks, checkpoint_name)`` trains one run,
     saving each epoch under ``checkpoint_name`` and continuing from there if a saved epoch exists.
+
+    ``shares_start``: runs of one recipe can start from the same weights (a pretrained body; the new head
+    seeded by ``init_seed``), so the seed check's runs are made that way and ``soup_trial`` averages them.
 
     Resuming is running this again on the same ``study_id``: finished trials are read back, interrupted
     ones re-run first, and the time budget counts what was spent before.
     """
     driver = _StudyDriver(store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                           spent_before)
+    driver.soup_trial, driver.shares_start = soup_trial, shares_start
     return driver.run(seed_check)
 
 
 class _StudyDriver:
+    soup_trial: SoupTrial | None = None
+    shares_start = False
+
     def __init__(self, store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                  spent_before):
         # metric "auto" made concrete: every trial is scored, reported and diagnosed by the same one
@@ -194,15 +248,12 @@ class _StudyDriver:
         self.deadline = self.started + budget.seconds if budget.seconds else None
 
     def run(self, seed_check: bool) -> StudyResult:
-        stop_reason, since_gain = "", 0
         while True:
-            best = _best(self.trials)
-            stop_reason = _stop_reason(self._search_trials(), best, self.budget, self.target,
-                                       self._search_deadline(seed_check), since_gain)
+            stop_reason = self._stop_reason(seed_check)
             if stop_reason:
                 break
             retry, retry_number = self.retries.pop(0) if self.retries else (None, None)
-            finished = [t.outcome() for t in self.trials if t.status != "interrupted"]
+            finished = [t.outcome() for t in self._search_trials() if t.status != "interrupted"]
             proposal = self.strategy.propose(self.study, self.base, finished, retry)
             if proposal is None:
                 stop_reason = "the strategy has nothing left to try"
@@ -210,27 +261,70 @@ class _StudyDriver:
             # An interrupted trial's re-run continues from the epochs its first attempt saved.
             number = retry_number if retry_number is not None else len(self.trials)
             self._run_trial(proposal, f"trial-{number}")
-            since_gain = 0 if _gained(best, _best(self.trials)) else since_gain + 1
         check = self._seed_check() if seed_check else None
-        self.store.finish_study(self.study_id, stop_reason)
+        if check is not None and check.groups:
+            self._soup()
+        self.store.finish_study(self.study_id, stop_reason, check.verdict if check is not None else None)
         best = _best_after_check(self.trials)
         return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check)
 
     def _search_trials(self) -> list[TrialRecord]:
-        return [t for t in self.trials if not t.reason.startswith(SEED_CHECK_PREFIX)]
+        return [t for t in self.trials if is_search(t.row())]
+
+    def _stop_reason(self, seed_check: bool) -> str:
+        """Why the search ends now, or "" to go on. A plateau ends it only with at most a fifth of the budget
+        left, or nothing with an expected gain left untried; the reason names what was left."""
+        search = [t for t in self._search_trials() if t.status != "interrupted"]
+        budget, now = self.budget, time.monotonic()
+        if budget.trials is not None and len(search) >= budget.trials:
+            return f"the budget of {budget.trials} trials is spent"
+        if self.deadline is not None:
+            if now >= self.deadline:
+                return f"the time budget of {budget} is spent"
+            if now >= self._search_deadline(seed_check):
+                return (f"the search stopped with {self.deadline - now:.0f}s of the time budget of {budget} left, "
+                        f"kept for the seed check")
+        best = _best(search)
+        if self.target is not None and best is not None and best.value >= self._target_value():
+            return f"the target {self.target:g} is reached"
+        outcomes = [t.outcome() for t in search]
+        since = trials_since_gain(outcomes)
+        if not self.strategy.plateau or since < self.strategy.plateau:
+            return ""
+        left = self._budget_left(len(search), now)
+        untried = self.strategy.untried(outcomes)
+        if untried and left > EARLY_STOP_SHARE:
+            return ""  # the strategy tries them next
+        found = f"no gain beyond validation noise in {since} trials"
+        if not untried:
+            return f"{found}, and nothing with an expected gain is left untried"
+        return f"{found}, with {left:.0%} of the budget left; not tried: {'; '.join(untried)}"
+
+    def _target_value(self) -> float:
+        """The target as a value: trials' values are minus the metric where lower is better (loss, MAE, RMSE)."""
+        return -self.target if self.base.metric in LOWER_IS_BETTER else self.target
+
+    def _budget_left(self, trials_done: int, now: float) -> float:
+        """The share of the budget not yet spent (of the time, or of the trials)."""
+        if self.budget.seconds:
+            return max(0.0, (self.deadline - now) / self.budget.seconds)
+        return max(0.0, 1.0 - trials_done / self.budget.trials)
 
     def _search_deadline(self, seed_check: bool) -> float | None:
-        """With a time budget, the search stops early enough to leave the seed check its share."""
+        """With a time budget, the search stops early enough to leave the seed check its share, where the
+        check can change the answer as the trials stand now; never more than SEED_CHECK_SHARE of the budget."""
         if self.deadline is None or not seed_check:
             return self.deadline
-        done = [t.seconds for t in self._search_trials() if t.status == "completed"]
-        reserve = 2 * SEED_CHECK_SEEDS * (sorted(done)[len(done) // 2] if done else 0.0)
-        return self.deadline - reserve
+        planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
+        if not planned:
+            return self.deadline
+        cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
+        return self.deadline - min(cost, SEED_CHECK_SHARE * self.budget.seconds)
 
     def _run_trial(self, proposal: Proposal, checkpoint_name: str) -> TrialRecord:
-        record = TrialRecord(len(self.trials), proposal.recipe, proposal.reason)
+        record = TrialRecord(len(self.trials), proposal.recipe, proposal.reason, parent=proposal.parent)
         self.store.start_trial(self.study_id, record.number, proposal.trial.number, proposal.recipe.to_dict(),
-                               proposal.reason)
+                               proposal.reason, proposal.parent)
         best_before = _best(self.trials)
         for callback in self.callbacks:
             callback.on_trial_start(record.number, proposal.recipe, proposal.reason)
@@ -254,89 +348,125 @@ class _StudyDriver:
             record.diagnosis = diagnose(result.history, diverged=result.diverged, n_val=len(self.task.val),
                                         num_classes=len(self.task.classes), metric=metric,
                                         objective=self.task.objective.name)
+            self._compare(record, result.best_val_predictions)
             if record.status == "pruned":
                 self.study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 self.study.tell(proposal.trial, record.value)
         record.seconds = time.monotonic() - trial_started
         _clear_checkpoint(self.store, self.study_id, checkpoint_name)
-        self.store.end_trial(self.study_id, record.number, status=record.status, run_id=record.run_id,
-                             value=record.value, diagnosis=record.diagnosis.label if record.diagnosis else None,
-                             summary=record.diagnosis.summary if record.diagnosis else None,
-                             evidence=record.diagnosis.evidence if record.diagnosis else None,
-                             seconds=record.seconds)
-        self.store.add_spent(self.study_id, record.seconds)
-        self.trials.append(record)
+        self._end(record)
         for callback in self.callbacks:
             callback.on_trial_end(record, _best(self.trials) or best_before)
         return record
 
-    def _seed_check(self) -> SeedCheck | None:
-        """Re-run the top two recipes with more seeds, so that the winner's lead can be weighed against
-        seed noise before it is called best."""
-        top: list[TrialRecord] = []
-        for trial in sorted((t for t in self._search_trials() if t.status == "completed"),
-                            key=lambda t: t.value, reverse=True):
-            if all(recipe_key(trial.recipe) != recipe_key(t.recipe) for t in top):
-                top.append(trial)
-            if len(top) == 2:
-                break
-        if not top:
-            return None
-        for trial in top:
-            for offset in range(1, SEED_CHECK_SEEDS + 1):
+    def _compare(self, record: TrialRecord, predictions: np.ndarray | None) -> None:
+        """Keep the trial's validation predictions, and say so where they repeat an earlier trial's."""
+        if predictions is None:
+            return
+        regression = self.task.objective.name == "regression"
+        earlier = [(t.number, t.predictions) for t in self.trials if t.predictions is not None]
+        same = same_as(predictions, earlier, regression)
+        record.predictions = compact(predictions, regression)
+        if same is not None:
+            record.no_effect = same.sentence()
+
+    def _end(self, record: TrialRecord) -> None:
+        """Record a finished trial (the workspace first, so a kill after this line loses nothing)."""
+        predictions = None if record.predictions is None else record.predictions.tolist()
+        self.store.end_trial(self.study_id, record.number, status=record.status, run_id=record.run_id,
+                             value=record.value, diagnosis=record.diagnosis.label if record.diagnosis else None,
+                             summary=record.diagnosis.summary if record.diagnosis else None,
+                             evidence=record.diagnosis.evidence if record.diagnosis else None,
+                             seconds=record.seconds, no_effect=record.no_effect, predictions=predictions)
+        self.store.add_spent(self.study_id, record.seconds)
+        self.trials.append(record)
+
+    def _seed_check(self) -> SeedCheck:
+        """Re-run the top two recipes with more seeds, so that the winner's lead can be weighed against seed
+        noise before it is called best: only where that can change the answer, and within a quarter of the
+        budget (of its time; of a trial budget, as many runs again)."""
+        planned, why_not = seed_check_plan([t.row() for t in self._search_trials()])
+        if not planned:
+            return SeedCheck([], f"not run: {why_not}")
+        originals = [self.trials[n] for n in planned]
+        seeds = self._affordable_seeds(originals)
+        if seeds == 0:
+            return SeedCheck([], "not run: its re-runs do not fit in a quarter of the budget")
+        for trial in originals:
+            for offset in range(1, seeds + 1):
                 recipe = trial.recipe.replace(seed=(trial.recipe.seed + offset) % 2**32)
+                if self.shares_start:  # the same initial weights as the original: their average is a model
+                    recipe = recipe.replace(init_seed=trial.recipe.weights_seed)
                 if any(t.recipe == recipe and t.status == "completed" for t in self.trials):
                     continue
                 optuna_trial = self.study.ask()
                 optuna_trial.set_user_attr("tuneloop_recipe", recipe.to_dict())
                 reason = f"{SEED_CHECK_PREFIX}: the recipe of trial {trial.number} with seed {recipe.seed}"
                 name = f"seed-{trial.number}-{recipe.seed}"
-                self._run_trial(Proposal(optuna_trial, recipe, reason), name)
-        groups = seed_groups(_rows(self.trials))
+                self._run_trial(Proposal(optuna_trial, recipe, reason, trial.number), name)
+        groups = seed_groups([t.row() for t in self.trials])
         return SeedCheck(groups, seed_verdict(groups))
 
+    def _affordable_seeds(self, originals: list[TrialRecord]) -> int:
+        """Seeds per recipe (at most SEED_CHECK_SEEDS) whose re-runs fit in SEED_CHECK_SHARE of the budget, and
+        before its deadline."""
+        if self.budget.trials is not None:
+            runs = int(self.budget.trials * SEED_CHECK_SHARE)
+            return min(SEED_CHECK_SEEDS, runs // len(originals))
+        one_each = sum(t.seconds for t in originals)
+        allowance = min(SEED_CHECK_SHARE * self.budget.seconds, self.deadline - time.monotonic())
+        return min(SEED_CHECK_SEEDS, int(allowance // one_each)) if one_each > 0 else SEED_CHECK_SEEDS
 
-def _rows(trials: list[TrialRecord]) -> list[dict[str, Any]]:
-    return [{"number": t.number, "reason": t.reason, "status": t.status, "value": t.value,
-             "recipe": t.recipe.to_dict(), "run_id": t.run_id} for t in trials]
+    def _soup(self) -> None:
+        """Average the weights of the winning recipe's runs into one model, where they started from the same
+        weights and really differ; it is handed back where it scores at least their mean (seeds.best_trial)."""
+        winner = winning_group([t.row() for t in self.trials])
+        if winner is None or self.soup_trial is None or not self.shares_start:
+            return
+        members = [self.trials[t["number"]] for t in winner.trials]
+        members = [t for t in members if t.status == "completed" and t.run_id and not t.no_effect]
+        if len(members) < 2 or len({t.recipe.weights_seed for t in members}) > 1:
+            return
+        optuna_trial = self.study.ask()
+        recipe = members[0].recipe
+        optuna_trial.set_user_attr("tuneloop_recipe", recipe.to_dict())
+        numbers = ", ".join(str(t.number) for t in members)
+        reason = (f"{SOUP_PREFIX}: the weight average of trials {numbers}, one recipe over {len(members)} seeds "
+                  f"from the same initial weights")
+        record = TrialRecord(len(self.trials), recipe, reason, parent=members[0].number)
+        self.store.start_trial(self.study_id, record.number, optuna_trial.number, recipe.to_dict(), reason,
+                               record.parent)
+        for callback in self.callbacks:
+            callback.on_trial_start(record.number, recipe, reason)
+        started = time.monotonic()
+        try:
+            run, predictions = self.soup_trial([t.run_id for t in members], recipe)
+        except TuneloopError as exc:
+            record.status = "failed"
+            record.diagnosis = _failed_diagnosis(str(exc))
+            self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            record.run_id, record.status = run.id, "completed"
+            record.value = objective_value(run.metrics, self.base.metric)
+            self._compare(record, predictions)
+            self.study.tell(optuna_trial, record.value)
+        record.seconds = time.monotonic() - started
+        self._end(record)
+        for callback in self.callbacks:
+            callback.on_trial_end(record, _best_after_check(self.trials))
 
 
 def _best_after_check(trials: list[TrialRecord]) -> TrialRecord | None:
-    """The best run of the recipe with the best mean over seeds; without a seed check, the best trial."""
-    row = best_trial(_rows(trials))
+    """The best run of the recipe with the best mean over seeds (or their soup); without a seed check, the best
+    search trial."""
+    row = best_trial([t.row() for t in trials])
     return next(t for t in trials if t.number == row["number"]) if row else None
 
 
 def _best(trials: list[TrialRecord]) -> TrialRecord | None:
-    scored = [t for t in trials if t.status == "completed" and t.value is not None]
-    return max(scored, key=lambda t: t.value) if scored else None
-
-
-def _noise(trial: TrialRecord) -> float:
-    """How much a better trial must beat this one by to count: the half-width of its accuracy interval."""
-    return float(trial.diagnosis.evidence.get("ci_half_width", 0.0)) if trial.diagnosis else 0.0
-
-
-def _gained(old: TrialRecord | None, new: TrialRecord | None) -> bool:
-    if new is None:
-        return False
-    if old is None:
-        return True
-    return new is not old and new.value - old.value > _noise(old)
-
-
-def _stop_reason(trials, best, budget: Budget, target, deadline, since_gain) -> str:
-    counted = [t for t in trials if t.status != "interrupted"]
-    if budget.trials is not None and len(counted) >= budget.trials:
-        return f"the budget of {budget.trials} trials is spent"
-    if deadline is not None and time.monotonic() >= deadline:
-        return f"the time budget of {budget} is spent"
-    if target is not None and best is not None and best.value >= target:
-        return f"the target {target:g} is reached"
-    if since_gain >= CONVERGENCE_PATIENCE:
-        return f"no gain beyond validation noise in {since_gain} trials"
-    return ""
+    best = best_outcome([t.outcome() for t in trials])
+    return None if best is None else next(t for t in trials if t.number == best.number)
 
 
 def _failed_diagnosis(message: str) -> Diagnosis:
@@ -360,14 +490,16 @@ def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list
     for row in rows:
         recipe = Recipe.from_dict(row["recipe"])
         record = TrialRecord(row["number"], recipe, row["reason"], row["status"], row["run_id"], row["value"],
-                             seconds=row["seconds"] or 0.0)
+                             seconds=row["seconds"] or 0.0, parent=row.get("parent"),
+                             no_effect=row.get("no_effect") or "")
+        if row.get("predictions") is not None:
+            record.predictions = np.asarray(row["predictions"])
         if row["diagnosis"]:
             record.diagnosis = Diagnosis(row["diagnosis"], row["evidence"], row["diagnosis_summary"] or "",
                                          row["diagnosis_summary"] or "")
         if row["run_id"]:
             record.history = store.epochs(row["run_id"])
-        if (row["status"] == "interrupted" and not row["reason"].startswith(SEED_CHECK_PREFIX)
-                and recipe_not_finished(recipe, rows)):
+        if row["status"] == "interrupted" and is_search(row) and recipe_not_finished(recipe, rows):
             retries.append((recipe, row["number"]))
         trials.append(record)
     return trials, retries
