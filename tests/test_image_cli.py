@@ -145,7 +145,7 @@ def test_sampler_strategies_search_the_small_cnn_space(tmp_path):
     tuned = tuneloop("tune", str(data), "--model", "small-cnn", "--strategy", "random", "--budget", "2trials",
                      "--no-seed-check", "--workspace", str(tmp_path / "ws"), "--json", "--quiet")
     assert tuned.returncode == 0, tuned.stderr
-    recipes = [t["recipe"] for t in json.loads(tuned.stdout)["trials"]]
+    recipes = [t["recipe"] for t in json.loads(tuned.stdout)["trials"] if t["kind"] == "search"]
     assert len(recipes) == 2
     assert all(1 <= r["hidden_layers"] <= 4 and r["hidden_units"] in (32, 64, 128, 256) for r in recipes)
     assert all(0 <= r["mixup"] <= 0.5 and r["lora_rank"] == 0 for r in recipes), "image knobs, no text ones"

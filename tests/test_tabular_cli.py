@@ -145,7 +145,7 @@ def test_guided_tuning_of_a_table_makes_capacity_decisions_and_reports_them(wine
                      "--name", "wine", "--json")
     assert tuned.returncode == 0, tuned.stderr
     result = json.loads(tuned.stdout)
-    trials = result["trials"]
+    trials = [t for t in result["trials"] if t["kind"] == "search"]
     assert trials[0]["recipe"]["hidden_layers"] == 1 and trials[0]["recipe"]["hidden_units"] == 64
     assert "MLP" in trials[0]["reason"]
     later = [t["reason"] for t in trials[1:]]
@@ -153,6 +153,9 @@ def test_guided_tuning_of_a_table_makes_capacity_decisions_and_reports_them(wine
     assert all(t["recipe"]["trainable_layers"] == trials[0]["recipe"]["trainable_layers"] for t in trials), \
         "no encoder knobs are moved for a table"
     assert result["best_metrics"]["val_accuracy"] > 0.9
+    # 36 validation rows cannot tell MLPs apart: the final model is the chosen one trained on all 178 rows
+    (refit,) = [t for t in result["trials"] if t["kind"] == "refit"]
+    assert result["best_run"] == refit["run"] and "all 178 labelled examples" in result["choice"]
     report = tmp_path / "report.html"
     reported = tuneloop("report", "wine", "--workspace", str(workspace), "-o", str(report))
     assert reported.returncode == 0, reported.stderr
@@ -170,7 +173,7 @@ def test_sampler_strategies_search_the_mlp_space_of_a_table(wine, tmp_path, stra
     data, _ = wine
     result = api.tune(data, workspace=tmp_path / "ws", budget="3trials", strategy=strategy, prune="none",
                       seed_check=False)
-    recipes = [t.recipe for t in result.trials]
+    recipes = [t.recipe for t in result.trials if t.kind == "search"]
     assert len(recipes) == 3
     assert len({(r.hidden_layers, r.hidden_units, r.learning_rate) for r in recipes}) == 3, "three different MLPs"
     assert all(r.trainable_layers == "all" and r.lora_rank == 0 for r in recipes), "no encoder knobs"
@@ -184,7 +187,7 @@ def test_guided_tuning_of_a_regression_table_scores_by_rmse(diabetes, tmp_path):
                      "--json", "--quiet")
     assert tuned.returncode == 0, tuned.stderr
     result = json.loads(tuned.stdout)
-    completed = [t for t in result["trials"] if t["status"] == "completed"]
+    completed = [t for t in result["trials"] if t["status"] == "completed" and t["kind"] == "search"]
     assert completed and all(t["value"] < 0 for t in completed), "minus the RMSE: higher is better"
     assert result["best_metrics"]["val_rmse"] == pytest.approx(-max(t["value"] for t in completed))
     assert result["trials"][0]["reason"].startswith("start with the cheapest capacity: an MLP")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -252,7 +253,8 @@ class _RecordEpochs(Callback):
         self.workspace, self.run_id = workspace, run_id
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
-        self.workspace.record_epoch(self.run_id, record.__dict__)
+        if math.isfinite(record.val_loss):  # a final fit on every labelled example has no validation to record
+            self.workspace.record_epoch(self.run_id, record.__dict__)
 
     def on_resume(self, history: list[EpochRecord]) -> None:
         for record in history:
@@ -294,18 +296,7 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                              val_fingerprint=task.val.fingerprint(), n_train=len(task.train), n_val=len(task.val),
                              recipe=recipe.to_dict(), data_options=getattr(task, "data_options", None))
     try:
-        phase_seconds = 0.0
-        if prepared.first_phase is not None:  # contrastive tuning on pairs, checkpointed apart from the rest
-            phase = prepared.first_phase
-            shown = [c for c in callbacks if not c.main_phase_only]
-            part = EpochCheckpoint(checkpoint.folder / phase.name) if checkpoint is not None else None
-            phase_result = train(phase.trainable, phase.train_set, phase.val_set, phase.recipe, device, precision,
-                                 shown, part, phase.objective)
-            if phase_result.diverged:
-                raise ModelError(f"Contrastive tuning on pairs diverged (the loss became NaN or infinite) at "
-                                 f"learning rate {phase.recipe.learning_rate}.")
-            phase_seconds = phase_result.seconds
-            prepared = phase.then()
+        prepared, phase_seconds = _first_phase(prepared, device, precision, callbacks, checkpoint)
         network, trainable = prepared.network, prepared.trainable
         train_set, val_set = prepared.train_set, prepared.val_set
         result = train(trainable, train_set, val_set, recipe, device, precision,
@@ -339,6 +330,121 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
               (network.cpu().eval(), prepared.preprocessor))
     return run, result
+
+
+def _first_phase(prepared: Any, device: torch.device, precision: str, callbacks: Sequence[Callback],
+                 checkpoint: EpochCheckpoint | None) -> tuple[Any, float]:
+    """Train a run's first phase where it has one (contrastive tuning on pairs, checkpointed apart from the
+    rest); returns what the rest of the run trains, and the phase's seconds."""
+    if prepared.first_phase is None:
+        return prepared, 0.0
+    phase = prepared.first_phase
+    shown = [c for c in callbacks if not c.main_phase_only]
+    part = EpochCheckpoint(checkpoint.folder / phase.name) if checkpoint is not None else None
+    result = train(phase.trainable, phase.train_set, phase.val_set, phase.recipe, device, precision, shown, part,
+                   phase.objective)
+    if result.diverged:
+        raise ModelError(f"Contrastive tuning on pairs diverged (the loss became NaN or infinite) at learning rate "
+                         f"{phase.recipe.learning_rate}.")
+    return phase.then(), result.seconds
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """A recipe scored by k-fold cross-validation over every labelled example of a task: the scores of all
+    out-of-fold predictions (each example predicted once, by the fold that did not train on it), the best
+    epoch of each fold, and the seconds it took."""
+
+    metrics: dict[str, float]  # val_<metric> over all out-of-fold predictions, and val_loss
+    n: int
+    k: int
+    best_epochs: list[int]
+    seconds: float
+
+
+def cross_validate(task: Any, recipe: Recipe, k: int, seed: int, callbacks: Sequence[Callback] = ()
+                   ) -> CrossValidation | None:
+    """``recipe`` trained k times on the task's pooled examples, each time validated on the fold left out
+    (a classifier only; None where the rarest class has too few examples for ``k`` folds). Nothing is recorded
+    in a workspace: it is a measurement, not a model."""
+    from tuneloop.tuning.selection import folds
+
+    if task.objective.name != "classification":
+        return None
+    recipe = recipe.for_objective(task.objective.name)
+    labels = task.pool_labels()
+    splits = folds(labels, k, seed)
+    if not splits:
+        return None
+    index = {name: i for i, name in enumerate(task.classes)}
+    truth = np.asarray([index[label] for label in labels])
+    device = pick_device()
+    started = time.perf_counter()
+    out_of_fold = np.zeros((len(labels), len(task.classes)), dtype=np.float32)
+    best_epochs = []
+    for train_rows, val_rows in splits:
+        fold = task.fold(train_rows, val_rows)
+        precision = training_precision(fold, recipe.precision, device)
+        torch.manual_seed(recipe.weights_seed)
+        prepared = fold.prepare(recipe, device, precision)
+        if recipe.init_seed != -1:
+            torch.manual_seed(recipe.seed)
+        prepared, _ = _first_phase(prepared, device, precision, callbacks, None)
+        result = train(prepared.trainable, prepared.train_set, prepared.val_set, recipe, device, precision,
+                       [c for c in callbacks if not c.main_phase_only], None, fold.objective)
+        if not result.history:
+            raise ModelError(f"Training diverged in a fold of cross-validation at learning rate "
+                             f"{recipe.learning_rate}.")
+        predictions = result.best_val_predictions
+        if predictions is None:
+            predictions = predict_outputs(prepared.trainable, prepared.val_set, device, precision, fold.objective)
+        out_of_fold[val_rows] = predictions
+        best_epochs.append(result.best_epoch)
+    loss, scores = task.objective.score(out_of_fold, truth)
+    metrics = {**{f"val_{name}": value for name, value in scores.items()}, "val_loss": loss}
+    return CrossValidation(metrics, len(labels), len(splits), best_epochs, time.perf_counter() - started)
+
+
+def refit_run(store: Workspace, task: Any, recipe: Recipe, estimate: dict[str, Any],
+              callbacks: Sequence[Callback] = (), checkpoint: EpochCheckpoint | None = None) -> Run:
+    """``recipe`` trained on every labelled example of ``task`` (training and validation together) for its
+    epochs, the last one kept: the final model of a study whose validation set was too small to keep apart.
+    Nothing is left to validate it on, so its recorded scores are ``estimate``'s (val_<metric> as measured
+    by cross-validation or on the validation set when the recipe was chosen; ``estimated_by`` says which)."""
+    recipe = recipe.for_objective(task.objective.name)
+    everything = task.fold(np.arange(len(task.train) + len(task.val)))
+    device = pick_device()
+    precision = training_precision(everything, recipe.precision, device)
+    torch.manual_seed(recipe.weights_seed)
+    prepared = everything.prepare(recipe, device, precision)
+    if recipe.init_seed != -1:
+        torch.manual_seed(recipe.seed)
+    adapter = get_adapter(everything.adapter_name)
+    run_id = store.start_run(task=everything.kind, adapter=adapter.name, backbone=everything.backbone,
+                             train_source=task.train.source, val_source=f"{task.val.source} (trained on too)",
+                             train_fingerprint=everything.train.fingerprint(),
+                             val_fingerprint=task.val.fingerprint(), n_train=len(everything.train), n_val=0,
+                             recipe=recipe.to_dict(), data_options=getattr(task, "data_options", None))
+    try:
+        prepared, phase_seconds = _first_phase(prepared, device, precision, callbacks, checkpoint)
+        result = train(prepared.trainable, prepared.train_set, None, recipe, device, precision,
+                       [c for c in callbacks if not c.main_phase_only], checkpoint, everything.objective)
+        if not result.history:
+            raise ModelError(f"Training on every labelled example diverged at learning rate {recipe.learning_rate}.")
+        metrics = {**estimate, "train_loss": result.history[-1].train_loss, "best_epoch": len(result.history),
+                   "epochs_run": len(result.history), "refit_on": len(everything.train),
+                   "cached_inputs": prepared.cached, "seconds": round(result.seconds + phase_seconds, 3),
+                   "pairs_seconds": round(phase_seconds, 3), "precision": precision, "device": device.type,
+                   **_baseline(task, task.val_features if hasattr(task, "val_features") else prepared.val_set)}
+        _save_model(store, run_id, adapter, prepared.network, prepared.preprocessor, everything.classes, recipe,
+                    metrics)
+        store.complete_run(run_id, metrics, len(result.history), metrics["seconds"])
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip(), status=status)
+        raise
+    return Run(run_id, store.artifact_dir(run_id), recipe, metrics, everything.classes, [],
+               (prepared.network.cpu().eval(), prepared.preprocessor))
 
 
 def _save_model(store: Workspace, run_id: str, adapter: Any, network: torch.nn.Module, preprocessor: Any,
@@ -561,14 +667,16 @@ class TuneResult:
     stop_reason: str
     spent_seconds: float
     seed_check: Any = None
+    choice: str | None = None  # how the final model was chosen (the seed check, or cross-validation and a refit)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "study": self.study_id, "stop_reason": self.stop_reason, "spent_seconds": round(self.spent_seconds, 1),
+            "choice": self.choice,
             "best_run": self.best_run.id if self.best_run else None,
             "best_metrics": self.best_run.metrics if self.best_run else None,
             "seed_check": self.seed_check.to_dict() if self.seed_check else None,
-            "trials": [{"number": t.number, "status": t.status, "run": t.run_id, "value": t.value,
+            "trials": [{"number": t.number, "kind": t.kind, "status": t.status, "run": t.run_id, "value": t.value,
                         "recipe": t.recipe.to_dict(), "reason": t.reason, "seconds": round(t.seconds, 1),
                         "parent": t.parent, "no_effect": t.no_effect or None,
                         "diagnosis": t.diagnosis.label if t.diagnosis else None,
@@ -583,7 +691,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
          image_size: int | None = None, model: str | None = None,
          recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
          name: str | None = None, resume: str | None = None, seed_check: bool = True, plateau: int | None = None,
-         callbacks: Sequence[Any] = ()) -> TuneResult:
+         refit: bool = True, callbacks: Sequence[Any] = ()) -> TuneResult:
     """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
 
     ``budget`` is wall time from this call (reading the data, the range test and building caches count) or a
@@ -592,11 +700,13 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     spent. With ``seed_check`` the top two recipes are re-run with other seeds before the best is chosen,
     where that can change the answer (within a quarter of the budget), and their runs' weight average is
     handed back where it scores higher. ``plateau`` trials without a gain beyond validation noise end the
-    study (0: never; default: 4 for the guided strategy, never for the others). ``task`` is "text",
-    "tabular" or "auto", as for ``fit``.
+    study (0: never; default: 4 for the guided strategy, never for the others). With ``refit``, where the
+    validation set is too small to tell the best recipes apart, they are scored by cross-validation over every
+    labelled example where that is cheap, and the chosen one is trained on all of them (instead of the seed
+    check); its scores are then estimates. ``task`` is "text", "tabular" or "auto", as for ``fit``.
     """
     from tuneloop.tuning.strategies import DataFacts, GuidedStrategy, make_strategy
-    from tuneloop.tuning.study import Budget, check_study_options, new_study_id, run_study
+    from tuneloop.tuning.study import Budget, FinalSteps, check_study_options, new_study_id, run_study
 
     started = time.monotonic()
     if resume is not None:
@@ -622,7 +732,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
         options = {"data": _as_path(data), "val": _as_path(val) if val is not None else None, "budget": budget,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
                    "label_col": label_col, "image_col": image_col, "image_size": image_size, "model": model,
-                   "recipe": base.to_dict(), "val_fraction": val_fraction, "plateau": plateau,
+                   "recipe": base.to_dict(), "val_fraction": val_fraction, "plateau": plateau, "refit": refit,
                    "seed_check": seed_check, "task": modality_of(data, task, text_col, image_col)}
         if isinstance(data, (TextExamples, TableExamples)) or isinstance(val, (TextExamples, TableExamples)):
             options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
@@ -637,7 +747,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     task = loaded
     base = base.for_objective(task.objective.name)
     num_layers = _num_layers(loaded.backbone) if modality == "text" else getattr(task, "num_layers", None)
-    facts = DataFacts(num_layers, len(task.train), _smallest_class(task))
+    facts = DataFacts(num_layers, len(task.train), _smallest_class(task), getattr(task, "pair_seconds", None))
     plan = make_strategy(options["strategy"], num_layers, task.family, facts, options.get("plateau"))
 
     with Workspace.open(workspace, create=True) as store:
@@ -654,8 +764,15 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
             return train_run(store, task, trial_recipe, training_callbacks,
                              EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
 
-        def soup_trial(run_ids: list[str], soup_recipe: Recipe):
-            return soup_run(store, task, run_ids, soup_recipe)
+        def refit_on_all(refit_recipe: Recipe, estimate: dict[str, Any], training_callbacks: list[Callback],
+                         checkpoint_name: str) -> Run:
+            return refit_run(store, task, refit_recipe, estimate, training_callbacks,
+                             EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
+
+        final = FinalSteps(soup=lambda run_ids, soup_recipe: soup_run(store, task, run_ids, soup_recipe),
+                           cross_validate=lambda cv_recipe, k: cross_validate(task, cv_recipe, k, base.seed),
+                           refit=refit_on_all if options.get("refit", True) else None,
+                           shares_start=task.starts_pretrained and base.init == "pretrained")
 
         # The budget counts from this call: reading the data, the range test and the first caches are spent
         # from it like any trial's time (recorded with the study, so a resumed one counts them too).
@@ -664,11 +781,10 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
         result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
                            target=options["target"], prune=options["prune"], train_trial=train_trial,
                            callbacks=callbacks, spent_before=spent_before + setup,
-                           seed_check=options.get("seed_check", True), soup_trial=soup_trial,
-                           shares_start=task.starts_pretrained and base.init == "pretrained")
+                           seed_check=options.get("seed_check", True), final=final)
     best_run = load_run(result.best.run_id, workspace) if result.best else None
     return TuneResult(study_id, best_run, result.trials, result.stop_reason, result.spent_seconds,
-                      result.seed_check)
+                      result.seed_check, result.choice)
 
 
 def _smallest_class(task: Any) -> int | None:

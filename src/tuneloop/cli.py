@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after N trials without a gain beyond validation noise, 0 = never (with more "
                            "than a fifth of the budget left, only once the larger moves are tried) [guided: 4; "
                            "grid, random, bayes: 0]")
+    tune.add_argument("--no-refit", dest="refit", action="store_false",
+                      help="where validation is too small to tell the best recipes apart, keep the best trial's "
+                           "own model instead of cross-validating them and training the chosen one on every "
+                           "labelled example")
     tune.add_argument("--no-seed-check", dest="seed_check", action="store_false",
                       help="skip re-running the top two recipes with other seeds (where they are within "
                            "validation noise of each other) before choosing the best")
@@ -228,9 +232,15 @@ def scores_in_words(metrics: dict[str, Any], prefix: str = "val_") -> str:
 def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:
     baseline = (f"predicting the mean: RMSE {metrics['mean_predictor_rmse']:.4g}" if "mean_predictor_rmse" in metrics
                 else f"majority class {metrics['majority_class_rate']:.4f}")
-    return (f"Run {run_id}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, val "
-            f"{scores_in_words(metrics)} ({baseline}), {metrics['seconds']:.0f}s on {metrics['device']} "
-            f"{metrics['precision']}. Model: {path}"
+    if metrics.get("soup_of"):
+        how = f"the weight average of {len(metrics['soup_of'])} runs, val"
+    elif metrics.get("estimated_by"):
+        how = (f"trained on all {metrics['refit_on']} labelled examples for {metrics['epochs_run']} epochs, "
+               f"estimated by {metrics['estimated_by']}:")
+    else:
+        how = f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, val"
+    return (f"Run {run_id}: {how} {scores_in_words(metrics)} ({baseline}), {metrics['seconds']:.0f}s on "
+            f"{metrics['device']} {metrics['precision']}. Model: {path}"
             + (f"\nFrozen-layer caching {metrics['not_cached']}." if metrics.get("not_cached") else ""))
 
 
@@ -303,6 +313,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       image_col=args.image_col, image_size=args.image_size, model=args.model,
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
                       name=args.name, resume=args.resume, seed_check=args.seed_check, plateau=args.plateau,
+                      refit=args.refit,
                       callbacks=callbacks)
     payload = result.to_dict()
     _emit(args, payload)
@@ -312,8 +323,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     if not args.quiet:
         stdout.print(trials_table(payload))
-    if result.seed_check is not None:
-        print(f"Seed check: {result.seed_check.verdict}.")
+    if result.choice:
+        print(f"Final model: {result.choice}.")
     if result.best_run is None:
         print(f"Study {result.study_id} ended ({result.stop_reason}) without a completed trial.")
     else:

@@ -27,7 +27,8 @@ def study(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     data = write_csv(folder / "train.csv", ["text", "label"], sentiment_rows(40))
     result = api.tune(data, model=str(tiny_model), workspace=folder / "ws", name="s1", budget="8trials",
-                      recipe=Recipe(epochs=2, batch_size=8, patience=0), prune="none", seed_check=True)
+                      recipe=Recipe(epochs=2, batch_size=8, patience=0), prune="none", seed_check=True,
+                      refit=False)
     return result, folder / "ws"
 
 

@@ -393,3 +393,17 @@ def test_exploring_tries_the_larger_moves_once_each():
     assert untried(best, tried, num_layers=6, examples_per_class=16) == []
     assert untried(best, tried[:1], num_layers=6, examples_per_class=16) == [
         "the whole encoder", "longer training", "a higher learning rate"]
+
+
+def test_pairs_are_sized_to_the_time_left_and_skipped_where_too_few_fit():
+    from tuneloop.tuning.strategies import DataFacts
+
+    head = Recipe(trainable_layers=0, learning_rate=2e-3)
+    sized = next_recipe(diagnosis("good_fit"), head, [], num_layers=6, examples_per_class=16, pairs_affordable=8)
+    assert sized.changes["contrastive"] == (0, 8)
+    skipped = next_recipe(diagnosis("good_fit"), head, [], num_layers=6, examples_per_class=16, pairs_affordable=3)
+    assert "contrastive" not in skipped.changes
+    facts = DataFacts(6, train_size=100, examples_per_class=50, pair_seconds=lambda: 0.01)
+    assert facts.pairs_affordable(60.0) == 30, "half of 60 s at 0.01 s a pair over 100 examples"
+    assert facts.pairs_affordable(None) is None
+    assert DataFacts(6, 100, 500, lambda: 1 / 0).pairs_affordable(60.0) is None, "many per class: not measured"

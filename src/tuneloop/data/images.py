@@ -67,6 +67,12 @@ class ImageExamples:
         labels = None if self.labels is None else [self.labels[i] for i in indices]
         return ImageExamples(self.pixels[chosen], labels, [self.locations[i] for i in indices], self.source)
 
+    def joined(self, other: ImageExamples) -> ImageExamples:
+        """These images, then ``other``'s (training and validation images pooled; both of one size)."""
+        labels = None if self.labels is None or other.labels is None else [*self.labels, *other.labels]
+        return ImageExamples(torch.cat([self.pixels, other.pixels]), labels, [*self.locations, *other.locations],
+                             self.source)
+
     def fingerprint(self) -> str:
         """A short hash of the pixels, their shape and the labels, so a run records exactly which data it saw."""
         digest = hashlib.sha256()

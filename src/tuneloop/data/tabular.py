@@ -110,6 +110,14 @@ class TableExamples:
         targets = None if self.targets is None else [self.targets[i] for i in indices]
         return TableExamples(columns, targets, [self.locations[i] for i in indices], self.source, self.target_column)
 
+    def joined(self, other: TableExamples) -> TableExamples:
+        """These rows, then ``other``'s (training and validation rows pooled); a column ``other`` lacks is
+        missing there."""
+        columns = {name: [*values, *other.columns.get(name, [None] * len(other))]
+                   for name, values in self.columns.items()}
+        targets = None if self.targets is None or other.targets is None else [*self.targets, *other.targets]
+        return TableExamples(columns, targets, [*self.locations, *other.locations], self.source, self.target_column)
+
     def fingerprint(self) -> str:
         """A short hash of the column names, the cells and the targets, so a run records which data it saw."""
         digest = hashlib.sha256()

@@ -35,6 +35,11 @@ class TextExamples:
         return TextExamples([self.texts[i] for i in indices], labels, [self.locations[i] for i in indices],
                             self.source)
 
+    def joined(self, other: TextExamples) -> TextExamples:
+        """These examples, then ``other``'s (training and validation examples pooled)."""
+        labels = None if self.labels is None or other.labels is None else [*self.labels, *other.labels]
+        return TextExamples([*self.texts, *other.texts], labels, [*self.locations, *other.locations], self.source)
+
     def fingerprint(self) -> str:
         """A short hash of the texts and labels, so a run records exactly which data it saw."""
         digest = hashlib.sha256()

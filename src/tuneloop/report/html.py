@@ -225,7 +225,8 @@ def header_section(study: StudyRecord) -> str:
                                         f"stratified {options.get('val_fraction')} of the data"),
         ("Model", options.get("model") or DEFAULT_MODELS.get(options.get("task", "text"), "")),
         ("Started", row["created_at"]),
-        ("Seed check", seed_verdict(groups) if groups else (row.get("seed_check") or "not run")),
+        ("Seed check", seed_verdict(groups) if groups else "not run"),
+        ("Final model", row.get("choice") or "the best trial"),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     if best is None:

@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS tuneloop_studies (
     stop_reason TEXT,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    seed_check TEXT
+    choice TEXT
 );
 CREATE TABLE IF NOT EXISTS tuneloop_trials (
     study_id TEXT NOT NULL REFERENCES tuneloop_studies(id),
@@ -160,8 +160,8 @@ def _upgrade_from_3(connection: sqlite3.Connection) -> None:
     for name, kind in (("parent", "INTEGER"), ("no_effect", "TEXT"), ("predictions", "TEXT")):
         if name not in columns:
             connection.execute(f"ALTER TABLE tuneloop_trials ADD COLUMN {name} {kind}")
-    if "seed_check" not in {row[1] for row in connection.execute("PRAGMA table_info(tuneloop_studies)")}:
-        connection.execute("ALTER TABLE tuneloop_studies ADD COLUMN seed_check TEXT")
+    if "choice" not in {row[1] for row in connection.execute("PRAGMA table_info(tuneloop_studies)")}:
+        connection.execute("ALTER TABLE tuneloop_studies ADD COLUMN choice TEXT")
 
 
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
@@ -344,11 +344,12 @@ class Workspace:
                              "WHERE id=?", (socket.gethostname(), os.getpid(), study_id))
         return {**dict(row), "options": json.loads(row["options"])}
 
-    def finish_study(self, study_id: str, reason: str, seed_check: str | None = None) -> None:
-        """The study is over: why the search stopped, and what the seed check found (or why it did not run)."""
+    def finish_study(self, study_id: str, reason: str, choice: str | None = None) -> None:
+        """The study is over: why the search stopped, and how its final model was chosen (the seed check's
+        verdict or why it did not run; or cross-validation and a final fit on every labelled example)."""
         with self._db:
-            self._db.execute("UPDATE tuneloop_studies SET status='finished', stop_reason=?, seed_check=? WHERE id=?",
-                             (reason, seed_check, study_id))
+            self._db.execute("UPDATE tuneloop_studies SET status='finished', stop_reason=?, choice=? WHERE id=?",
+                             (reason, choice, study_id))
 
     def add_spent(self, study_id: str, seconds: float) -> float:
         with self._db:
@@ -402,6 +403,11 @@ class Workspace:
     def runs(self) -> list[RunRecord]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created_at, id").fetchall()
         return [self._record(row) for row in rows]
+
+    def run_metrics(self, run_id: str) -> dict[str, Any]:
+        """The metrics a run recorded (empty for a run without)."""
+        row = self._db.execute("SELECT metrics FROM runs WHERE id=?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
 
     def epochs(self, run_id: str) -> list[dict[str, float]]:
         rows = self._db.execute("SELECT * FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()

@@ -10,11 +10,13 @@ output is the same every epoch and every trial: it is computed once and the head
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,6 +101,20 @@ class ImageTask:
         """The guided policy's rule table: "image" for a pretrained body to unfreeze (EfficientNet, or a saved
         run), "image-scratch" for a fresh small CNN, whose capacity is its width and depth."""
         return "image-scratch" if self.architecture == "small-cnn" else "image"
+
+    def pool(self) -> ImageExamples:
+        """Every labelled image: the training ones, then the validation ones."""
+        return self.train.joined(self.val)
+
+    def pool_labels(self) -> list[str]:
+        return list(self.pool().labels or [])
+
+    def fold(self, train_rows: np.ndarray, val_rows: np.ndarray | None = None) -> ImageTask:
+        """A task on the pooled images ``train_rows`` (training) and ``val_rows`` (validation; without them,
+        this task's validation images, for the record only)."""
+        pool = self.pool()
+        val = self.val if val_rows is None else pool.subset(val_rows)
+        return dataclasses.replace(self, train=pool.subset(train_rows), val=val)
 
     @property
     def starts_pretrained(self) -> bool:

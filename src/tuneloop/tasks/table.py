@@ -78,6 +78,25 @@ class TableTask:
         backbone = str(model) if saved is not None else cls.backbone
         return cls(train, val_examples, preprocessing, train_features, val_features, backbone, start_classes)
 
+    def pool(self) -> TableExamples:
+        """Every labelled row: the training ones, then the validation ones."""
+        return self.train.joined(self.val)
+
+    def pool_labels(self) -> list:
+        """Class names of a classifier's rows, values of a regressor's."""
+        pool = self.pool()
+        if self.preprocessing.target.task == "classification":
+            return target_labels(pool)
+        return [float(value) for value in self.preprocessing.target.encode(pool)]
+
+    def fold(self, train_rows: np.ndarray, val_rows: np.ndarray | None = None) -> TableTask:
+        """A task on the pooled rows ``train_rows`` (training, its preprocessing fitted on them) and
+        ``val_rows`` (validation; without them, this task's validation rows, for the record only)."""
+        pool = self.pool()
+        val = self.val if val_rows is None else pool.subset(val_rows)
+        model = self.backbone if self.start_classes is not None else None
+        return TableTask.load(pool.subset(train_rows), val, target_col=None, val_fraction=0.2, seed=0, model=model)
+
     @property
     def kind(self) -> str:
         return f"tabular-{self.preprocessing.target.task}"

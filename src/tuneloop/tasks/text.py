@@ -3,6 +3,7 @@ outputs of frozen encoder layers cached across epochs and trials."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class TextTask:
     starts_pretrained = True  # runs of one recipe start from the same encoder: their weights can be averaged
     features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
     start_classes: list[str] | None = None  # where the backbone is a saved run's classifier: its classes
+    # A fold of another task's pooled examples: that task, and which of its pooled examples train and validate
+    # here (frozen-encoder vectors are then that task's, picked, not computed again).
+    parent: TextTask | None = field(default=None, repr=False)
+    rows: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _pair_seconds: float | None = field(default=None, repr=False)
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _synonyms: SynonymTable | None = field(default=None, repr=False)
 
@@ -105,6 +111,22 @@ class TextTask:
     def val_labels(self) -> list[str]:
         return self.val.labels
 
+    def pool(self) -> TextExamples:
+        """Every labelled example: the training ones, then the validation ones."""
+        return self.train.joined(self.val)
+
+    def pool_labels(self) -> list[str]:
+        return list(self.pool().labels or [])
+
+    def fold(self, train_rows: np.ndarray, val_rows: np.ndarray | None = None) -> TextTask:
+        """A task on the pooled examples ``train_rows`` (training) and ``val_rows`` (validation; without them,
+        this task's validation examples, for the record only: a final fit on every example sets none apart)."""
+        pool = self.pool()
+        val_rows = np.arange(len(self.train), len(pool)) if val_rows is None else val_rows
+        return dataclasses.replace(self, train=pool.subset(train_rows), val=pool.subset(val_rows), parent=self,
+                                   rows=(np.asarray(train_rows), np.asarray(val_rows)), _encoded={},
+                                   _synonyms=self._synonyms)
+
     def encoded(self, tokenizer, recipe: Recipe):
         """Train and validation token ids for ``recipe.max_length``, tokenized on first use only."""
         if recipe.max_length not in self._encoded:
@@ -120,6 +142,11 @@ class TextTask:
         """Train and validation text vectors of the frozen encoder, computed once per key (see FeatureCache)."""
         adapter = get_adapter("hf_text")
         train_set, val_set = self.encoded(tokenizer, recipe)
+        if self.parent is not None and self.rows is not None:  # a fold: pick the parent's pooled vectors
+            pooled = torch.cat([f.vectors for f in self.parent.cached_features(network, tokenizer, recipe, device,
+                                                                                precision)])
+            return (Features(pooled[torch.from_numpy(self.rows[0])], train_set.label_ids),
+                    Features(pooled[torch.from_numpy(self.rows[1])], val_set.label_ids))
         out = []
         for part, encoded in ((self.train, train_set), (self.val, val_set)):
             key = feature_key(self.backbone, part.fingerprint(), recipe.max_length, precision)
@@ -172,6 +199,37 @@ class TextTask:
 
         phase = Phase(PairSimilarity(network), pairs, val_pairs, pairs_recipe(recipe), PAIRS, then)
         return Prepared(network, tokenizer, network, None, None, first_phase=phase)
+
+    def pair_seconds(self) -> float:
+        """Seconds one pair of contrastive tuning takes on these texts, measured once: the forward and backward
+        pass of the whole encoder on two batches of pairs of training texts (after one to warm up), and a
+        tenth more for the optimizer's step."""
+        if self._pair_seconds is None:
+            import time
+
+            from tuneloop.tasks import training_precision
+            from tuneloop.training.device import autocast
+
+            recipe = pairs_recipe(Recipe())
+            device = pick_device()
+            precision = training_precision(self, recipe.precision, device)
+            network, tokenizer = get_adapter("hf_text").build(self.backbone, len(self.classes), recipe)
+            module = PairSimilarity(network.to(device)).train()
+            train_set, _ = self.encoded(tokenizer, recipe)
+            pairs = TextPairs.drawn(train_set, 2, [recipe.seed, 3], limit=3 * PAIRS_BATCH)
+            timed, started = 0, 0.0
+            for number, start in enumerate(range(0, len(pairs), PAIRS_BATCH)):
+                if number == 1:
+                    started = time.perf_counter()
+                batch = pairs.batch(np.arange(start, min(start + PAIRS_BATCH, len(pairs)))).to(device)
+                with autocast(device, precision):
+                    loss = PAIRS.loss(module(**batch.inputs), batch.labels)
+                loss.backward()
+                network.zero_grad(set_to_none=True)
+                timed += len(batch) if number >= 1 else 0
+            elapsed = time.perf_counter() - started
+            self._pair_seconds = 1.1 * elapsed / timed if timed else 0.05
+        return self._pair_seconds
 
     def synonyms(self) -> SynonymTable:
         """Neighbours in the backbone's embedding space of the words in the training texts, found once."""

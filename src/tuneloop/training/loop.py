@@ -52,7 +52,8 @@ class EpochRecord:
 
 
 class StopTraining(Exception):
-    """Raised by a callback at the end of an epoch to end training there (pruning, a spent budget)."""
+    """Raised by a callback to end training: at the end of an epoch (pruning, a spent budget), or after a step
+    (a spent budget: the epoch ends there and is evaluated as it stands)."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -102,11 +103,12 @@ class Evaluation:
     metrics: dict[str, float]
 
 
-def train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Recipe, device: torch.device,
+def train(model: nn.Module, train_set: Examples, val_set: Examples | None, recipe: Recipe, device: torch.device,
           precision: str, callbacks: list[Callback] | tuple[Callback, ...] = (),
           checkpoint: EpochCheckpoint | None = None, objective: Objective = CLASSIFICATION) -> TrainResult:
     """Train ``model`` in place by ``recipe`` for ``objective`` (classification by default); afterwards it
-    holds the weights of the best validation epoch.
+    holds the weights of the best validation epoch. Without ``val_set`` (a final fit on every labelled
+    example, its epochs chosen beforehand) nothing is evaluated, nothing stops early and the last epoch is kept.
 
     With ``checkpoint``, every finished epoch is saved there, and training continues from the newest saved
     epoch if there is one (same batches, same random draws: the result is the one an uninterrupted run gives).
@@ -116,7 +118,7 @@ def train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Reci
         return _train(model, train_set, val_set, recipe, device, precision, callbacks, checkpoint, objective)
 
 
-def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Recipe, device: torch.device,
+def _train(model: nn.Module, train_set: Examples, val_set: Examples | None, recipe: Recipe, device: torch.device,
            precision: str, callbacks: list[Callback] | tuple[Callback, ...],
            checkpoint: EpochCheckpoint | None, objective: Objective) -> TrainResult:
     recipe = recipe.for_objective(objective.name)  # metric "auto" picks this objective's own
@@ -172,24 +174,31 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples, recipe: Rec
             loss_sum += loss_value * len(batch)
             seen += len(batch)
             rate = seen / (time.perf_counter() - epoch_start)
-            for callback in callbacks:
-                callback.on_step(epoch, step, loss_sum / seen, rate)
+            try:
+                for callback in callbacks:
+                    callback.on_step(epoch, step, loss_sum / seen, rate)
+            except StopTraining as stop:  # the budget ended mid-epoch: this part-epoch is evaluated, then done
+                result.stopped_by, finished = stop.reason, True
+                break
         if result.diverged:
             break
         train_seconds = time.perf_counter() - epoch_start
 
-        val = evaluate(model, val_set, device, precision, objective)
-        scores = {"val_accuracy": None, "val_macro_f1": None, **{f"val_{k}": v for k, v in val.metrics.items()}}
-        record = EpochRecord(epoch, loss_sum / seen, val.loss, learning_rate=scheduler.get_last_lr()[0],
-                             train_samples_per_s=seen / train_seconds, seconds=time.perf_counter() - epoch_start,
-                             **scores)
+        val = evaluate(model, val_set, device, precision, objective) if val_set is not None else None
+        scores = {"val_accuracy": None, "val_macro_f1": None,
+                  **{f"val_{k}": v for k, v in (val.metrics.items() if val is not None else ())}}
+        record = EpochRecord(epoch, loss_sum / seen, val.loss if val is not None else math.nan,
+                             learning_rate=scheduler.get_last_lr()[0], train_samples_per_s=seen / train_seconds,
+                             seconds=time.perf_counter() - epoch_start, **scores)
         result.history.append(record)
-        # Ties on the metric go to the lower validation loss (e.g. two epochs both at 100% accuracy).
-        score = (record.metric(recipe.metric) * (1 if higher_is_better else -1), -record.val_loss)
+        # Ties on the metric go to the lower validation loss (e.g. two epochs both at 100% accuracy). Without
+        # validation every epoch is the best so far: the last one is kept.
+        score = ((record.metric(recipe.metric) * (1 if higher_is_better else -1), -record.val_loss)
+                 if val is not None else (float(epoch), 0.0))
         is_best = score > best_score
         if is_best:
             best_score, result.best_epoch, epochs_without_gain = score, epoch, 0
-            result.best_val_predictions = val.probabilities
+            result.best_val_predictions = val.probabilities if val is not None else None
             # Trainable tensors and buffers change (BatchNorm's running statistics are buffers): copying them
             # restores the best epoch exactly. Frozen parameters never change, so they are not copied.
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if name in trainable_names}

@@ -39,7 +39,8 @@ def learning_rate_cap(recipe: Recipe) -> float:
 
 
 FEW_PER_CLASS = 64  # up to this many training examples in the smallest class, pairs are a move of their own
-CONTRASTIVE_PAIRS = 20  # pairs per training example when contrastive tuning is switched on
+CONTRASTIVE_PAIRS = 20  # pairs per training example when contrastive tuning is switched on (time allowing)
+MIN_CONTRASTIVE_PAIRS = 4  # fewer pairs per example than this are not worth a trial
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Context:
     num_layers: int | None = None
     train_size: int | None = None
     examples_per_class: int | None = None
+    pairs_affordable: int | None = None  # pairs per example the time left allows (None: no time limit known)
 
     def steps(self, recipe: Recipe) -> int | None:
         """Optimizer steps in a whole run of ``recipe``."""
@@ -226,8 +228,11 @@ class ContrastivePairs:
         few = context.examples_per_class is not None and context.examples_per_class <= FEW_PER_CLASS
         if not few or recipe.contrastive > 0 or recipe.init != "pretrained" or recipe.lora_rank > 0:
             return {}
+        pairs = self.pairs if context.pairs_affordable is None else min(self.pairs, context.pairs_affordable)
+        if pairs < MIN_CONTRASTIVE_PAIRS:  # the time left does not allow enough pairs to matter
+            return {}
         # The head trains on the tuned encoder's vectors at a head's rate, as the first trial's does.
-        return {knob: self.pairs, "trainable_layers": 0, "unfreezing": "none",
+        return {knob: pairs, "trainable_layers": 0, "unfreezing": "none",
                 "learning_rate": max(recipe.learning_rate, 1e-3) if recipe.trainable_layers != 0
                 else recipe.learning_rate}
 
@@ -517,15 +522,17 @@ class Decision:
 
 def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | Hashable], *,
                 num_layers: int | None, modality: str = "text", train_size: int | None = None,
-                examples_per_class: int | None = None, ineffective: Sequence[Recipe] = ()) -> Decision | None:
+                examples_per_class: int | None = None, ineffective: Sequence[Recipe] = (),
+                pairs_affordable: int | None = None) -> Decision | None:
     """The first move of ``RULES[diagnosis.label]`` that yields a valid recipe not yet run, or None.
 
     ``tried`` holds recipes already run, or their ``recipe_key``s; ``recipe`` itself counts as run. Seeds are
     ignored in that comparison, so a reseeded copy of a run recipe is not proposed either. ``num_layers`` is
     the backbone's depth, needed to halve ``trainable_layers="all"``; ``modality`` picks the rule table
     (``RULES`` for texts, ``TABLE_RULES`` for tables, ``IMAGE_RULES`` for a pretrained image body,
-    ``IMAGE_SCRATCH_RULES`` for the small CNN). ``train_size`` and ``examples_per_class`` size the moves that
-    depend on them. None means nothing is left to try.
+    ``IMAGE_SCRATCH_RULES`` for the small CNN). ``train_size``, ``examples_per_class`` and
+    ``pairs_affordable`` (pairs per example that the time left allows) size the moves that depend on them.
+    None means nothing is left to try.
 
     ``ineffective`` are recipes made from ``recipe`` whose trials changed no validation prediction: the move
     that made each is taken once more, from it, further (weight decay x5 again, say); a knob whose second
@@ -537,7 +544,7 @@ def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | H
     seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
     best_epoch = diagnosis.evidence.get("best_epoch")
     context = Context(best_epoch if isinstance(best_epoch, int) else None, num_layers, train_size,
-                      examples_per_class)
+                      examples_per_class, pairs_affordable)
     finding = diagnosis.finding or diagnosis.summary
     further = _further(rules[diagnosis.label], recipe, ineffective, context, seen)
     if further is not None:
@@ -555,11 +562,12 @@ def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | H
 
 
 def explore(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, modality: str = "text",
-            train_size: int | None = None, examples_per_class: int | None = None) -> Decision | None:
+            train_size: int | None = None, examples_per_class: int | None = None,
+            pairs_affordable: int | None = None) -> Decision | None:
     """The first of ``EXPLORE[modality]``'s larger moves that makes ``recipe`` (the best so far) into a valid
     recipe not yet run, or None when every one is tried."""
     seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
-    context = Context(None, num_layers, train_size, examples_per_class)
+    context = Context(None, num_layers, train_size, examples_per_class, pairs_affordable)
     for move in EXPLORE[modality]:
         decision = _decide(move, recipe, context, seen, "no gain beyond validation noise for a while")
         if decision is not None:

@@ -11,7 +11,7 @@ told its result), so pruning and the stored search state work the same for all o
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,11 +19,12 @@ import optuna
 
 from tuneloop.config import Recipe
 from tuneloop.tuning.diagnose import Diagnosis
-from tuneloop.tuning.policy import explore, next_recipe, recipe_key, untried
+from tuneloop.tuning.policy import FEW_PER_CLASS, explore, next_recipe, recipe_key, untried
 from tuneloop.tuning.space import GRIDS, SPACES, params_of, recipe_from_params
 
 STRATEGIES = ("guided", "grid", "random", "bayes")
 GUIDED_PLATEAU = 4  # trials without a gain beyond noise after which the guided search explores, then stops
+PAIRS_SHARE = 0.5  # of the search's time left, the most a trial's contrastive tuning may take
 MAX_REDRAWS = 20  # samples drawn before a sampler that only proposes tried recipes counts as exhausted
 RECIPE_ATTR = "tuneloop_recipe"
 
@@ -86,9 +87,10 @@ class Strategy(Protocol):
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler: ...
 
     def propose(self, study: optuna.Study, base: Recipe, history: list[TrialOutcome],
-                retry: Recipe | None) -> Proposal | None:
+                retry: Recipe | None, seconds_left: float | None = None) -> Proposal | None:
         """The next trial, or None when this strategy has nothing left to try. ``retry`` is a recipe whose
-        trial was interrupted and must run again."""
+        trial was interrupted and must run again; ``seconds_left`` is the search's time left (None: no time
+        limit), which moves whose cost depends on their size are sized to."""
         ...
 
     def untried(self, history: list[TrialOutcome]) -> list[str]:
@@ -99,15 +101,27 @@ class Strategy(Protocol):
 @dataclass(frozen=True)
 class DataFacts:
     """What the guided policy sizes its moves by: the backbone's depth, the training examples, the smallest
-    class's examples (None where unknown or not a classifier)."""
+    class's examples (None where unknown or not a classifier), and what a pair of contrastive tuning costs
+    (seconds, measured on first use; None where the task has no pairs)."""
 
     num_layers: int | None = None
     train_size: int | None = None
     examples_per_class: int | None = None
+    pair_seconds: Callable[[], float] | None = None
 
-    def policy_options(self) -> dict[str, Any]:
+    def policy_options(self, seconds_left: float | None = None) -> dict[str, Any]:
         return {"num_layers": self.num_layers, "train_size": self.train_size,
-                "examples_per_class": self.examples_per_class}
+                "examples_per_class": self.examples_per_class, "pairs_affordable": self.pairs_affordable(seconds_left)}
+
+    def pairs_affordable(self, seconds_left: float | None) -> int | None:
+        """Pairs per training example whose contrastive tuning takes at most PAIRS_SHARE of ``seconds_left``
+        (a trial's and, as long again, its fit on every example); None without a time limit or a cost."""
+        if seconds_left is None or self.pair_seconds is None or not self.train_size:
+            return None
+        few = self.examples_per_class is not None and self.examples_per_class <= FEW_PER_CLASS
+        if not few:  # the move does not apply: no need to measure what a pair costs
+            return None
+        return int(PAIRS_SHARE * max(0.0, seconds_left) / (self.pair_seconds() * self.train_size))
 
 
 def _ask_fixed(study: optuna.Study, recipe: Recipe, reason: str, parent: int | None = None) -> Proposal:
@@ -149,13 +163,13 @@ class GuidedStrategy:
         body = "image body" if self.modality == "image" else "encoder"
         return f"start with the cheapest capacity: the head alone on the frozen {body}" + self.first_note
 
-    def propose(self, study, base, history, retry):
+    def propose(self, study, base, history, retry, seconds_left=None):
         if retry is not None:
             return _ask_fixed(study, retry, "re-run of an interrupted trial")
         if not history:
             return _ask_fixed(study, self.first_recipe(base), self.first_reason())
         tried = [t.recipe for t in history]
-        options = {**self.facts.policy_options(), "modality": self.modality}
+        options = {**self.facts.policy_options(seconds_left), "modality": self.modality}
         best = best_outcome(history)
         if best is None:  # every trial so far failed: calm the first recipe down
             last = history[-1]
@@ -210,7 +224,7 @@ class SamplerStrategy:
             return {name: optuna.distributions.CategoricalDistribution(values) for name, values in self.grid().items()}
         return SPACES[self.modality]
 
-    def propose(self, study, base, history, retry):
+    def propose(self, study, base, history, retry, seconds_left=None):
         space = self.space()
         reason = f"{self.name} sample"
         if retry is not None:

@@ -8,9 +8,11 @@ convergence ends the study. Every trial is a run in the workspace, so the best o
         diagnosis = diagnose(run.history)    # recorded before the next proposal
         same = same_as(run's predictions)    # a trial that changed no prediction counts for nothing
 
-Then, where it can change the answer, the seed check re-runs the top two recipes with other seeds (at
-most a quarter of the budget), and the runs of the winning recipe are averaged into a soup where they
-share their initial weights.
+Then the final model is chosen (at most a quarter of the budget). Where validation is too small to tell the
+best recipes apart (``selection``), those that are cheap to train are scored by k-fold cross-validation over
+every labelled example, and the chosen recipe is trained on all of them. Otherwise, where it can change the
+answer, the seed check re-runs the top two recipes with other seeds, and the runs of the winning recipe are
+averaged into a soup where they share their initial weights.
 """
 
 from __future__ import annotations
@@ -33,16 +35,29 @@ from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import Callback, EpochRecord, StopTraining
 from tuneloop.tuning.diagnose import Diagnosis, diagnose
 from tuneloop.tuning.effect import compact, same_as
+from tuneloop.tuning.policy import FEW_PER_CLASS
 from tuneloop.tuning.seeds import (
+    CROSS_VALIDATION_PREFIX,
+    REFIT_PREFIX,
     SEED_CHECK_PREFIX,
     SOUP_PREFIX,
     SeedGroup,
     best_trial,
     is_search,
+    kind_of,
     seed_check_plan,
     seed_groups,
     seed_verdict,
     winning_group,
+)
+from tuneloop.tuning.selection import (
+    Estimate,
+    candidates,
+    choose,
+    fold_count,
+    holdout_estimate,
+    pooled_estimate,
+    validation_is_small,
 )
 from tuneloop.tuning.strategies import (
     PRUNERS,
@@ -56,7 +71,8 @@ from tuneloop.tuning.strategies import (
 )
 
 EARLY_STOP_SHARE = 0.2  # a plateau ends a study with more of its budget left only when nothing is left to try
-SEED_CHECK_SHARE = 0.25  # the most of a budget the seed check may spend
+SEED_CHECK_SHARE = 0.25  # the most of a budget the final choice (seed check, or cross-validation) may spend
+CHEAP_FOLDS_SECONDS = 60.0  # with a trial budget, cross-validation of a recipe that trains more than a head
 
 
 @dataclass(frozen=True)
@@ -98,14 +114,20 @@ class TrialRecord:
     parent: int | None = None  # the trial whose recipe this one's move changed
     no_effect: str = ""  # where its validation predictions repeat an earlier trial's: the sentence saying so
     predictions: np.ndarray | None = None  # its validation predictions (class ids, or standardized values)
+    evidence: dict[str, Any] = field(default_factory=dict)  # of a trial without a diagnosis (cross-validation)
 
     def outcome(self) -> TrialOutcome:
         return TrialOutcome(self.recipe, self.status, self.value, self.diagnosis, self.number, self.parent,
                             bool(self.no_effect))
 
+    @property
+    def kind(self) -> str:
+        """What the trial was for: "search", "seed check", "soup", "cross-validation" or "refit"."""
+        return kind_of({"reason": self.reason})
+
     def row(self) -> dict[str, Any]:
         """As ``Workspace.trials`` returns it, for the pure functions of ``seeds``."""
-        evidence = self.diagnosis.evidence if self.diagnosis else {}
+        evidence = self.diagnosis.evidence if self.diagnosis else self.evidence
         return {"number": self.number, "reason": self.reason, "status": self.status, "value": self.value,
                 "recipe": self.recipe.to_dict(), "run_id": self.run_id, "no_effect": self.no_effect,
                 "evidence": evidence}
@@ -120,6 +142,18 @@ class StudyCallback:
 
     def training_callbacks(self) -> list[Callback]:
         return []
+
+
+class _Deadline(Callback):
+    """Ends training after the step at which the budget's deadline passed (a trial's first phase too: pairs can
+    take minutes); the part-epoch is evaluated and the run recorded as it stands."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def on_step(self, epoch: int, step: int, loss: float, samples_per_s: float) -> None:
+        if time.monotonic() >= self.deadline:
+            raise StopTraining("budget")
 
 
 class _ReportToOptuna(Callback):
@@ -160,6 +194,7 @@ class StudyResult:
     stop_reason: str
     spent_seconds: float
     seed_check: SeedCheck | None = None
+    choice: str | None = None  # how the final model was chosen
 
 
 def new_study_id() -> str:
@@ -197,31 +232,43 @@ class SeedCheck:
                            for g in self.groups]}
 
 
-SoupTrial = Callable[[list[str], Recipe], Any]  # (the runs to average, their recipe) -> (run, predictions)
+@dataclass(frozen=True)
+class FinalSteps:
+    """What the driver calls to make models beyond the search's trials (the caller knows the task and the
+    workspace); a missing one is a step not taken.
+
+    - ``soup(run_ids, recipe)`` -> (run, validation predictions): the runs' weights averaged;
+    - ``cross_validate(recipe, folds)`` -> an ``api.CrossValidation`` or None: the recipe by k-fold
+      cross-validation over every labelled example;
+    - ``refit(recipe, estimate, callbacks, checkpoint_name)`` -> run: the recipe trained on every labelled
+      example, recorded with ``estimate`` as its scores;
+    - ``shares_start``: runs of one recipe can start from the same weights (a pretrained body, the new head
+      seeded by ``init_seed``), so the seed check's runs are made that way and can be averaged.
+    """
+
+    soup: Callable[[list[str], Recipe], Any] | None = None
+    cross_validate: Callable[[Recipe, int], Any] | None = None
+    refit: Callable[..., Any] | None = None
+    shares_start: bool = False
 
 
 def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy: Strategy, budget: Budget, *,
               target: float | None, prune: str, train_trial, callbacks: Sequence[StudyCallback] = (),
-              spent_before: float = 0.0, seed_check: bool = True, soup_trial: SoupTrial | None = None,
-              shares_start: bool = False) -> StudyResult:
+              spent_before: float = 0.0, seed_check: bool = True, final: FinalSteps = FinalSteps()) -> StudyResult:
     """Drive a study to its end. ``train_trial(recipe, training_callbacks, checkpoint_name)`` trains one run,
     saving each epoch under ``checkpoint_name`` and continuing from there if a saved epoch exists.
-
-    ``shares_start``: runs of one recipe can start from the same weights (a pretrained body; the new head
-    seeded by ``init_seed``), so the seed check's runs are made that way and ``soup_trial`` averages them.
 
     Resuming is running this again on the same ``study_id``: finished trials are read back, interrupted
     ones re-run first, and the time budget counts what was spent before.
     """
     driver = _StudyDriver(store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                           spent_before)
-    driver.soup_trial, driver.shares_start = soup_trial, shares_start
+    driver.final = final
     return driver.run(seed_check)
 
 
 class _StudyDriver:
-    soup_trial: SoupTrial | None = None
-    shares_start = False
+    final = FinalSteps()
 
     def __init__(self, store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                  spent_before):
@@ -254,19 +301,27 @@ class _StudyDriver:
                 break
             retry, retry_number = self.retries.pop(0) if self.retries else (None, None)
             finished = [t.outcome() for t in self._search_trials() if t.status != "interrupted"]
-            proposal = self.strategy.propose(self.study, self.base, finished, retry)
+            search_end = self._search_deadline(seed_check)
+            seconds_left = None if search_end is None else search_end - time.monotonic()
+            proposal = self.strategy.propose(self.study, self.base, finished, retry, seconds_left)
             if proposal is None:
                 stop_reason = "the strategy has nothing left to try"
                 break
             # An interrupted trial's re-run continues from the epochs its first attempt saved.
             number = retry_number if retry_number is not None else len(self.trials)
             self._run_trial(proposal, f"trial-{number}")
-        check = self._seed_check() if seed_check else None
-        if check is not None and check.groups:
-            self._soup()
-        self.store.finish_study(self.study_id, stop_reason, check.verdict if check is not None else None)
+        check, choice = None, None
+        if self._validation_is_small():
+            choice = self._choose_on_every_example()
+        elif seed_check:
+            check = self._seed_check()
+            choice = check.verdict
+            if check.groups:
+                self._soup()
+        self.store.finish_study(self.study_id, stop_reason, choice)
         best = _best_after_check(self.trials)
-        return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check)
+        return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check,
+                           choice)
 
     def _search_trials(self) -> list[TrialRecord]:
         return [t for t in self.trials if is_search(t.row())]
@@ -311,15 +366,169 @@ class _StudyDriver:
         return max(0.0, 1.0 - trials_done / self.budget.trials)
 
     def _search_deadline(self, seed_check: bool) -> float | None:
-        """With a time budget, the search stops early enough to leave the seed check its share, where the
-        check can change the answer as the trials stand now; never more than SEED_CHECK_SHARE of the budget."""
-        if self.deadline is None or not seed_check:
-            return self.deadline
-        planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
-        if not planned:
-            return self.deadline
-        cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
+        """With a time budget, the search stops early enough to leave the final choice its share, as the trials
+        stand now: the fit on every labelled example where validation is small, else the seed check where it
+        can change the answer; never more than SEED_CHECK_SHARE of the budget."""
+        if self.deadline is None:
+            return None
+        if self._validation_is_small():
+            chosen = candidates([t.row() for t in self._search_trials()])
+            cost = self._refit_cost(self.trials[chosen[0]["number"]]) if chosen else 0.0
+        elif seed_check:
+            planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
+            cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
+        else:
+            cost = 0.0
         return self.deadline - min(cost, SEED_CHECK_SHARE * self.budget.seconds)
+
+    def _validation_is_small(self) -> bool:
+        if self.final.refit is None:
+            return False
+        best = _best(self._search_trials())
+        return validation_is_small(best.row() if best else None, len(self.task.val),
+                                   self.task.objective.name == "regression")
+
+    def _refit_cost(self, trial: TrialRecord) -> float:
+        """Seconds a fit of ``trial``'s recipe on every labelled example takes, from the trial's own: its
+        training examples grow to all of them (its pairs, where it tunes on pairs, stay as many)."""
+        if trial.recipe.contrastive > 0:
+            return trial.seconds
+        return trial.seconds * (len(self.task.train) + len(self.task.val)) / max(1, len(self.task.train))
+
+    def _choose_on_every_example(self) -> str:
+        """The final model where validation is small: the recipes within noise of the best scored by k-fold
+        cross-validation where they are cheap (a head on cached vectors), else by validation; the best of
+        them trained on every labelled example if that fits in the budget left. Returns how it was chosen."""
+        chosen = candidates([t.row() for t in self._search_trials()])
+        if not chosen:
+            return "no completed trial to choose from"
+        regression = self.task.objective.name == "regression"
+        labels = self.task.pool_labels()
+        k = fold_count(labels, regression)
+        estimates: dict[int, Estimate] = {}
+        best_epochs: dict[int, list[int]] = {}
+        for row in chosen:
+            trial = self.trials[row["number"]]
+            if self.final.cross_validate is not None and k >= 2 and self._affordable_folds(trial, k, chosen[0]):
+                measured = self._cross_validate(trial, k)
+                if measured is not None:
+                    estimates[trial.number], best_epochs[trial.number] = measured
+            estimates.setdefault(trial.number, holdout_estimate(row))
+        favoured = {n for n in estimates if self.trials[n].recipe.contrastive > 0 and self._few_per_class()}
+        number = choose(estimates, favoured)
+        trial, estimate = self.trials[number], estimates[number]
+        said = estimate.sentence(self.base.metric)
+        recipe = self._refit_recipe(trial, best_epochs.get(number))
+        if self.deadline is not None and time.monotonic() + self._refit_cost(trial) > self.deadline:
+            return (f"the recipe of trial {number} by {said}; not trained again on every labelled example: that "
+                    f"would not fit in the budget left")
+        self._refit(trial, recipe, estimate)
+        return (f"the recipe of trial {number}, chosen by {said}, trained on all {len(labels)} labelled examples "
+                f"for {recipe.epochs} epochs")
+
+    def _few_per_class(self) -> bool:
+        """Whether the rarest class has at most FEW_PER_CLASS labelled examples."""
+        if self.task.objective.name != "classification":
+            return False
+        _, counts = np.unique(np.asarray([str(y) for y in self.task.pool_labels()]), return_counts=True)
+        return bool(len(counts)) and int(counts.min()) <= FEW_PER_CLASS
+
+    def _affordable_folds(self, trial: TrialRecord, k: int, best: dict[str, Any]) -> bool:
+        """Whether k trainings of ``trial``'s recipe fit: a head on cached vectors always (seconds); another
+        recipe where k of its trials and the final fit fit in the final choice's share of the budget and before
+        its end (with a trial budget: where they take at most CHEAP_FOLDS_SECONDS)."""
+        if _cached_head(trial.recipe):
+            return True
+        cost = k * trial.seconds
+        if self.deadline is None:
+            return cost <= CHEAP_FOLDS_SECONDS
+        refit = self._refit_cost(self.trials[best["number"]])
+        left = self.deadline - time.monotonic()
+        return cost + refit <= min(left, SEED_CHECK_SHARE * self.budget.seconds)
+
+    def _cross_validate(self, trial: TrialRecord, k: int) -> tuple[Estimate, list[int]] | None:
+        """Score ``trial``'s recipe by k-fold cross-validation, recorded as a trial of its own (no model)."""
+        started = time.monotonic()
+        measured = self.final.cross_validate(trial.recipe, k)
+        if measured is None:
+            return None
+        value = objective_value(measured.metrics, self.base.metric)
+        estimate = pooled_estimate(value, measured.metrics.get("val_accuracy"), measured.n, measured.k)
+        reason = (f"{CROSS_VALIDATION_PREFIX}: the recipe of trial {trial.number}, {measured.k} folds over all "
+                  f"{measured.n} labelled examples")
+        record = TrialRecord(len(self.trials), trial.recipe, reason, "completed", value=value, parent=trial.number,
+                             evidence={"of_trial": trial.number, "n": measured.n, "k": measured.k,
+                                       "ci_low": estimate.low, "ci_high": estimate.high,
+                                       "best_epochs": measured.best_epochs, **measured.metrics})
+        self._record_extra(record, time.monotonic() - started)
+        return estimate, measured.best_epochs
+
+    def _refit_recipe(self, trial: TrialRecord, fold_epochs: list[int] | None) -> Recipe:
+        """``trial``'s recipe for a fit with nothing to validate on: as many epochs as its best epoch (the median
+        over cross-validation's folds, where it was cross-validated), and as many pairs in all as it drew."""
+        best_epoch = (trial.diagnosis.evidence.get("best_epoch") if trial.diagnosis else None) or trial.recipe.epochs
+        epochs = int(np.median(fold_epochs)) if fold_epochs else int(best_epoch)
+        recipe = trial.recipe.replace(epochs=max(1, epochs), patience=0)
+        if recipe.contrastive > 0:
+            pooled = len(self.task.train) + len(self.task.val)
+            recipe = recipe.replace(contrastive=max(2, round(recipe.contrastive * len(self.task.train) / pooled)))
+        return recipe
+
+    def _refit(self, trial: TrialRecord, recipe: Recipe, estimate: Estimate) -> None:
+        """The study's final model: ``recipe`` trained on every labelled example, recorded as a trial whose
+        value is the estimate the recipe was chosen by."""
+        n = len(self.task.train) + len(self.task.val)
+        reason = (f"{REFIT_PREFIX}: the recipe of trial {trial.number} on all {n} labelled examples (training and "
+                  f"validation), {recipe.epochs} epochs; its score is the estimate the recipe was chosen by, "
+                  f"{estimate.by}")
+        record = TrialRecord(len(self.trials), recipe, reason, parent=trial.number,
+                             evidence={"estimated_by": estimate.by, "ci_low": estimate.low, "ci_high": estimate.high})
+        optuna_trial = self._start_extra(record)
+        started = time.monotonic()
+        scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
+                  "refit_of_trial": trial.number}
+        if trial.run_id is not None:
+            scores.update({k: v for k, v in self._run_metrics(trial).items() if k.startswith("val_")})
+        try:
+            training = [c for cb in self.callbacks for c in cb.training_callbacks()]
+            run = self.final.refit(recipe, scores, training, f"refit-{trial.number}")
+        except TuneloopError as exc:
+            record.status, record.diagnosis = "failed", _failed_diagnosis(str(exc))
+            self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            record.run_id, record.status, record.value = run.id, "completed", estimate.value
+            self.study.tell(optuna_trial, estimate.value)
+        record.seconds = time.monotonic() - started
+        _clear_checkpoint(self.store, self.study_id, f"refit-{trial.number}")
+        self._end(record)
+        for callback in self.callbacks:
+            callback.on_trial_end(record, record if record.status == "completed" else _best(self.trials))
+
+    def _run_metrics(self, trial: TrialRecord) -> dict[str, Any]:
+        """The recorded metrics of ``trial``'s run, or of its cross-validation where it had one."""
+        for other in reversed(self.trials):
+            if other.reason.startswith(CROSS_VALIDATION_PREFIX) and other.evidence.get("of_trial") == trial.number:
+                return {k: v for k, v in other.evidence.items() if k.startswith("val_")}
+        return {k: v for k, v in self.store.run_metrics(trial.run_id).items()}
+
+    def _start_extra(self, record: TrialRecord) -> optuna.trial.Trial:
+        """Start a trial made after the search (a cross-validation, a refit): Optuna and the workspace know it."""
+        optuna_trial = self.study.ask()
+        optuna_trial.set_user_attr("tuneloop_recipe", record.recipe.to_dict())
+        self.store.start_trial(self.study_id, record.number, optuna_trial.number, record.recipe.to_dict(),
+                               record.reason, record.parent)
+        for callback in self.callbacks:
+            callback.on_trial_start(record.number, record.recipe, record.reason)
+        return optuna_trial
+
+    def _record_extra(self, record: TrialRecord, seconds: float) -> None:
+        """Record a finished measurement made after the search (no model of its own)."""
+        optuna_trial = self._start_extra(record)
+        self.study.tell(optuna_trial, record.value)
+        record.seconds = seconds
+        self._end(record)
+        for callback in self.callbacks:
+            callback.on_trial_end(record, _best(self._search_trials()))
 
     def _run_trial(self, proposal: Proposal, checkpoint_name: str) -> TrialRecord:
         record = TrialRecord(len(self.trials), proposal.recipe, proposal.reason, parent=proposal.parent)
@@ -335,6 +544,8 @@ class _StudyDriver:
                                    prunable=not proposal.reason.startswith(SEED_CHECK_PREFIX),
                                    epochs=proposal.recipe.epochs)
         training_callbacks = [c for cb in self.callbacks for c in cb.training_callbacks()] + [reporter]
+        if self.deadline is not None:
+            training_callbacks.append(_Deadline(self.deadline))
         try:
             run, result = self.train_trial(proposal.recipe, training_callbacks, checkpoint_name)
         except TuneloopError as exc:  # e.g. diverged in the first epoch: a finding, not a crash of the study
@@ -377,7 +588,7 @@ class _StudyDriver:
         self.store.end_trial(self.study_id, record.number, status=record.status, run_id=record.run_id,
                              value=record.value, diagnosis=record.diagnosis.label if record.diagnosis else None,
                              summary=record.diagnosis.summary if record.diagnosis else None,
-                             evidence=record.diagnosis.evidence if record.diagnosis else None,
+                             evidence=record.diagnosis.evidence if record.diagnosis else record.evidence or None,
                              seconds=record.seconds, no_effect=record.no_effect, predictions=predictions)
         self.store.add_spent(self.study_id, record.seconds)
         self.trials.append(record)
@@ -396,7 +607,7 @@ class _StudyDriver:
         for trial in originals:
             for offset in range(1, seeds + 1):
                 recipe = trial.recipe.replace(seed=(trial.recipe.seed + offset) % 2**32)
-                if self.shares_start:  # the same initial weights as the original: their average is a model
+                if self.final.shares_start:  # the same initial weights as the original: their average is a model
                     recipe = recipe.replace(init_seed=trial.recipe.weights_seed)
                 if any(t.recipe == recipe and t.status == "completed" for t in self.trials):
                     continue
@@ -422,7 +633,7 @@ class _StudyDriver:
         """Average the weights of the winning recipe's runs into one model, where they started from the same
         weights and really differ; it is handed back where it scores at least their mean (seeds.best_trial)."""
         winner = winning_group([t.row() for t in self.trials])
-        if winner is None or self.soup_trial is None or not self.shares_start:
+        if winner is None or self.final.soup is None or not self.final.shares_start:
             return
         members = [self.trials[t["number"]] for t in winner.trials]
         members = [t for t in members if t.status == "completed" and t.run_id and not t.no_effect]
@@ -441,7 +652,7 @@ class _StudyDriver:
             callback.on_trial_start(record.number, recipe, reason)
         started = time.monotonic()
         try:
-            run, predictions = self.soup_trial([t.run_id for t in members], recipe)
+            run, predictions = self.final.soup([t.run_id for t in members], recipe)
         except TuneloopError as exc:
             record.status = "failed"
             record.diagnosis = _failed_diagnosis(str(exc))
@@ -462,6 +673,12 @@ def _best_after_check(trials: list[TrialRecord]) -> TrialRecord | None:
     search trial."""
     row = best_trial([t.row() for t in trials])
     return next(t for t in trials if t.number == row["number"]) if row else None
+
+
+def _cached_head(recipe: Recipe) -> bool:
+    """A recipe that trains a head on cached vectors of a frozen encoder or body: seconds to train, so cheap
+    to cross-validate."""
+    return recipe.trainable_layers == 0 and recipe.contrastive == 0 and recipe.augment == 0 and recipe.mixup == 0
 
 
 def _best(trials: list[TrialRecord]) -> TrialRecord | None:

@@ -1,0 +1,56 @@
+"""Choosing where validation is small: the recipes still in the running, stratified folds, and when to."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuneloop.tuning.selection import candidates, fold_count, folds, validation_is_small
+
+
+def row(number: int, value: float, lr: float, noise: float = 0.12, no_effect: str = "", reason: str = "move") -> dict:
+    return {"number": number, "status": "completed", "value": value, "reason": reason, "no_effect": no_effect,
+            "recipe": {"learning_rate": lr, "seed": 42}, "evidence": {"ci_half_width": noise, "n_val": 26}}
+
+
+def test_each_example_is_validated_once_and_every_fold_holds_every_class():
+    labels = ["a"] * 10 + ["b"] * 7 + ["c"] * 5
+    splits = folds(labels, 5, seed=0)
+    assert len(splits) == 5
+    validated = np.concatenate([val for _, val in splits])
+    assert sorted(validated.tolist()) == list(range(22))
+    for train, val in splits:
+        assert not set(train) & set(val) and len(train) + len(val) == 22
+        assert {labels[i] for i in val} == {"a", "b", "c"}
+    assert [v.tolist() for _, v in folds(labels, 5, seed=0)] == [v.tolist() for _, v in splits], "seeded"
+    assert fold_count(labels, regression=False) == 5 and fold_count(["a"] * 9 + ["b"] * 2, False) == 2
+    assert folds(["a", "b", "a"], 2, seed=0) == [], "too few examples for two folds"
+
+
+def test_a_regressors_folds_spread_each_range_of_values():
+    values = list(np.linspace(0, 1, 50))
+    for _, val in folds(values, 5, seed=1, regression=True):
+        assert len(val) == 10 and np.ptp(np.asarray(values)[val]) > 0.8
+
+
+def test_candidates_are_the_distinct_models_within_the_leaders_noise():
+    rows = [row(0, 0.70, 1e-3), row(1, 0.80, 2e-3), row(2, 0.75, 3e-3), row(3, 0.79, 4e-3, no_effect="same"),
+            row(4, 0.65, 5e-3), row(5, 0.78, 2e-3), row(6, 0.9, 6e-3, reason="seed check: ...")]
+    assert [t["number"] for t in candidates(rows)] == [1, 2, 0], (
+        "0.80 leads; 0.79 repeats another; trial 5 is trial 1's recipe again; 0.65 is beyond the noise")
+
+
+def test_validation_is_small_where_its_interval_is_wider_than_a_moves_gain():
+    assert validation_is_small(row(0, 0.8, 1e-3, noise=0.15), 26, regression=False)
+    assert not validation_is_small(row(0, 0.8, 1e-3, noise=0.02), 2000, regression=False)
+    assert validation_is_small(None, 50, regression=True) and not validation_is_small(None, 900, regression=True)
+
+
+def test_a_favoured_recipe_within_noise_is_chosen_and_beyond_it_is_not():
+    from tuneloop.tuning.selection import Estimate, choose
+
+    head = Estimate(0.80, 0.73, 0.86, "5-fold cross-validation over 128 examples")
+    pairs = Estimate(0.77, 0.59, 0.89, "the validation set (26 examples)")
+    assert choose({0: head, 1: pairs}, favoured={1}) == 1
+    assert choose({0: head, 1: pairs}, favoured=set()) == 0
+    far = Estimate(0.55, 0.50, 0.60, "the validation set (400 examples)")
+    assert choose({0: head, 1: far}, favoured={1}) == 0
