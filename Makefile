@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: demo test install bench lint fashion-mnist
+.PHONY: demo test install bench lint fashion-mnist peers
 
 demo: $(VENV)/.installed          ## fine-tune the packaged model on Reuters R8 and check the saved model
 	$(BIN)/tuneloop demo
@@ -21,6 +21,9 @@ bench: $(VENV)/.installed         ## tuneloop's training loop against Hugging Fa
 	$(BIN)/python benchmarks/trainer_throughput.py --repeats 2
 
 install: $(VENV)/.installed
+
+peers: $(VENV)/.installed         ## SetFit, a peer for benchmarks/small_data.py only
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[peers]"
 
 fashion-mnist:                    ## the Debian package with Fashion-MNIST, for benchmarks/scratch_then_finetune.py
 	@test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)

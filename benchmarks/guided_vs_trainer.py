@@ -44,25 +44,25 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import torch
-import transformers
+from peers import (
+    SearchClock,
+    cpu_arguments,
+    encoder,
+    optuna_search,
+    trainer_scores,
+    validation_accuracy,
+)
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    EvalPrediction,
-    PrinterCallback,
     Trainer,
-    TrainerCallback,
-    TrainingArguments,
 )
-from transformers.trainer_utils import PredictionOutput
 
 from tuneloop import api
 from tuneloop.data.demo import reuters_r8, stratified_sample
@@ -90,33 +90,9 @@ def scores(predicted: list[str], test: TextExamples, classes: list[str]) -> dict
     return classification_metrics(true, np.array([index[y] for y in predicted]), len(classes))
 
 
-def trainer_scores(output: PredictionOutput, classes: list[str]) -> dict[str, float]:
-    """Held-out scores of ``Trainer.predict``. With length-grouped batches the Trainer also reorders the texts it
-    predicts, so its predictions are matched with the labels it returns, not with the order of the texts."""
-    return classification_metrics(output.label_ids, output.predictions.argmax(-1), len(classes))
-
-
 def first_reaching(timeline: list[dict[str, Any]], accuracy: float) -> dict[str, Any] | None:
     """The first point of a best-so-far timeline whose held-out accuracy is at least ``accuracy``."""
     return next((point for point in timeline if point["accuracy"] >= accuracy), None)
-
-
-def encoder(tokenizer, classes: list[str]) -> Callable[[TextExamples], list[dict[str, Any]]]:
-    index = {name: i for i, name in enumerate(classes)}
-
-    def encode(part: TextExamples) -> list[dict[str, Any]]:
-        ids = tokenizer(part.texts, truncation=True, max_length=128)["input_ids"]
-        return [{"input_ids": row, "labels": index[y]} for row, y in zip(ids, part.labels, strict=True)]
-
-    return encode
-
-
-def cpu_arguments(output_dir: str, **recipe: Any) -> TrainingArguments:
-    """Trainer's best CPU settings, shared by both peers, with a validation pass after every epoch."""
-    settings = {"per_device_eval_batch_size": 64, "bf16": True, "use_cpu": True, "optim": "adamw_torch_fused",
-                "train_sampling_strategy": "group_by_length", "eval_strategy": "epoch", "save_strategy": "no",
-                "logging_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": 42}
-    return TrainingArguments(output_dir=output_dir, **(settings | recipe))
 
 
 def run_trainer(train: TextExamples, val: TextExamples, test: TextExamples) -> dict[str, Any]:
@@ -136,69 +112,6 @@ def run_trainer(train: TextExamples, val: TextExamples, test: TextExamples) -> d
     return {"seconds": seconds, "seconds_to_final": seconds, **held_out}
 
 
-def search_space(trial: optuna.Trial) -> dict[str, Any]:
-    return {"learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
-            "num_train_epochs": trial.suggest_int("num_train_epochs", 1, 5),
-            "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", [8, 16, 32]),
-            "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.1)}
-
-
-def validation_accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
-
-
-class SearchClock(TrainerCallback):
-    """Notes when each trial of the search ends, and keeps the model of the best finished trial.
-
-    The Trainer drops each trial's model once the trial is over, so the best one is held here as it ends (Optuna's
-    best trial is the first with the highest objective among trials that were not pruned). It is read from the
-    Trainer: the ``model`` the Trainer passes to callbacks is the one ``model_init`` built when the Trainer was
-    created, not the trial's.
-    """
-
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.trainer: Trainer | None = None
-        self.trial: optuna.Trial | None = None  # the running trial, seen when the Trainer asks for its parameters
-        self.last_accuracy: float | None = None
-        self.ended: dict[int, float] = {}
-        self.best_trial: int | None = None
-        self.best_accuracy = -1.0
-        self.best_model: torch.nn.Module | None = None
-
-    def space(self, trial: optuna.Trial) -> dict[str, Any]:
-        self.trial = trial
-        return search_space(trial)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.last_accuracy = None
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.last_accuracy = metrics["eval_accuracy"]
-
-    def on_train_end(self, args, state, control, **kwargs):
-        # The Trainer also ends training here when Optuna prunes the trial, right after the pruner said so.
-        seconds = time.perf_counter() - self.started
-        self.ended[self.trial.number] = seconds
-        pruned = self.trial.should_prune()
-        if not pruned and self.last_accuracy is not None and self.last_accuracy > self.best_accuracy:
-            self.best_trial, self.best_accuracy = self.trial.number, self.last_accuracy
-            self.best_model = self.trainer.model
-        params = self.trial.params
-        print(f"  search trial {self.trial.number} (lr {params['learning_rate']:.1e}, "
-              f"{params['num_train_epochs']} epochs, batch {params['per_device_train_batch_size']}, "
-              f"weight decay {params['weight_decay']:.3f}) {'pruned' if pruned else 'ended'} at {seconds:.0f}s: "
-              f"validation accuracy {self.last_accuracy:.4f}", flush=True)
-
-
-def trial_record(trial: optuna.trial.FrozenTrial, ended: float | None) -> dict[str, Any]:
-    """One trial of the search: its parameters, its last validation accuracy and when it ended."""
-    last = list(trial.intermediate_values.values())[-1] if trial.intermediate_values else None
-    return {"trial": trial.number, "state": trial.state.name.lower(), "params": trial.params,
-            "validation_accuracy": trial.value if trial.value is not None else last,
-            "seconds": round(ended, 1) if ended is not None else None}
-
-
 def run_search(train: TextExamples, val: TextExamples, test: TextExamples, budget_seconds: float,
                n_trials: int) -> dict[str, Any]:
     """``Trainer.hyperparameter_search`` with Optuna until the budget is spent, timed from model loading."""
@@ -210,22 +123,10 @@ def run_search(train: TextExamples, val: TextExamples, test: TextExamples, budge
     def model_init(trial=None):
         return AutoModelForSequenceClassification.from_pretrained(default_backbone(), num_labels=len(classes))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the clock prints one line per trial instead
-    transformers.logging.set_verbosity_error()  # the model is loaded once per trial: one load report is enough
-    transformers.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="trainer-search-") as output_dir:
-        trainer = Trainer(model_init=model_init, args=cpu_arguments(output_dir), train_dataset=encode(train),
-                          eval_dataset=encode(val), data_collator=DataCollatorWithPadding(tokenizer),
-                          processing_class=tokenizer, compute_metrics=validation_accuracy, callbacks=[clock])
-        trainer.remove_callback(PrinterCallback)  # the clock prints one line per trial instead of one per epoch
-        clock.trainer = trainer
-        timeout = max(budget_seconds - (time.perf_counter() - clock.started), 1.0)
-        best = trainer.hyperparameter_search(hp_space=clock.space, compute_objective=lambda m: m["eval_accuracy"],
-                                             n_trials=n_trials, direction="maximize", backend="optuna",
-                                             timeout=timeout, sampler=optuna.samplers.TPESampler(seed=0))
+        best = optuna_search(clock, model_init, tokenizer, encode(train), encode(val), output_dir, budget_seconds,
+                             n_trials)
         seconds = time.perf_counter() - clock.started
-        if int(best.run_id) != clock.best_trial:
-            raise RuntimeError(f"Optuna's best trial is {best.run_id}, but the model kept is trial {clock.best_trial}")
         predictor = Trainer(model=clock.best_model, args=cpu_arguments(output_dir, eval_strategy="no"),
                             data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
         held_out = trainer_scores(predictor.predict(encode(test)), classes)
@@ -234,10 +135,9 @@ def run_search(train: TextExamples, val: TextExamples, test: TextExamples, budge
         if abs(rescored - best.objective) > 1.5 / len(val):
             raise RuntimeError(f"The model kept for trial {best.run_id} scores {rescored:.4f} on validation, but "
                                f"the trial reported {best.objective:.4f}")
-    trials = [trial_record(trial, clock.ended.get(trial.number)) for trial in clock.trial.study.trials]
     return {"seconds": seconds, "seconds_to_final": clock.ended[clock.best_trial], **held_out,
             "best_trial": clock.best_trial, "best_params": best.hyperparameters, "validation_accuracy": best.objective,
-            "timeout": timeout, "trials": trials}
+            "timeout": clock.timeout, "trials": clock.trials()}
 
 
 class TimeToAccuracy(StudyCallback):

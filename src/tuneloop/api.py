@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuneloop.config import PRECISIONS, Recipe
+from tuneloop.config import LOWER_IS_BETTER, PRECISIONS, Recipe
 from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.data.files import read_table, write_table
 from tuneloop.data.images import ImageExamples, Pixels, load_image_examples
@@ -351,37 +351,35 @@ def _first_phase(prepared: Any, device: torch.device, precision: str, callbacks:
 
 @dataclass(frozen=True)
 class CrossValidation:
-    """A recipe scored by k-fold cross-validation over every labelled example of a task: the scores of all
-    out-of-fold predictions (each example predicted once, by the fold that did not train on it), the best
-    epoch of each fold, and the seconds it took."""
+    """A recipe scored by k-fold cross-validation over every labelled example of a task, at the one epoch that
+    scores best over all folds together (each fold trains every epoch of the recipe and is validated on the
+    examples it left out, so the folds' curves add up to one curve over every example)."""
 
-    metrics: dict[str, float]  # val_<metric> over all out-of-fold predictions, and val_loss
+    metrics: dict[str, float]  # val_<metric> and val_loss over all folds' validation examples, at best_epoch
     n: int
     k: int
-    best_epochs: list[int]
+    best_epoch: int
     seconds: float
 
 
 def cross_validate(task: Any, recipe: Recipe, k: int, seed: int, callbacks: Sequence[Callback] = ()
                    ) -> CrossValidation | None:
-    """``recipe`` trained k times on the task's pooled examples, each time validated on the fold left out
-    (a classifier only; None where the rarest class has too few examples for ``k`` folds). Nothing is recorded
-    in a workspace: it is a measurement, not a model."""
+    """``recipe`` trained k times on the task's pooled examples, each time validated after every epoch on the
+    fold left out (None where the rarest class has too few examples for ``k`` folds). Nothing is recorded in
+    a workspace: it is a measurement, not a model.
+
+    Accuracy, MAE and the loss over all examples are the folds' values weighted by their sizes, exactly; RMSE
+    is the square root of the weighted mean square; macro-F1 and R² are the weighted means of the folds'."""
     from tuneloop.tuning.selection import folds
 
-    if task.objective.name != "classification":
-        return None
-    recipe = recipe.for_objective(task.objective.name)
-    labels = task.pool_labels()
-    splits = folds(labels, k, seed)
+    recipe = recipe.for_objective(task.objective.name).replace(patience=0)  # every epoch of every fold
+    regression = task.objective.name == "regression"
+    splits = folds(task.pool_labels(), k, seed, regression=regression)
     if not splits:
         return None
-    index = {name: i for i, name in enumerate(task.classes)}
-    truth = np.asarray([index[label] for label in labels])
     device = pick_device()
     started = time.perf_counter()
-    out_of_fold = np.zeros((len(labels), len(task.classes)), dtype=np.float32)
-    best_epochs = []
+    curves, sizes = [], []
     for train_rows, val_rows in splits:
         fold = task.fold(train_rows, val_rows)
         precision = training_precision(fold, recipe.precision, device)
@@ -395,14 +393,23 @@ def cross_validate(task: Any, recipe: Recipe, k: int, seed: int, callbacks: Sequ
         if not result.history:
             raise ModelError(f"Training diverged in a fold of cross-validation at learning rate "
                              f"{recipe.learning_rate}.")
-        predictions = result.best_val_predictions
-        if predictions is None:
-            predictions = predict_outputs(prepared.trainable, prepared.val_set, device, precision, fold.objective)
-        out_of_fold[val_rows] = predictions
-        best_epochs.append(result.best_epoch)
-    loss, scores = task.objective.score(out_of_fold, truth)
-    metrics = {**{f"val_{name}": value for name, value in scores.items()}, "val_loss": loss}
-    return CrossValidation(metrics, len(labels), len(splits), best_epochs, time.perf_counter() - started)
+        curves.append(result.history)
+        sizes.append(len(val_rows))
+    epochs = min(len(curve) for curve in curves)  # a fold that diverged late ends the common curve
+    weights = np.asarray(sizes, dtype=np.float64) / sum(sizes)
+    pooled = []
+    for epoch in range(epochs):
+        at = [curve[epoch] for curve in curves]
+        point = {"val_loss": float(np.dot(weights, [r.val_loss for r in at]))}
+        for name in task.objective.metrics:
+            values = np.asarray([r.metric(name) for r in at], dtype=np.float64)
+            point[f"val_{name}"] = (float(np.sqrt(np.dot(weights, values ** 2))) if name == "rmse"
+                                    else float(np.dot(weights, values)))
+        pooled.append(point)
+    sign = -1.0 if recipe.metric in LOWER_IS_BETTER else 1.0
+    best = max(range(epochs), key=lambda e: (sign * pooled[e][f"val_{recipe.metric}"] if recipe.metric != "loss"
+                                             else -pooled[e]["val_loss"], -pooled[e]["val_loss"]))
+    return CrossValidation(pooled[best], sum(sizes), len(splits), best + 1, time.perf_counter() - started)
 
 
 def refit_run(store: Workspace, task: Any, recipe: Recipe, estimate: dict[str, Any],

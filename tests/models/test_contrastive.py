@@ -71,3 +71,21 @@ def test_a_run_killed_after_its_pairs_resumes_as_if_uninterrupted(tiny_model, tm
     assert [[e[k] for k in same] for e in resumed.history] == [[e[k] for k in same] for e in straight.history]
     texts = ["good great superb", "awful poor terrible", "fine sad"]
     assert np.allclose(resumed.predict(texts).probabilities, straight.predict(texts).probabilities, atol=1e-6)
+
+
+def test_a_later_trial_with_the_same_pairs_starts_from_the_kept_encoder_with_the_same_result(tiny_model, tmp_path):
+    def task() -> TextTask:
+        return TextTask.load(examples(12, 0), examples(6, 1), text_col=None, label_col=None, model=str(tiny_model),
+                             val_fraction=0.2, seed=0)
+
+    shared = task()
+    other_head = RECIPE.replace(head_dropout=0.3, learning_rate=1e-3)
+    with Workspace.open(tmp_path / "a", create=True) as store:
+        first, _ = api.train_run(store, shared, RECIPE)
+        kept, _ = api.train_run(store, shared, other_head)
+        fresh, _ = api.train_run(store, task(), other_head)
+    assert first.metrics["pairs_seconds"] > 0 and kept.metrics["pairs_seconds"] == 0, "no second tuning"
+    same = ("train_loss", "val_loss", "val_accuracy")
+    assert [[e[k] for k in same] for e in kept.history] == [[e[k] for k in same] for e in fresh.history]
+    folded = shared.fold(np.arange(20), np.arange(20, 30))
+    assert folded._tuned is None, "a fold tunes its own encoder: the kept one has seen its validation texts"

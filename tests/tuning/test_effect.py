@@ -13,17 +13,25 @@ def probabilities(labels: list[int], classes: int = 3) -> np.ndarray:
     return out
 
 
+LABELS = [0, 1, 2, 1] * 20
+
+
 def test_the_same_labels_are_the_same_model_whatever_the_probabilities():
-    earlier = [(0, compact(probabilities([0, 1, 2, 1]), regression=False))]
-    softer = probabilities([0, 1, 2, 1]) * 0.9 + 0.1 / 3
+    earlier = [(0, compact(probabilities(LABELS), regression=False))]
+    softer = probabilities(LABELS) * 0.9 + 0.1 / 3
     same = same_as(softer, earlier, regression=False)
     assert same is not None and same.trial == 0 and same.changed == 0
-    assert same.sentence() == "no effect: its validation predictions match trial 0's on 4 of 4 examples"
+    assert same.sentence() == "no effect: its validation predictions match trial 0's on 80 of 80 examples"
 
 
-def test_one_changed_label_in_few_examples_is_an_effect():
-    earlier = [(3, compact(probabilities([0, 1, 2, 1]), regression=False))]
-    assert same_as(probabilities([0, 1, 2, 2]), earlier, regression=False) is None
+def test_one_changed_label_in_under_a_hundred_examples_is_an_effect():
+    earlier = [(3, compact(probabilities(LABELS), regression=False))]
+    assert same_as(probabilities([2, *LABELS[1:]]), earlier, regression=False) is None
+
+
+def test_too_few_validation_examples_cannot_tell():
+    earlier = [(0, compact(probabilities([0, 1, 2, 1]), regression=False))]
+    assert same_as(probabilities([0, 1, 2, 1]), earlier, regression=False) is None
 
 
 def test_up_to_one_percent_changed_is_no_effect_and_the_first_match_is_named():
@@ -40,7 +48,7 @@ def test_up_to_one_percent_changed_is_no_effect_and_the_first_match_is_named():
 
 
 def test_a_regressor_compares_its_values_in_standard_deviations():
-    values = np.linspace(-2, 2, 50, dtype=np.float32)[:, None]
+    values = np.linspace(-2, 2, 80, dtype=np.float32)[:, None]
     earlier = [(0, compact(values, regression=True))]
     assert same_as(values + 0.005, earlier, regression=True).trial == 0
     assert "standard deviations" in same_as(values + 0.005, earlier, regression=True).sentence()
@@ -48,5 +56,5 @@ def test_a_regressor_compares_its_values_in_standard_deviations():
 
 
 def test_predictions_of_another_validation_set_never_match():
-    earlier = [(0, compact(probabilities([0, 1]), False))]
-    assert same_as(probabilities([0, 1, 2]), earlier, regression=False) is None
+    earlier = [(0, compact(probabilities(LABELS), False))]
+    assert same_as(probabilities([*LABELS, 0]), earlier, regression=False) is None

@@ -407,3 +407,13 @@ def test_pairs_are_sized_to_the_time_left_and_skipped_where_too_few_fit():
     assert facts.pairs_affordable(60.0) == 30, "half of 60 s at 0.01 s a pair over 100 examples"
     assert facts.pairs_affordable(None) is None
     assert DataFacts(6, 100, 500, lambda: 1 / 0).pairs_affordable(60.0) is None, "many per class: not measured"
+
+
+def test_a_guided_strategy_names_what_it_has_not_tried():
+    from tuneloop.tuning.strategies import DataFacts, GuidedStrategy, TrialOutcome
+
+    strategy = GuidedStrategy(6, "text", DataFacts(6, train_size=100, examples_per_class=50))
+    head = Recipe(trainable_layers=0, learning_rate=2e-3)
+    history = [TrialOutcome(head, "completed", 0.8, diagnosis("good_fit"), 0)]
+    assert strategy.untried(history)[:2] == ["few examples per class: tune the encoder on pairs of texts first, then "
+                                             "the head (SetFit)", "the whole encoder"]

@@ -7,9 +7,11 @@ import numpy as np
 from tuneloop.tuning.selection import candidates, fold_count, folds, validation_is_small
 
 
-def row(number: int, value: float, lr: float, noise: float = 0.12, no_effect: str = "", reason: str = "move") -> dict:
+def row(number: int, value: float, depth: object, noise: float = 0.12, no_effect: str = "", reason: str = "move",
+        pairs: int = 0, lr: float = 1e-3) -> dict:
     return {"number": number, "status": "completed", "value": value, "reason": reason, "no_effect": no_effect,
-            "recipe": {"learning_rate": lr, "seed": 42}, "evidence": {"ci_half_width": noise, "n_val": 26}}
+            "recipe": {"learning_rate": lr, "trainable_layers": depth, "contrastive": pairs, "seed": 42},
+            "evidence": {"ci_half_width": noise, "n_val": 26}}
 
 
 def test_each_example_is_validated_once_and_every_fold_holds_every_class():
@@ -32,16 +34,16 @@ def test_a_regressors_folds_spread_each_range_of_values():
         assert len(val) == 10 and np.ptp(np.asarray(values)[val]) > 0.8
 
 
-def test_candidates_are_the_distinct_models_within_the_leaders_noise():
-    rows = [row(0, 0.70, 1e-3), row(1, 0.80, 2e-3), row(2, 0.75, 3e-3), row(3, 0.79, 4e-3, no_effect="same"),
-            row(4, 0.65, 5e-3), row(5, 0.78, 2e-3), row(6, 0.9, 6e-3, reason="seed check: ...")]
+def test_candidates_are_the_best_of_each_approach_within_the_leaders_noise():
+    rows = [row(0, 0.70, 0), row(1, 0.80, 0, pairs=20), row(2, 0.75, "all"), row(3, 0.79, 2, no_effect="same"),
+            row(4, 0.65, 2), row(5, 0.78, 0, pairs=20, lr=2e-3), row(6, 0.9, 4, reason="seed check: ...")]
     assert [t["number"] for t in candidates(rows)] == [1, 2, 0], (
-        "0.80 leads; 0.79 repeats another; trial 5 is trial 1's recipe again; 0.65 is beyond the noise")
+        "0.80 leads; 0.79 repeats another; trial 5 is another pairs recipe; 0.65 is beyond the noise")
 
 
 def test_validation_is_small_where_its_interval_is_wider_than_a_moves_gain():
-    assert validation_is_small(row(0, 0.8, 1e-3, noise=0.15), 26, regression=False)
-    assert not validation_is_small(row(0, 0.8, 1e-3, noise=0.02), 2000, regression=False)
+    assert validation_is_small(row(0, 0.8, 0, noise=0.15), 26, regression=False)
+    assert not validation_is_small(row(0, 0.8, 0, noise=0.02), 2000, regression=False)
     assert validation_is_small(None, 50, regression=True) and not validation_is_small(None, 900, regression=True)
 
 

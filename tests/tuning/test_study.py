@@ -99,9 +99,10 @@ def test_seed_check_reruns_the_top_two_recipes_and_weighs_the_lead(tiny_model, t
         assert result.best_run.id == max(same_recipe, key=lambda t: t.value).run_id
 
 
-def test_no_two_trials_share_their_validation_predictions_unless_marked_without_effect(tiny_model, toy_csv,
+def test_no_two_trials_share_their_validation_predictions_unless_marked_without_effect(tiny_model, tmp_path,
                                                                                        workspace):
-    result = tune(tiny_model, toy_csv, workspace, budget="10trials")
+    data = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(150))  # 60 validation texts
+    result = tune(tiny_model, data, workspace, budget="10trials")
     with Workspace.open(workspace) as store:
         rows = store.trials(result.study_id)
         study = store.studies()[0]

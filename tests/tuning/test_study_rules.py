@@ -58,8 +58,9 @@ class Scripted:
 def scripted_study(tmp_path, strategy, budget: str, values, predictions=None, objective=CLASSIFICATION,
                    target=None, metric="accuracy", seed_check=False, seconds=0.0):
     """run_study over trials whose validation values (and predictions) are given in order."""
-    # by default every trial predicts differently: the digits of its number in base 3
-    predictions = predictions or [np.eye(3)[[i // 3**k % 3 for k in range(5)]] for i in range(len(values))]
+    # by default every trial predicts differently: the digits of its number in base 3, each said 20 times (100
+    # validation examples: enough to tell trials apart)
+    predictions = predictions or [np.eye(3)[[i // 3**k % 3 for k in range(5)] * 20] for i in range(len(values))]
     n = len(predictions[0])
     task = SimpleNamespace(val=list(range(n)), classes=["a", "b", "c"], objective=objective)
     counter = iter(range(1000))
@@ -111,18 +112,19 @@ def test_no_plateau_stops_a_strategy_without_one(tmp_path):
 
 
 def test_a_trial_that_repeats_anothers_predictions_is_recorded_and_not_counted(tmp_path):
-    same = np.eye(3)[[0, 1, 2, 0, 1]]
-    other = np.eye(3)[[0, 1, 2, 0, 0]]
+    same = np.eye(3)[[0, 1, 2, 0, 1] * 20]
+    other = np.eye(3)[[0, 1, 2, 0, 0] * 20]
     strategy = Scripted(plateau=2, left=[])
     result = scripted_study(tmp_path, strategy, "20trials", [0.8] * 30,
-                            predictions=[same, other, same, same, same, other, np.eye(3)[[2, 2, 2, 0, 1]]])
+                            predictions=[same, other, same, same, same, other, np.eye(3)[[2, 2, 2, 0, 1] * 20]])
     flags = [bool(t.no_effect) for t in result.trials]
     assert flags == [False, False, True, True, True, True, False]
-    assert result.trials[2].no_effect == "no effect: its validation predictions match trial 0's on 5 of 5 examples"
+    assert result.trials[2].no_effect == (
+        "no effect: its validation predictions match trial 0's on 100 of 100 examples")
     assert "in 2 trials" in result.stop_reason, "only trials 1 and 6 count toward the plateau"
     with Workspace.open(tmp_path / "ws") as store:
         rows = store.trials("s")
-    assert [bool(r["no_effect"]) for r in rows] == flags and rows[0]["predictions"] == [0, 1, 2, 0, 1]
+    assert [bool(r["no_effect"]) for r in rows] == flags and rows[0]["predictions"] == [0, 1, 2, 0, 1] * 20
 
 
 def test_a_target_on_an_error_is_reached_when_the_error_is_at_most_it(tmp_path):

@@ -38,6 +38,12 @@ PAIRS_LEARNING_RATE = 2e-5
 PAIRS_BATCH = 16
 
 
+def pairs_key(recipe: Recipe, precision: str) -> tuple:
+    """What decides the encoder that contrastive tuning makes: two recipes with equal keys tune it alike."""
+    return (recipe.contrastive, recipe.seed, recipe.dropout, recipe.attention_dropout, recipe.max_length, precision,
+            recipe.init)
+
+
 def pairs_recipe(recipe: Recipe) -> Recipe:
     """The recipe of contrastive tuning before ``recipe``'s own training: what SetFit does by default, on the
     recipe's seed, precision and text length."""
@@ -81,6 +87,7 @@ class TextTask:
     parent: TextTask | None = field(default=None, repr=False)
     rows: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _pair_seconds: float | None = field(default=None, repr=False)
+    _tuned: tuple[tuple, dict[str, torch.Tensor]] | None = field(default=None, repr=False)  # see _after_pairs
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _synonyms: SynonymTable | None = field(default=None, repr=False)
 
@@ -125,7 +132,7 @@ class TextTask:
         val_rows = np.arange(len(self.train), len(pool)) if val_rows is None else val_rows
         return dataclasses.replace(self, train=pool.subset(train_rows), val=pool.subset(val_rows), parent=self,
                                    rows=(np.asarray(train_rows), np.asarray(val_rows)), _encoded={},
-                                   _synonyms=self._synonyms)
+                                   _synonyms=self._synonyms, _tuned=None, _pair_seconds=None)
 
     def encoded(self, tokenizer, recipe: Recipe):
         """Train and validation token ids for ``recipe.max_length``, tokenized on first use only."""
@@ -180,14 +187,19 @@ class TextTask:
     def _after_pairs(self, network, tokenizer, recipe: Recipe, device: torch.device, precision: str) -> Prepared:
         """Contrastive tuning first: the whole encoder on pairs of training texts (drawn from the recipe's seed,
         so a resumed run draws the same), then what the recipe trains, on the tuned encoder. Its vectors are
-        the run's own, never shared through the feature cache."""
+        the run's own, never shared through the feature cache.
+
+        A later trial whose pairs are the same (the same pairs, seed, dropout, text length and precision: a
+        change of the head's knobs after pairs) starts from the encoder this task kept from the last tuning,
+        instead of tuning it again; the head's training draws from the seed afresh either way, so the result is
+        the same."""
         train_set, val_set = self.encoded(tokenizer, recipe)
-        pairs = TextPairs.drawn(train_set, recipe.contrastive, [recipe.seed, 1])
-        val_pairs = TextPairs.drawn(val_set, VAL_PAIRS_PER_EXAMPLE, [recipe.seed, 2], limit=MAX_VAL_PAIRS)
-        network.requires_grad_(True)
-        network.head.requires_grad_(False)  # no gradient reaches it from pairs
+        key = pairs_key(recipe, precision)
 
         def then() -> Prepared:
+            if self._tuned is None or self._tuned[0] != key:  # keep the tuned encoder for the next trial
+                self._tuned = (key, {k: v.detach().clone() for k, v in network.encoder.state_dict().items()})
+            torch.manual_seed(recipe.seed)  # the head's dropout: the same draws with or without a kept encoder
             network.set_trainable_layers(recipe.trainable_layers)
             if recipe.trainable_layers != 0 or recipe.augment > 0:
                 return Prepared(network, tokenizer, network, train_set, val_set, None,
@@ -197,6 +209,13 @@ class TextTask:
                        for part in (train_set, val_set)]
             return Prepared(network, tokenizer, HeadOnly(network), vectors[0], vectors[1], "vectors after pairs")
 
+        if self._tuned is not None and self._tuned[0] == key:
+            network.encoder.load_state_dict(self._tuned[1])
+            return then()
+        pairs = TextPairs.drawn(train_set, recipe.contrastive, [recipe.seed, 1])
+        val_pairs = TextPairs.drawn(val_set, VAL_PAIRS_PER_EXAMPLE, [recipe.seed, 2], limit=MAX_VAL_PAIRS)
+        network.requires_grad_(True)
+        network.head.requires_grad_(False)  # no gradient reaches it from pairs
         phase = Phase(PairSimilarity(network), pairs, val_pairs, pairs_recipe(recipe), PAIRS, then)
         return Prepared(network, tokenizer, network, None, None, first_phase=phase)
 

@@ -41,6 +41,21 @@ def learning_rate_cap(recipe: Recipe) -> float:
 FEW_PER_CLASS = 64  # up to this many training examples in the smallest class, pairs are a move of their own
 CONTRASTIVE_PAIRS = 20  # pairs per training example when contrastive tuning is switched on (time allowing)
 MIN_CONTRASTIVE_PAIRS = 4  # fewer pairs per example than this are not worth a trial
+# Optimizer steps a run needs to get anywhere: 26 training texts in batches of 16 for 5 epochs are 10 steps,
+# too few for a head from random weights (and a head on cached vectors takes microseconds a step) or for a
+# whole fine-tune; such runs get more epochs (and a fine-tune smaller batches) until they have these many.
+MIN_HEAD_STEPS = 100
+MIN_FINETUNE_STEPS = 60
+MAX_HEAD_EPOCHS = 100
+
+
+def epochs_for_steps(recipe: Recipe, train_size: int | None, steps: int, cap: int) -> int:
+    """At least ``recipe.epochs``, and enough for ``steps`` optimizer steps over ``train_size`` examples, at most
+    ``cap`` (the recipe's own where it is higher)."""
+    if not train_size:
+        return recipe.epochs
+    per_epoch = math.ceil(train_size / recipe.batch_size)
+    return max(recipe.epochs, min(cap, math.ceil(steps / per_epoch)))
 
 
 @dataclass(frozen=True)
@@ -246,7 +261,14 @@ class Deepest:
         if recipe.trainable_layers == "all":
             return {}
         deeper = recipe.replace(trainable_layers="all", contrastive=0)
-        return {knob: "all", "contrastive": 0, "learning_rate": min(recipe.learning_rate, learning_rate_cap(deeper))}
+        changes: dict[str, Any] = {knob: "all", "contrastive": 0,
+                                   "learning_rate": min(recipe.learning_rate, learning_rate_cap(deeper))}
+        # A few dozen examples make a handful of steps an epoch: smaller batches, more epochs.
+        if context.train_size and context.train_size < MIN_FINETUNE_STEPS * recipe.batch_size / MAX_EPOCHS:
+            deeper = deeper.replace(batch_size=min(recipe.batch_size, 8))
+            changes["batch_size"] = deeper.batch_size
+        changes["epochs"] = epochs_for_steps(deeper, context.train_size, MIN_FINETUNE_STEPS, MAX_EPOCHS)
+        return changes
 
 
 @dataclass(frozen=True)
@@ -326,6 +348,11 @@ _EXPLOIT = (
 _PAIRS = Move("contrastive", ContrastivePairs(),
               "few examples per class: tune the encoder on pairs of texts first, then the head (SetFit)")
 _TEXT_EXPLOIT = (_PAIRS, *_EXPLOIT)
+# Where validation cannot tell small changes apart, each approach is tried once (a head, pairs, the whole
+# encoder) and the final choice between them is left to cross-validation over every example; knob nudges after
+# that, since the validation set will not show what they do.
+_TEXT_NOISY = (_PAIRS, Move("trainable_layers", Deepest(), "validation too small for small steps: the whole "
+                            "encoder"), *_EXPLOIT)
 
 RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
@@ -365,7 +392,7 @@ RULES: dict[str, tuple[Move, ...]] = {
         Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers"),
     ),
     "good_fit": _TEXT_EXPLOIT,
-    "noisy_validation": _TEXT_EXPLOIT,
+    "noisy_validation": _TEXT_NOISY,
 }
 
 
@@ -510,6 +537,17 @@ def recipe_key(recipe: Recipe) -> RecipeKey:
     return tuple((f.name, getattr(recipe, f.name)) for f in fields(recipe) if f.name not in SEED_FIELDS)
 
 
+def move_key(recipe: Recipe | Hashable) -> Hashable:
+    """What the policy counts as tried: the recipe's key, with pairs as on or off (their number is sized to the
+    time left, so the same move made later draws fewer: still the move already made)."""
+    key = recipe_key(recipe) if isinstance(recipe, Recipe) else recipe
+    return tuple((name, value > 0) if name == "contrastive" else (name, value) for name, value in key)
+
+
+def _seen(recipe: Recipe, tried: Iterable[Recipe | Hashable]) -> set[Hashable]:
+    return {move_key(recipe)} | {move_key(t) for t in tried}
+
+
 @dataclass(frozen=True)
 class Decision:
     """The next recipe, why, and exactly what changed (knob -> (old, new))."""
@@ -541,7 +579,7 @@ def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | H
     rules = RULES_BY_MODALITY[modality]
     if diagnosis.label not in rules:
         raise ValueError(f"The 'diagnosis.label' must be one of {', '.join(RULES)}. Got {diagnosis.label!r} instead.")
-    seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
+    seen = _seen(recipe, tried)
     best_epoch = diagnosis.evidence.get("best_epoch")
     context = Context(best_epoch if isinstance(best_epoch, int) else None, num_layers, train_size,
                       examples_per_class, pairs_affordable)
@@ -566,7 +604,7 @@ def explore(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: i
             pairs_affordable: int | None = None) -> Decision | None:
     """The first of ``EXPLORE[modality]``'s larger moves that makes ``recipe`` (the best so far) into a valid
     recipe not yet run, or None when every one is tried."""
-    seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
+    seen = _seen(recipe, tried)
     context = Context(None, num_layers, train_size, examples_per_class, pairs_affordable)
     for move in EXPLORE[modality]:
         decision = _decide(move, recipe, context, seen, "no gain beyond validation noise for a while")
@@ -576,10 +614,11 @@ def explore(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: i
 
 
 def untried(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, modality: str = "text",
-            train_size: int | None = None, examples_per_class: int | None = None) -> list[str]:
+            train_size: int | None = None, examples_per_class: int | None = None,
+            pairs_affordable: int | None = None) -> list[str]:
     """What ``EXPLORE`` would still try from ``recipe``, in words."""
-    seen = {recipe_key(recipe)} | {recipe_key(t) if isinstance(t, Recipe) else t for t in tried}
-    context = Context(None, num_layers, train_size, examples_per_class)
+    seen = _seen(recipe, tried)
+    context = Context(None, num_layers, train_size, examples_per_class, pairs_affordable)
     return [move.reason for move in EXPLORE[modality] if _decide(move, recipe, context, seen, "") is not None]
 
 
@@ -588,7 +627,7 @@ def _decide(move: Move, recipe: Recipe, context: Context, seen: set, why: str) -
     if not changes:
         return None
     candidate = recipe.replace(**{knob: new for knob, (_, new) in changes.items()})
-    if candidate.problems() or recipe_key(candidate) in seen:
+    if candidate.problems() or move_key(candidate) in seen:
         return None
     shown = ", ".join(f"{knob} {_show(old)} -> {_show(new)}" for knob, (old, new) in changes.items())
     return Decision(candidate, f"{why} -> {move.reason}: {shown}", changes)
@@ -620,7 +659,7 @@ def _further(moves: Sequence[Move], recipe: Recipe, ineffective: Sequence[Recipe
         if not changes:
             continue
         candidate = child.replace(**{knob: new for knob, (_, new) in changes.items()})
-        if not candidate.problems() and recipe_key(candidate) not in seen:
+        if not candidate.problems() and move_key(candidate) not in seen:
             return move, child, changes
     return None
 

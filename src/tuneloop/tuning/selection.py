@@ -18,12 +18,21 @@ from typing import Any
 import numpy as np
 
 from tuneloop.tuning.diagnose import DEFAULT_THRESHOLDS, accuracy_interval
-from tuneloop.tuning.seeds import is_search, recipe_without_seed, scored
+from tuneloop.tuning.seeds import is_search, scored
 
 NOISY_HALF_WIDTH = DEFAULT_THRESHOLDS.ci_half_width  # wider than this: validation cannot resolve a move's gain
 SMALL_REGRESSION_VAL = 300  # a regressor's validation set below this many rows is small (it has no interval)
 MAX_FOLDS = 5
-MAX_CANDIDATES = 3
+MAX_CANDIDATES = 4
+FINAL_SHARE = 0.5  # of a time budget, the most the final choice on every example (folds, a final fit) may take
+
+
+def approach(recipe: dict[str, Any]) -> tuple[Any, ...]:
+    """What a recipe trains, apart from its finer knobs: the trainable depth, pairs or not, adapters or not,
+    the network's size (tables, small CNNs). Within validation noise the choice is between approaches: two
+    weight decays of one head are not worth folds each."""
+    return (recipe.get("trainable_layers"), recipe.get("contrastive", 0) > 0, recipe.get("lora_rank", 0) > 0,
+            recipe.get("hidden_layers"), recipe.get("hidden_units"))
 
 
 def validation_is_small(best: dict[str, Any] | None, n_val: int, regression: bool) -> bool:
@@ -38,8 +47,8 @@ def validation_is_small(best: dict[str, Any] | None, n_val: int, regression: boo
 
 
 def candidates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The distinct search trials within the best one's validation noise of it, best first (at most
-    MAX_CANDIDATES); a trial that repeats another's predictions is that other one."""
+    """The best search trial of each approach (``approach``) within the best one's validation noise of it, best
+    first (at most MAX_CANDIDATES); a trial that repeats another's predictions is that other one."""
     ranked = sorted((t for t in trials if is_search(t) and scored(t) and not t.get("no_effect")),
                     key=lambda t: t["value"], reverse=True)
     if not ranked:
@@ -49,7 +58,7 @@ def candidates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for trial in ranked:
         if ranked[0]["value"] - trial["value"] > noise:
             break
-        if all(recipe_without_seed(trial["recipe"]) != recipe_without_seed(t["recipe"]) for t in chosen):
+        if all(approach(trial["recipe"]) != approach(t["recipe"]) for t in chosen):
             chosen.append(trial)
         if len(chosen) == MAX_CANDIDATES:
             break

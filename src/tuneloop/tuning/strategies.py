@@ -19,7 +19,16 @@ import optuna
 
 from tuneloop.config import Recipe
 from tuneloop.tuning.diagnose import Diagnosis
-from tuneloop.tuning.policy import FEW_PER_CLASS, explore, next_recipe, recipe_key, untried
+from tuneloop.tuning.policy import (
+    FEW_PER_CLASS,
+    MAX_HEAD_EPOCHS,
+    MIN_HEAD_STEPS,
+    epochs_for_steps,
+    explore,
+    next_recipe,
+    recipe_key,
+    untried,
+)
 from tuneloop.tuning.space import GRIDS, SPACES, params_of, recipe_from_params
 
 STRATEGIES = ("guided", "grid", "random", "bayes")
@@ -145,15 +154,16 @@ class GuidedStrategy:
 
     def first_recipe(self, base: Recipe) -> Recipe:
         """The cheapest capacity first: the head alone on the frozen encoder (or image body), at a head's
-        learning rate; for a table, a small MLP (one layer of 64 units); for the small CNN, two stages of
-        up to 64 channels."""
+        learning rate, for at least MIN_HEAD_STEPS steps; for a table, a small MLP (one layer of 64 units); for
+        the small CNN, two stages of up to 64 channels."""
         if self.modality == "tabular":
             return base.replace(hidden_layers=1, hidden_units=64, learning_rate=self.first_learning_rate,
                                 epochs=max(base.epochs, 30), patience=max(base.patience, 5))
         if self.modality == "image-scratch":
             return base.replace(hidden_layers=2, hidden_units=64, learning_rate=self.first_learning_rate,
                                 epochs=max(base.epochs, 30), patience=max(base.patience, 5))
-        return base.replace(trainable_layers=0, learning_rate=self.first_learning_rate, epochs=max(base.epochs, 5))
+        head = base.replace(trainable_layers=0, learning_rate=self.first_learning_rate, epochs=max(base.epochs, 5))
+        return head.replace(epochs=epochs_for_steps(head, self.facts.train_size, MIN_HEAD_STEPS, MAX_HEAD_EPOCHS))
 
     def first_reason(self) -> str:
         if self.modality == "tabular":

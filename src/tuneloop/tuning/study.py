@@ -51,6 +51,7 @@ from tuneloop.tuning.seeds import (
     winning_group,
 )
 from tuneloop.tuning.selection import (
+    FINAL_SHARE,
     Estimate,
     candidates,
     choose,
@@ -338,7 +339,7 @@ class _StudyDriver:
                 return f"the time budget of {budget} is spent"
             if now >= self._search_deadline(seed_check):
                 return (f"the search stopped with {self.deadline - now:.0f}s of the time budget of {budget} left, "
-                        f"kept for the seed check")
+                        f"kept for choosing the final model")
         best = _best(search)
         if self.target is not None and best is not None and best.value >= self._target_value():
             return f"the target {self.target:g} is reached"
@@ -367,33 +368,38 @@ class _StudyDriver:
 
     def _search_deadline(self, seed_check: bool) -> float | None:
         """With a time budget, the search stops early enough to leave the final choice its share, as the trials
-        stand now: the fit on every labelled example where validation is small, else the seed check where it
-        can change the answer; never more than SEED_CHECK_SHARE of the budget."""
+        stand now: the costliest fit on every labelled example of the recipes in the running where validation is
+        small (at most FINAL_SHARE of the budget), else the seed check where it can change the answer (at most
+        SEED_CHECK_SHARE)."""
         if self.deadline is None:
             return None
         if self._validation_is_small():
             chosen = candidates([t.row() for t in self._search_trials()])
-            cost = self._refit_cost(self.trials[chosen[0]["number"]]) if chosen else 0.0
-        elif seed_check:
+            cost = max((self._refit_cost(self.trials[row["number"]]) for row in chosen), default=0.0)
+            return self.deadline - min(cost, FINAL_SHARE * self.budget.seconds)
+        if seed_check:
             planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
             cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
-        else:
-            cost = 0.0
-        return self.deadline - min(cost, SEED_CHECK_SHARE * self.budget.seconds)
+            return self.deadline - min(cost, SEED_CHECK_SHARE * self.budget.seconds)
+        return self.deadline
 
     def _validation_is_small(self) -> bool:
-        if self.final.refit is None:
-            return False
+        """Whether the final model is chosen on every labelled example (validation too small, refit allowed)."""
+        return self.final.refit is not None and self._small_validation()
+
+    def _small_validation(self) -> bool:
         best = _best(self._search_trials())
         return validation_is_small(best.row() if best else None, len(self.task.val),
                                    self.task.objective.name == "regression")
 
     def _refit_cost(self, trial: TrialRecord) -> float:
-        """Seconds a fit of ``trial``'s recipe on every labelled example takes, from the trial's own: its
-        training examples grow to all of them (its pairs, where it tunes on pairs, stay as many)."""
+        """Seconds a fit of ``trial``'s recipe on every labelled example takes, from the trial's own: every epoch
+        of the recipe (the trial may have stopped early; the fit does not), over all the examples (its pairs,
+        where it tunes on pairs, stay as many)."""
         if trial.recipe.contrastive > 0:
             return trial.seconds
-        return trial.seconds * (len(self.task.train) + len(self.task.val)) / max(1, len(self.task.train))
+        epochs = trial.recipe.epochs / max(1, len(trial.history))
+        return trial.seconds * epochs * (len(self.task.train) + len(self.task.val)) / max(1, len(self.task.train))
 
     def _choose_on_every_example(self) -> str:
         """The final model where validation is small: the recipes within noise of the best scored by k-fold
@@ -406,11 +412,12 @@ class _StudyDriver:
         labels = self.task.pool_labels()
         k = fold_count(labels, regression)
         estimates: dict[int, Estimate] = {}
-        best_epochs: dict[int, list[int]] = {}
+        best_epochs: dict[int, int] = {}
         for row in chosen:
             trial = self.trials[row["number"]]
-            if self.final.cross_validate is not None and k >= 2 and self._affordable_folds(trial, k, chosen[0]):
-                measured = self._cross_validate(trial, k)
+            folds = self._affordable_folds(trial, k, chosen) if self.final.cross_validate is not None and k >= 2 else 0
+            if folds:
+                measured = self._cross_validate(trial, folds)
                 if measured is not None:
                     estimates[trial.number], best_epochs[trial.number] = measured
             estimates.setdefault(trial.number, holdout_estimate(row))
@@ -433,20 +440,26 @@ class _StudyDriver:
         _, counts = np.unique(np.asarray([str(y) for y in self.task.pool_labels()]), return_counts=True)
         return bool(len(counts)) and int(counts.min()) <= FEW_PER_CLASS
 
-    def _affordable_folds(self, trial: TrialRecord, k: int, best: dict[str, Any]) -> bool:
-        """Whether k trainings of ``trial``'s recipe fit: a head on cached vectors always (seconds); another
-        recipe where k of its trials and the final fit fit in the final choice's share of the budget and before
-        its end (with a trial budget: where they take at most CHEAP_FOLDS_SECONDS)."""
+    def _affordable_folds(self, trial: TrialRecord, k: int, chosen: list[dict[str, Any]]) -> int:
+        """How many folds of ``trial``'s recipe fit (0: none): a head on cached vectors ``k`` always (seconds);
+        another recipe the most folds, from ``k`` down to 3, whose runs (every epoch: folds do not stop early)
+        and the costliest final fit of the ``chosen`` fit in the time left (with a trial budget: where the folds
+        take at most CHEAP_FOLDS_SECONDS). The search is over: all of its time left is the final choice's."""
         if _cached_head(trial.recipe):
-            return True
-        cost = k * trial.seconds
-        if self.deadline is None:
-            return cost <= CHEAP_FOLDS_SECONDS
-        refit = self._refit_cost(self.trials[best["number"]])
-        left = self.deadline - time.monotonic()
-        return cost + refit <= min(left, SEED_CHECK_SHARE * self.budget.seconds)
+            return k
+        epoch_seconds = trial.seconds / max(1, len(trial.history))
+        refit = max(self._refit_cost(self.trials[row["number"]]) for row in chosen)
+        for folds in range(k, 2, -1):
+            cost = folds * epoch_seconds * trial.recipe.epochs
+            if self.deadline is None:
+                fits = cost <= CHEAP_FOLDS_SECONDS
+            else:
+                fits = cost + refit <= self.deadline - time.monotonic()
+            if fits:
+                return folds
+        return 0
 
-    def _cross_validate(self, trial: TrialRecord, k: int) -> tuple[Estimate, list[int]] | None:
+    def _cross_validate(self, trial: TrialRecord, k: int) -> tuple[Estimate, int] | None:
         """Score ``trial``'s recipe by k-fold cross-validation, recorded as a trial of its own (no model)."""
         started = time.monotonic()
         measured = self.final.cross_validate(trial.recipe, k)
@@ -459,15 +472,15 @@ class _StudyDriver:
         record = TrialRecord(len(self.trials), trial.recipe, reason, "completed", value=value, parent=trial.number,
                              evidence={"of_trial": trial.number, "n": measured.n, "k": measured.k,
                                        "ci_low": estimate.low, "ci_high": estimate.high,
-                                       "best_epochs": measured.best_epochs, **measured.metrics})
+                                       "best_epoch": measured.best_epoch, **measured.metrics})
         self._record_extra(record, time.monotonic() - started)
-        return estimate, measured.best_epochs
+        return estimate, measured.best_epoch
 
-    def _refit_recipe(self, trial: TrialRecord, fold_epochs: list[int] | None) -> Recipe:
-        """``trial``'s recipe for a fit with nothing to validate on: as many epochs as its best epoch (the median
-        over cross-validation's folds, where it was cross-validated), and as many pairs in all as it drew."""
-        best_epoch = (trial.diagnosis.evidence.get("best_epoch") if trial.diagnosis else None) or trial.recipe.epochs
-        epochs = int(np.median(fold_epochs)) if fold_epochs else int(best_epoch)
+    def _refit_recipe(self, trial: TrialRecord, cross_validated_epoch: int | None) -> Recipe:
+        """``trial``'s recipe for a fit with nothing to validate on, and as many pairs in all as it drew. Its
+        epochs: the best epoch over cross-validation's folds together, where it was cross-validated; else the
+        recipe's own (its trial's best epoch was read off a validation set too small to place it)."""
+        epochs = cross_validated_epoch or trial.recipe.epochs
         recipe = trial.recipe.replace(epochs=max(1, epochs), patience=0)
         if recipe.contrastive > 0:
             pooled = len(self.task.train) + len(self.task.val)
@@ -539,9 +552,10 @@ class _StudyDriver:
             callback.on_trial_start(record.number, proposal.recipe, proposal.reason)
         trial_started = time.monotonic()
         metric = self.base.metric
-        # A seed-check re-run measures seed noise: cutting it short would hide exactly that.
-        reporter = _ReportToOptuna(proposal.trial, metric, self.deadline,
-                                   prunable=not proposal.reason.startswith(SEED_CHECK_PREFIX),
+        # A seed-check re-run measures seed noise: cutting it short would hide exactly that. Where validation is
+        # too small to tell recipes apart, it is too small to tell a trial's first epochs apart from others' too.
+        prunable = not proposal.reason.startswith(SEED_CHECK_PREFIX) and not self._small_validation()
+        reporter = _ReportToOptuna(proposal.trial, metric, self.deadline, prunable=prunable,
                                    epochs=proposal.recipe.epochs)
         training_callbacks = [c for cb in self.callbacks for c in cb.training_callbacks()] + [reporter]
         if self.deadline is not None:
