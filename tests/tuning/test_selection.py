@@ -56,3 +56,6 @@ def test_a_favoured_recipe_within_noise_is_chosen_and_beyond_it_is_not():
     assert choose({0: head, 1: pairs}, favoured=set()) == 0
     far = Estimate(0.55, 0.50, 0.60, "the validation set (400 examples)")
     assert choose({0: head, 1: far}, favoured={1}) == 0
+    whole = Estimate(0.82, 0.60, 0.95, "the validation set (26 examples)")
+    assert choose({0: head, 1: pairs, 2: whole}, favoured={1}, over={0}) == 2, "pairs are favoured over a head only"
+    assert choose({0: head, 1: pairs}, favoured={1}, over={0}) == 1

@@ -422,7 +422,8 @@ class _StudyDriver:
                     estimates[trial.number], best_epochs[trial.number] = measured
             estimates.setdefault(trial.number, holdout_estimate(row))
         favoured = {n for n in estimates if self.trials[n].recipe.contrastive > 0 and self._few_per_class()}
-        number = choose(estimates, favoured)
+        frozen_heads = {n for n in estimates if _cached_head(self.trials[n].recipe)}
+        number = choose(estimates, favoured, over=frozen_heads)
         trial, estimate = self.trials[number], estimates[number]
         said = estimate.sentence(self.base.metric)
         recipe = self._refit_recipe(trial, best_epochs.get(number))
