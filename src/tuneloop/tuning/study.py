@@ -392,14 +392,19 @@ class _StudyDriver:
         return validation_is_small(best.row() if best else None, len(self.task.val),
                                    self.task.objective.name == "regression")
 
-    def _refit_cost(self, trial: TrialRecord) -> float:
-        """Seconds a fit of ``trial``'s recipe on every labelled example takes, from the trial's own: every epoch
-        of the recipe (the trial may have stopped early; the fit does not), over all the examples (its pairs,
-        where it tunes on pairs, stay as many)."""
-        if trial.recipe.contrastive > 0:
+    def _refit_cost(self, trial: TrialRecord, recipe: Recipe | None = None) -> float:
+        """Seconds a fit of ``recipe`` (by default ``trial``'s own) on every labelled example takes, from the
+        trial's: every epoch of the recipe (the trial may have stopped early; the fit does not), over all the
+        examples (its pairs, where it tunes on pairs, stay as many)."""
+        recipe = recipe or trial.recipe
+        if recipe.contrastive > 0:
             return trial.seconds
-        epochs = trial.recipe.epochs / max(1, len(trial.history))
+        epochs = recipe.epochs / max(1, len(trial.history))
         return trial.seconds * epochs * (len(self.task.train) + len(self.task.val)) / max(1, len(self.task.train))
+
+    def _fits(self, trial: TrialRecord, recipe: Recipe) -> bool:
+        """Whether a fit of ``recipe`` on every example ends before the budget's deadline (if it has one)."""
+        return self.deadline is None or time.monotonic() + self._refit_cost(trial, recipe) <= self.deadline
 
     def _choose_on_every_example(self) -> str:
         """The final model where validation is small: the recipes within noise of the best scored by k-fold
@@ -427,7 +432,9 @@ class _StudyDriver:
         trial, estimate = self.trials[number], estimates[number]
         said = estimate.sentence(self.base.metric)
         recipe = self._refit_recipe(trial, best_epochs.get(number))
-        if self.deadline is not None and time.monotonic() + self._refit_cost(trial) > self.deadline:
+        if not self._fits(trial, recipe) and trial.history:  # as many epochs as the trial itself trained
+            recipe = recipe.replace(epochs=min(recipe.epochs, len(trial.history)))
+        if not self._fits(trial, recipe):
             return (f"the recipe of trial {number} by {said}; not trained again on every labelled example: that "
                     f"would not fit in the budget left")
         self._refit(trial, recipe, estimate)
