@@ -87,3 +87,29 @@ def test_new_topics_are_learned_without_forgetting_and_a_shuffled_update_is_refu
     assert refused.returncode == 3, refused.stderr
     assert not json.loads(refused.stdout)["promoted"]
     assert tuneloop("registry", "show", "news", "--workspace", ws)["ref"] == "news:2"
+
+
+def test_few_tweets_are_tuned_on_pairs_chosen_on_every_example_and_trained_on_all_of_them(tmp_path):
+    """16 tweets of each candidate: 6 validation tweets cannot choose, so the head is scored by folds over all
+    32, pairs are tried, and the chosen recipe is trained on all 32; the model beats always answering one."""
+    from tuneloop.data.demo import election_tweets
+
+    tweets = election_tweets()
+    pool = [i for label in ("HillaryClinton", "realDonaldTrump")
+            for i in [j for j, y in enumerate(tweets.labels) if y == label][:16]]
+    held_out = [i for label in ("HillaryClinton", "realDonaldTrump")
+                for i in [j for j, y in enumerate(tweets.labels) if y == label][100:200]]
+    data = write_csv(tmp_path / "tweets.csv", ["text", "label"],
+                     [(tweets.texts[i], tweets.labels[i]) for i in pool])
+    test = write_csv(tmp_path / "test.csv", ["text", "label"],
+                     [(tweets.texts[i], tweets.labels[i]) for i in held_out])
+    ws = tmp_path / "ws"
+    result = tuneloop("tune", data, "--workspace", ws, "--budget", "90s", "--max-length", "64")
+    kinds = [t["kind"] for t in result["trials"]]
+    assert any(t["recipe"]["contrastive"] > 0 for t in result["trials"] if t["kind"] == "search"), "pairs tried"
+    assert "cross-validation" in kinds and "refit" in kinds, result["choice"]
+    (refit,) = [t for t in result["trials"] if t["kind"] == "refit"]
+    assert result["best_run"] == refit["run"] and "all 32 labelled examples" in result["choice"]
+    assert result["spent_seconds"] <= 90 * 1.15, "the budget holds, give or take the last step"
+    scored = tuneloop("evaluate", refit["run"], test, "--workspace", ws)
+    assert scored["metrics"]["accuracy"] > 0.6, "above always answering one of two equal classes (0.5)"

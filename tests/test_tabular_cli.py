@@ -189,7 +189,12 @@ def test_guided_tuning_of_a_regression_table_scores_by_rmse(diabetes, tmp_path):
     result = json.loads(tuned.stdout)
     completed = [t for t in result["trials"] if t["status"] == "completed" and t["kind"] == "search"]
     assert completed and all(t["value"] < 0 for t in completed), "minus the RMSE: higher is better"
-    assert result["best_metrics"]["val_rmse"] == pytest.approx(-max(t["value"] for t in completed))
+    # 88 validation rows are too few for a regressor: the final MLP is chosen by its estimate (cross-validation
+    # over every row where the folds fit) and trained on all of them, and it reports that estimate
+    (refit,) = [t for t in result["trials"] if t["kind"] == "refit"]
+    assert result["best_run"] == refit["run"]
+    assert result["best_metrics"]["val_rmse"] == pytest.approx(-refit["value"])
+    assert refit["value"] >= max(t["value"] for t in completed) - 10, "an estimate of the same kind of model"
     assert result["trials"][0]["reason"].startswith("start with the cheapest capacity: an MLP")
     assert all(t["diagnosis"] for t in completed)
     report = tuneloop("report", result["study"], "--workspace", str(tmp_path / "ws"), "-o", str(tmp_path / "r.html"))

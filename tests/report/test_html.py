@@ -80,7 +80,8 @@ def test_report_tells_every_decision_and_names_the_studys_best_run(study, report
     timeline = page[page.index("<h2>Decision timeline</h2>"):page.index("<h2>Trials</h2>")]
     for trial in result.trials:
         assert html.escape(trial.reason) in timeline
-        assert html.escape(trial.diagnosis.summary) in timeline
+        if trial.diagnosis is not None:  # a soup is made, not trained: nothing to read off curves
+            assert html.escape(trial.diagnosis.summary) in timeline
     assert timeline.count("<li") == len(result.trials)
     header = page[:page.index("<h2>")]
     assert result.best_run.id in header, "the report's best is the study's best (after the seed check)"

@@ -171,11 +171,14 @@ class _ReportToOptuna(Callback):
                  epochs: int = 100):
         self.trial, self.metric, self.deadline, self.prunable = trial, metric, deadline, prunable
         self.epochs = epochs
+        self.reported: set[int] = set()
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         value = record.metric(self.metric)
         progress = round(100 * record.epoch / self.epochs)
-        self.trial.report(-value if self.metric in LOWER_IS_BETTER else value, progress)
+        if progress not in self.reported:  # beyond 100 epochs, two epochs can round to one percent
+            self.reported.add(progress)
+            self.trial.report(-value if self.metric in LOWER_IS_BETTER else value, progress)
         if self.prunable and self.trial.should_prune():
             raise StopTraining("pruned")
         if self.deadline is not None and time.monotonic() >= self.deadline:
