@@ -72,7 +72,7 @@ from tuneloop.tuning.strategies import (
 )
 
 EARLY_STOP_SHARE = 0.2  # a plateau ends a study with more of its budget left only when nothing is left to try
-SEED_CHECK_SHARE = 0.25  # the most of a budget the final choice (seed check, or cross-validation) may spend
+SEED_CHECK_SHARE = 0.25  # the most of a budget the seed check may spend (a choice on every example: FINAL_SHARE)
 CHEAP_FOLDS_SECONDS = 60.0  # with a trial budget, cross-validation of a recipe that trains more than a head
 
 
