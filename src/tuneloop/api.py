@@ -283,12 +283,9 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     for pruning: that one is recorded with its metrics and without a model (disk stays bounded).
     """
     recipe = recipe.for_objective(task.objective.name)  # the run records its concrete metric
-    torch.manual_seed(recipe.weights_seed)  # the head's (or network's) initial weights
     device = pick_device()
     precision = training_precision(task, recipe.precision, device)
-    prepared = task.prepare(recipe, device, precision, cache_features=cache_features)
-    if recipe.init_seed != -1:  # the weights came from init_seed; dropout and the rest of training from seed
-        torch.manual_seed(recipe.seed)
+    prepared = _seeded_prepare(task, recipe, device, precision, cache_features)
     adapter = get_adapter(task.adapter_name)
     run_id = store.start_run(task=task.kind, adapter=adapter.name, backbone=task.backbone,
                              train_source=task.train.source, val_source=task.val.source,
@@ -330,6 +327,17 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
               (network.cpu().eval(), prepared.preprocessor))
     return run, result
+
+
+def _seeded_prepare(task: Any, recipe: Recipe, device: torch.device, precision: str, cache_features: bool = True
+                    ) -> Any:
+    """``task.prepare`` for ``recipe``, its new layers' initial weights drawn from ``recipe.weights_seed`` and
+    what training draws afterwards (dropout) from ``recipe.seed``."""
+    torch.manual_seed(recipe.weights_seed)
+    prepared = task.prepare(recipe, device, precision, cache_features=cache_features)
+    if recipe.init_seed != -1:  # the weights came from init_seed; dropout and the rest of training from seed
+        torch.manual_seed(recipe.seed)
+    return prepared
 
 
 def _first_phase(prepared: Any, device: torch.device, precision: str, callbacks: Sequence[Callback],
@@ -383,10 +391,7 @@ def cross_validate(task: Any, recipe: Recipe, k: int, seed: int, callbacks: Sequ
     for train_rows, val_rows in splits:
         fold = task.fold(train_rows, val_rows)
         precision = training_precision(fold, recipe.precision, device)
-        torch.manual_seed(recipe.weights_seed)
-        prepared = fold.prepare(recipe, device, precision)
-        if recipe.init_seed != -1:
-            torch.manual_seed(recipe.seed)
+        prepared = _seeded_prepare(fold, recipe, device, precision)
         prepared, _ = _first_phase(prepared, device, precision, callbacks, None)
         result = train(prepared.trainable, prepared.train_set, prepared.val_set, recipe, device, precision,
                        [c for c in callbacks if not c.main_phase_only], None, fold.objective)
@@ -422,10 +427,7 @@ def refit_run(store: Workspace, task: Any, recipe: Recipe, estimate: dict[str, A
     everything = task.fold(np.arange(len(task.train) + len(task.val)))
     device = pick_device()
     precision = training_precision(everything, recipe.precision, device)
-    torch.manual_seed(recipe.weights_seed)
-    prepared = everything.prepare(recipe, device, precision)
-    if recipe.init_seed != -1:
-        torch.manual_seed(recipe.seed)
+    prepared = _seeded_prepare(everything, recipe, device, precision)
     adapter = get_adapter(everything.adapter_name)
     run_id = store.start_run(task=everything.kind, adapter=adapter.name, backbone=everything.backbone,
                              train_source=task.train.source, val_source=f"{task.val.source} (trained on too)",
