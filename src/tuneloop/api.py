@@ -34,6 +34,7 @@ from tuneloop.data.text import (
 )
 from tuneloop.errors import ConfigError, ModelError, RunNotFoundError
 from tuneloop.models import get_adapter
+from tuneloop.models.ensemble import is_ensemble, member_adapter, write_ensemble
 from tuneloop.models.hf_text import ADAPTER_FILE
 from tuneloop.models.quantize import MIN_AGREEMENT, agreement, agreement_sample, quantize_int8
 from tuneloop.store.atomic import write_dir_atomic
@@ -107,13 +108,19 @@ class Run:
 
     @functools.cached_property
     def adapter(self) -> str:
-        """The model adapter that saved this run: 'hf_text' (texts), 'tabular_mlp' (table rows) or 'image_net'."""
-        return json.loads((self.path / ADAPTER_FILE).read_text())["adapter"]
+        """The kind of model this run is: 'hf_text' (texts), 'tabular_mlp' (table rows) or 'image_net' (for
+        an ensemble, its members' kind)."""
+        return member_adapter(self.path)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return is_ensemble(self.path)
 
     def model(self) -> tuple[torch.nn.Module, Any]:
         """The network and its preprocessor (a tokenizer, or a table's fitted preprocessing)."""
         if self._loaded is None:
-            self._loaded = get_adapter(self.adapter).load(str(self.path))
+            saved_by = "ensemble" if self.is_ensemble else self.adapter
+            self._loaded = get_adapter(saved_by).load(str(self.path))
         return self._loaded
 
     def int8_model(self) -> torch.nn.Module:
@@ -121,7 +128,7 @@ class Run:
         if self._int8 is None:
             model = self.model()[0]
             if getattr(model, "uses_lora", False):  # fresh from training, adapters apart: the saved one is merged
-                model = get_adapter("hf_text").load(str(self.path))[0]
+                model = get_adapter("ensemble" if self.is_ensemble else "hf_text").load(str(self.path))[0]
             self._int8 = quantize_int8(model, pick_device())
         return self._int8
 
@@ -431,7 +438,7 @@ def refit_run(store: Workspace, task: Any, recipe: Recipe, estimate: dict[str, A
     adapter = get_adapter(everything.adapter_name)
     run_id = store.start_run(task=everything.kind, adapter=adapter.name, backbone=everything.backbone,
                              train_source=task.train.source, val_source=f"{task.val.source} (trained on too)",
-                             train_fingerprint=everything.train.fingerprint(),
+                             train_fingerprint=task.train.fingerprint(),  # as read: so it can be read again
                              val_fingerprint=task.val.fingerprint(), n_train=len(everything.train), n_val=0,
                              recipe=recipe.to_dict(), data_options=getattr(task, "data_options", None))
     try:
@@ -467,6 +474,36 @@ def _save_model(store: Workspace, run_id: str, adapter: Any, network: torch.nn.M
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
     write_dir_atomic(store.artifact_dir(run_id), fill)
+
+
+def ensemble_run(store: Workspace, task: Any, run_ids: Sequence[str], estimate: dict[str, Any]) -> Run:
+    """The models of ``run_ids`` (final fits on every labelled example of ``task``, the lead first) saved as one
+    run that predicts their average: class probabilities, or a regressor's values. Nothing is left to score it
+    on, so its recorded scores are ``estimate``'s (its lead's, as the study chose it)."""
+    members = [Run.from_dir(store.artifact_dir(run_id), run_id) for run_id in run_ids]
+    lead = members[0]
+    everything = task.fold(np.arange(len(task.train) + len(task.val)))
+    metrics = {**estimate, "ensemble_of": list(run_ids), "refit_on": len(everything.train), "seconds": 0.0}
+    average = "values" if task.objective.name == "regression" else "probabilities"
+    run_id = store.start_run(task=everything.kind, adapter=lead.adapter, backbone=everything.backbone,
+                             train_source=task.train.source, val_source=f"{task.val.source} (trained on too)",
+                             train_fingerprint=task.train.fingerprint(),  # as read: so it can be read again
+                             val_fingerprint=task.val.fingerprint(), n_train=len(everything.train), n_val=0,
+                             recipe=lead.recipe.to_dict(), data_options=getattr(task, "data_options", None))
+
+    def fill(folder: Path) -> None:
+        write_ensemble(folder, [member.path for member in members], average)
+        (folder / LABELS_FILE).write_text(json.dumps(lead.classes, indent=2))
+        (folder / RECIPE_FILE).write_text(lead.recipe.to_yaml())
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+    try:
+        write_dir_atomic(store.artifact_dir(run_id), fill)
+        store.complete_run(run_id, metrics, None, 0.0)
+    except BaseException as exc:
+        store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip())
+        raise
+    return Run(run_id, store.artifact_dir(run_id), lead.recipe, metrics, lead.classes, [])
 
 
 def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe) -> tuple[Run, np.ndarray]:
@@ -779,6 +816,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
                              EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
 
         final = FinalSteps(soup=lambda run_ids, soup_recipe: soup_run(store, task, run_ids, soup_recipe),
+                           ensemble=lambda run_ids, estimate: ensemble_run(store, task, run_ids, estimate),
                            cross_validate=lambda cv_recipe, k: cross_validate(task, cv_recipe, k, base.seed),
                            refit=refit_on_all if options.get("refit", True) else None,
                            shares_start=task.starts_pretrained and base.init == "pretrained")

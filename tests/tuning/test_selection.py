@@ -59,3 +59,26 @@ def test_a_favoured_recipe_within_noise_is_chosen_and_beyond_it_is_not():
     whole = Estimate(0.82, 0.60, 0.95, "the validation set (26 examples)")
     assert choose({0: head, 1: pairs, 2: whole}, favoured={1}, over={0}) == 2, "pairs are favoured over a head only"
     assert choose({0: head, 1: pairs}, favoured={1}, over={0}) == 1
+
+
+def test_an_ensemble_holds_the_lead_and_the_others_within_noise_of_it_best_first():
+    from tuneloop.tuning.selection import Estimate, ensemble_members
+
+    head = Estimate(0.80, 0.73, 0.86, "5-fold cross-validation over 128 examples")
+    whole = Estimate(0.83, 0.65, 0.93, "the validation set (26 examples)")
+    pairs = Estimate(0.78, 0.60, 0.90, "the validation set (26 examples)")
+    far = Estimate(0.50, 0.45, 0.55, "5-fold cross-validation over 400 examples")
+    assert ensemble_members({0: head, 1: whole, 2: pairs, 3: far}, lead=1) == [1, 0, 2], "far is beyond noise"
+    assert ensemble_members({0: head, 1: whole, 2: pairs}, lead=2, most=2) == [2, 1], "the lead first, then best"
+    assert ensemble_members({0: head}, lead=0) == [0]
+    exact = Estimate(-3.0, None, None, "trial 0's validation set")  # a regressor's: no interval, no noise
+    assert ensemble_members({0: exact, 1: Estimate(-3.1, None, None, "trial 1's validation set")}, lead=0) == [0]
+
+
+def test_a_fits_time_is_the_trials_fixed_part_once_and_its_mean_epoch_per_epoch():
+    from tuneloop.tuning.selection import fit_seconds
+
+    # 10 s: 2 epochs of 2 s each, 6 s of loading and tuning on pairs. 8 epochs on 1.25x the examples.
+    assert fit_seconds(10.0, [2.0, 2.0], epochs=8, scale=1.25) == 6.0 + 2.0 * 8 * 1.25
+    assert fit_seconds(4.0, [1.0, 1.0, 1.0, 1.0], epochs=4) == 4.0, "an epoch per epoch, nothing fixed"
+    assert fit_seconds(3.0, [], epochs=5, scale=2.0) == 6.0, "no epochs recorded: the trial's time, scaled"

@@ -137,6 +137,34 @@ def test_small_validation_cross_validates_cheap_recipes_and_trains_the_chosen_on
     assert api.load_run(refit.run_id, workspace).predict(["good fine"]).labels
 
 
+def test_recipes_within_noise_are_trained_on_every_example_and_handed_back_as_an_ensemble(
+        tiny_model, toy_csv, workspace, monkeypatch):
+    """A head and a whole fine-tune that 16 validation examples cannot tell apart: both are trained on all 80
+    examples, and the study hands back their average, which reloads, predicts and registers like any run."""
+    from tuneloop.continual.versions import register
+
+    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0, "all"], "lr_multiplier": [1.0]})
+    result = tune(tiny_model, toy_csv, workspace, budget="2trials", refit=True, strategy="grid", prune="none")
+    refits = [t for t in result.trials if t.kind == "refit"]
+    (ensemble,) = [t for t in result.trials if t.kind == "ensemble"]
+    assert [t.recipe.trainable_layers for t in refits] == [
+        result.trials[t.parent].recipe.trainable_layers for t in refits]
+    assert {str(t.recipe.trainable_layers) for t in refits} == {"0", "all"}
+    assert ensemble.evidence["members"] == [t.number for t in refits] and ensemble.parent == refits[0].number
+    assert ensemble.value == refits[0].value, "scored by its lead's estimate: nothing is left to score it on"
+    assert result.best_run.id == ensemble.run_id and result.choice.startswith("an ensemble of final fits on all 80")
+    texts = ["good fine", "bad sad", "fine"]
+    members = [api.load_run(t.run_id, workspace).predict(texts).probabilities for t in refits]
+    reloaded = api.load_run(ensemble.run_id, workspace)
+    np.testing.assert_allclose(reloaded.predict(texts).probabilities, np.mean(members, axis=0), atol=1e-5)
+    with Workspace.open(workspace) as store:
+        (row,) = [r for r in store.runs() if r.id == ensemble.run_id]
+        assert row.n_train == 80 and row.adapter == "hf_text" and row.metrics["ensemble_of"] == [
+            t.run_id for t in refits]
+    version = register("sentiment", ensemble.run_id, workspace=workspace)
+    assert version.run_id == ensemble.run_id
+
+
 def test_target_stops_the_study(tiny_model, toy_csv, workspace):
     result = tune(tiny_model, toy_csv, workspace, budget="5trials", target=0.0)
     assert len(result.trials) == 1 and "target" in result.stop_reason

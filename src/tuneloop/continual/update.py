@@ -39,6 +39,7 @@ from tuneloop.continual.scoring import example_scores, is_regressor, read_like
 from tuneloop.continual.versions import GATE_NEW, GATE_OLD, gate_decision, version_run
 from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.errors import ConfigError, DataError
+from tuneloop.models.ensemble import lead_member
 from tuneloop.store.registry import ModelVersion, Registry, parse_reference
 from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import Callback
@@ -232,8 +233,8 @@ def _register_update(store: Workspace, registry: Registry, parent: ModelVersion,
 
 def _train_update(store: Workspace, production: Run, options: dict, parts: UpdateData, recipe: Recipe,
                   replay_ratio: float, callbacks: Sequence[Callback]) -> tuple[Run, bool]:
-    """One trial: the production model fine-tuned by ``recipe`` on the new training data and its share of
-    replay, with the best epoch chosen on new and old validation data together."""
+    """One trial: the production model (an ensemble's lead member) fine-tuned by ``recipe`` on the new training
+    data and its share of replay, with the best epoch chosen on new and old validation data together."""
     classification = not is_regressor(production)
     wanted = 0 if replay_ratio <= 0 else round(len(parts.new_train) * replay_ratio / (1 - replay_ratio))
     train = parts.new_train
@@ -241,8 +242,8 @@ def _train_update(store: Workspace, production: Run, options: dict, parts: Updat
         train = concat(train, bounded_sample(parts.replay, min(wanted, len(parts.replay)), recipe.seed,
                                              classification))
     task = load_task(train, concat(parts.new_val, parts.old_val), task=options.get("task", "auto"), text_col=None,
-                     label_col=None, model=str(production.path), val_fraction=VALIDATION_FRACTION, seed=recipe.seed,
-                     keep_classes=classification)
+                     label_col=None, model=str(lead_member(production.path)), val_fraction=VALIDATION_FRACTION,
+                     seed=recipe.seed, keep_classes=classification)
     if hasattr(task, "features"):  # the frozen part's outputs, shared across trials and later updates
         task.features = FeatureCache(store.root / "cache")
     run, result = train_run(store, task, recipe, callbacks)

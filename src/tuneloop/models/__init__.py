@@ -3,7 +3,8 @@
 An adapter builds a fresh model, saves a trained model to a directory and loads it back; how it is built
 and fed depends on the modality. ``hf_text`` is the text classifier on a Hugging Face encoder, and
 ``tabular_mlp`` the multilayer perceptron over preprocessed table rows, and ``image_nets`` the image
-networks (EfficientNet-Lite0 with ImageNet weights, a small CNN from scratch).
+networks (EfficientNet-Lite0 with ImageNet weights, a small CNN from scratch); ``ensemble`` loads several
+models of one kind that predict together.
 """
 
 from __future__ import annotations
@@ -39,4 +40,4 @@ def get_adapter(name: str) -> ModelAdapter:
     return ADAPTERS[name]
 
 
-from tuneloop.models import hf_text, image_nets, tabular_mlp  # noqa: E402,F401  (each registers itself)
+from tuneloop.models import ensemble, hf_text, image_nets, tabular_mlp  # noqa: E402,F401  (each registers itself)

@@ -33,11 +33,13 @@ from tuneloop.errors import ConfigError, DataError, RunNotFoundError, TuneloopEr
 from tuneloop.store.atomic import write_text_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
 from tuneloop.tuning.seeds import (
+    ENSEMBLE_PREFIX,
     SeedGroup,
     best_trial,
     is_search,
     is_seed_check,
     is_soup,
+    kind_of,
     scored,
     seed_groups,
     seed_verdict,
@@ -245,6 +247,11 @@ def header_section(study: StudyRecord) -> str:
         if is_soup(best):
             outcome += ('<p class="note">A weight average (soup) of the runs of the recipe with the best mean over '
                         "seeds, which scored at least their mean (see the seed check).</p>")
+        elif kind_of(best) == ENSEMBLE_PREFIX:
+            members = ", ".join(map(str, (best.get("evidence") or {}).get("members", [])))
+            outcome += ('<p class="note">An ensemble: the final fits on every labelled example of the recipes that '
+                        f"validation could not tell apart (trials {_e(members)}), averaging their predictions; its "
+                        "score is its lead recipe's estimate.</p>")
         elif len([g for g in groups if g.values]) >= 2:
             outcome += ('<p class="note">Chosen as the best run of the recipe with the best mean over seeds '
                         "(see the seed check).</p>")

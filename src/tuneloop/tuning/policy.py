@@ -348,11 +348,13 @@ _EXPLOIT = (
 _PAIRS = Move("contrastive", ContrastivePairs(),
               "few examples per class: tune the encoder on pairs of texts first, then the head (SetFit)")
 _TEXT_EXPLOIT = (_PAIRS, *_EXPLOIT)
-# Where validation cannot tell small changes apart, each approach is tried once (a head, pairs, the whole
-# encoder) and the final choice between them is left to cross-validation over every example; knob nudges after
-# that, since the validation set will not show what they do.
-_TEXT_NOISY = (_PAIRS, Move("trainable_layers", Deepest(), "validation too small for small steps: the whole "
-                            "encoder"), *_EXPLOIT)
+# Where validation cannot tell small changes apart, each approach is tried once (a head, the whole encoder,
+# pairs) and the final choice between them is left to cross-validation over every example, or to an ensemble of
+# those still within noise; knob nudges after that, since the validation set will not show what they do. The
+# whole encoder comes before pairs: at 16 and 64 texts per class its final fit scored above pairs' on three of
+# four datasets measured (tweets, 20 Newsgroups, R8 within noise), in a quarter of their time.
+_TEXT_NOISY = (Move("trainable_layers", Deepest(), "validation too small for small steps: the whole encoder"),
+               _PAIRS, *_EXPLOIT)
 
 RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
@@ -513,7 +515,7 @@ RULES_BY_MODALITY = {"text": RULES, "tabular": TABLE_RULES, "image": IMAGE_RULES
 _LONGER = Move("epochs", Scale(2, high=MAX_EPOCHS), "longer training")
 _FASTER = Move("learning_rate", Scale(2, high=learning_rate_cap), "a higher learning rate")
 EXPLORE: dict[str, tuple[Move, ...]] = {
-    "text": (_PAIRS, Move("trainable_layers", Deepest(), "the whole encoder"), _LONGER, _FASTER),
+    "text": (Move("trainable_layers", Deepest(), "the whole encoder"), _PAIRS, _LONGER, _FASTER),
     "image": (Move("trainable_layers", Deepest(), "the whole network"), _LONGER, _FASTER),
     "tabular": (Move("hidden_units", Scale(4, high=MAX_HIDDEN_UNITS), "a much wider MLP"),
                 Move("hidden_layers", Step(+2, high=MAX_HIDDEN_LAYERS), "a much deeper MLP"),

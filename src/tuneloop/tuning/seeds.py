@@ -21,6 +21,7 @@ SEED_CHECK_PREFIX = "seed check"
 SOUP_PREFIX = "soup"
 CROSS_VALIDATION_PREFIX = "cross-validation"  # a recipe scored by k-fold cross-validation: no model of its own
 REFIT_PREFIX = "refit"  # the chosen recipe trained on every labelled example: the study's final model
+ENSEMBLE_PREFIX = "ensemble"  # final fits of recipes within noise of each other, predicting together
 # Two-sided 95% Student t quantiles by degrees of freedom, for the seed check's interval of the mean.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -44,17 +45,21 @@ def is_soup(trial: dict[str, Any]) -> bool:
     return trial["reason"].startswith(SOUP_PREFIX)
 
 
+FINAL_PREFIXES = (SEED_CHECK_PREFIX, SOUP_PREFIX, CROSS_VALIDATION_PREFIX, REFIT_PREFIX, ENSEMBLE_PREFIX)
+
+
 def kind_of(trial: dict[str, Any]) -> str:
-    """What a trial was for: "search", "seed check", "soup", "cross-validation" or "refit"."""
-    for prefix in (SEED_CHECK_PREFIX, SOUP_PREFIX, CROSS_VALIDATION_PREFIX, REFIT_PREFIX):
+    """What a trial was for: "search", "seed check", "soup", "cross-validation", "refit" or "ensemble"."""
+    for prefix in FINAL_PREFIXES:
         if trial["reason"].startswith(prefix):
             return prefix
     return "search"
 
 
 def is_search(trial: dict[str, Any]) -> bool:
-    """A trial the search proposed (not a seed-check re-run, a soup, a cross-validation or a refit after it)."""
-    return not trial["reason"].startswith((SEED_CHECK_PREFIX, SOUP_PREFIX, CROSS_VALIDATION_PREFIX, REFIT_PREFIX))
+    """A trial the search proposed (not a seed-check re-run, a soup, a cross-validation, a refit or an ensemble
+    after it)."""
+    return not trial["reason"].startswith(FINAL_PREFIXES)
 
 
 def cross_validated_values(trials: list[dict[str, Any]]) -> dict[int, float]:
@@ -151,17 +156,19 @@ def winning_group(trials: list[dict[str, Any]]) -> SeedGroup | None:
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best trial as the study driver picks it: the chosen recipe trained on every labelled example (a
-    refit) where there is one; after a seed check of two or more recipes, the best run of the recipe with the
+    """The best trial as the study driver picks it: the final fits of recipes within noise of each other
+    predicting together (an ensemble) where there is one, else the chosen recipe trained on every labelled
+    example (a refit) where there is one; after a seed check of two or more recipes, the best run of the recipe with the
     best mean over seeds, or the weight average of its runs (a soup) where that scores at least their mean;
     otherwise the completed search trial with the highest objective (the first on ties), a cross-validated
     recipe counting by its cross-validation value.
 
     A soup is measured against the mean of its runs, not against the best of them: the best run's score is
     the highest of several draws of validation noise, and overstates that run by as much."""
-    refits = [t for t in trials if t["reason"].startswith(REFIT_PREFIX) and scored(t)]
-    if refits:
-        return refits[-1]
+    for prefix in (ENSEMBLE_PREFIX, REFIT_PREFIX):
+        final = [t for t in trials if t["reason"].startswith(prefix) and scored(t)]
+        if final:
+            return final[-1] if prefix == ENSEMBLE_PREFIX else final[0]
     winner = winning_group(trials)
     if winner is not None:
         soups = [t for t in trials if is_soup(t) and scored(t)

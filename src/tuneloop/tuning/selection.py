@@ -24,6 +24,7 @@ NOISY_HALF_WIDTH = DEFAULT_THRESHOLDS.ci_half_width  # wider than this: validati
 SMALL_REGRESSION_VAL = 300  # a regressor's validation set below this many rows is small (it has no interval)
 MAX_FOLDS = 5
 MAX_CANDIDATES = 4
+MAX_MEMBERS = 3  # of an ensemble of final fits
 FINAL_SHARE = 0.5  # of a time budget, the most the final choice on every example (folds, a final fit) may take
 
 
@@ -106,6 +107,14 @@ class Estimate:
     high: float | None
     by: str  # "5-fold cross-validation over 128 examples", "the validation set (26 examples)"
 
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2 if self.low is not None and self.high is not None else 0.0
+
+    def within_noise_of(self, other: Estimate) -> bool:
+        """Whether this estimate is below ``other`` by no more than the wider of the two half-widths."""
+        return other.value - self.value <= max(self.half_width, other.half_width)
+
     def sentence(self, metric: str) -> str:
         interval = f" (accuracy 95% interval {self.low:.3f} to {self.high:.3f})" if self.low is not None else ""
         return f"{metric} {abs(self.value):.4f} by {self.by}{interval}"
@@ -123,13 +132,29 @@ def choose(estimates: dict[int, Estimate], favoured: set[int], over: set[int] | 
     top = max(estimates, key=lambda n: estimates[n].value)
     if over is not None and top not in over:
         return top
-
-    def half(estimate: Estimate) -> float:
-        return (estimate.high - estimate.low) / 2 if estimate.low is not None and estimate.high is not None else 0.0
-
-    tied = [n for n in favoured if n in estimates and
-            estimates[top].value - estimates[n].value <= max(half(estimates[top]), half(estimates[n]))]
+    tied = [n for n in favoured if n in estimates and estimates[n].within_noise_of(estimates[top])]
     return max(tied, key=lambda n: estimates[n].value) if tied else top
+
+
+def ensemble_members(estimates: dict[int, Estimate], lead: int, most: int = MAX_MEMBERS) -> list[int]:
+    """The trials whose final fits predict together: the ``lead`` (the one ``choose`` picked) and, best first,
+    the others whose estimates are within noise of its (at most ``most`` in all). Recipes the data cannot tell
+    apart make errors on different examples: their average is rarely worse than either, often better."""
+    others = sorted((n for n in estimates if n != lead and estimates[n].within_noise_of(estimates[lead])),
+                    key=lambda n: estimates[n].value, reverse=True)
+    return [lead, *others][:most]
+
+
+def fit_seconds(trial_seconds: float, epoch_seconds: Sequence[float], epochs: int, scale: float = 1.0) -> float:
+    """Seconds a fit of a trial's recipe takes for ``epochs`` epochs over ``scale`` times the trial's training
+    examples, from the trial's own times: its fixed part (loading the model, caching vectors, tuning on pairs:
+    whatever its epochs did not take) once, plus its mean epoch (training and validation) per epoch, scaled.
+    A trial that stopped early says as much about an epoch as one that ran them all."""
+    trained = float(sum(epoch_seconds))
+    if not epoch_seconds:
+        return trial_seconds * scale
+    fixed = max(0.0, trial_seconds - trained)
+    return fixed + trained / len(epoch_seconds) * epochs * scale
 
 
 def pooled_estimate(value: float, accuracy: float | None, n: int, k: int) -> Estimate:

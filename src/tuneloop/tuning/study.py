@@ -38,6 +38,7 @@ from tuneloop.tuning.effect import compact, same_as
 from tuneloop.tuning.policy import FEW_PER_CLASS
 from tuneloop.tuning.seeds import (
     CROSS_VALIDATION_PREFIX,
+    ENSEMBLE_PREFIX,
     REFIT_PREFIX,
     SEED_CHECK_PREFIX,
     SOUP_PREFIX,
@@ -52,9 +53,12 @@ from tuneloop.tuning.seeds import (
 )
 from tuneloop.tuning.selection import (
     FINAL_SHARE,
+    MAX_MEMBERS,
     Estimate,
     candidates,
     choose,
+    ensemble_members,
+    fit_seconds,
     fold_count,
     holdout_estimate,
     pooled_estimate,
@@ -123,7 +127,7 @@ class TrialRecord:
 
     @property
     def kind(self) -> str:
-        """What the trial was for: "search", "seed check", "soup", "cross-validation" or "refit"."""
+        """What the trial was for: "search", "seed check", "soup", "cross-validation", "refit" or "ensemble"."""
         return kind_of({"reason": self.reason})
 
     def row(self) -> dict[str, Any]:
@@ -242,6 +246,8 @@ class FinalSteps:
     workspace); a missing one is a step not taken.
 
     - ``soup(run_ids, recipe)`` -> (run, validation predictions): the runs' weights averaged;
+    - ``ensemble(run_ids, estimate)`` -> run: the runs' models predicting together (their predictions
+      averaged), recorded with ``estimate`` as its scores;
     - ``cross_validate(recipe, folds)`` -> an ``api.CrossValidation`` or None: the recipe by k-fold
       cross-validation over every labelled example;
     - ``refit(recipe, estimate, callbacks, checkpoint_name)`` -> run: the recipe trained on every labelled
@@ -251,6 +257,7 @@ class FinalSteps:
     """
 
     soup: Callable[[list[str], Recipe], Any] | None = None
+    ensemble: Callable[[list[str], dict[str, Any]], Any] | None = None
     cross_validate: Callable[[Recipe, int], Any] | None = None
     refit: Callable[..., Any] | None = None
     shares_start: bool = False
@@ -371,14 +378,14 @@ class _StudyDriver:
 
     def _search_deadline(self, seed_check: bool) -> float | None:
         """With a time budget, the search stops early enough to leave the final choice its share, as the trials
-        stand now: the costliest fit on every labelled example of the recipes in the running where validation is
-        small (at most FINAL_SHARE of the budget), else the seed check where it can change the answer (at most
-        SEED_CHECK_SHARE)."""
+        stand now: the fits on every labelled example of the recipes in the running where validation is small
+        (an ensemble's members; at most FINAL_SHARE of the budget), else the seed check where it can change the
+        answer (at most SEED_CHECK_SHARE)."""
         if self.deadline is None:
             return None
         if self._validation_is_small():
-            chosen = candidates([t.row() for t in self._search_trials()])
-            cost = max((self._refit_cost(self.trials[row["number"]]) for row in chosen), default=0.0)
+            chosen = candidates([t.row() for t in self._search_trials()])[:MAX_MEMBERS]
+            cost = sum(self._refit_cost(self.trials[row["number"]]) for row in chosen)
             return self.deadline - min(cost, FINAL_SHARE * self.budget.seconds)
         if seed_check:
             planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
@@ -397,13 +404,11 @@ class _StudyDriver:
 
     def _refit_cost(self, trial: TrialRecord, recipe: Recipe | None = None) -> float:
         """Seconds a fit of ``recipe`` (by default ``trial``'s own) on every labelled example takes, from the
-        trial's: every epoch of the recipe (the trial may have stopped early; the fit does not), over all the
-        examples (its pairs, where it tunes on pairs, stay as many)."""
+        trial's times: every epoch of the recipe (the trial may have stopped early; the fit does not), over all
+        the examples (its pairs, where it tunes on pairs, stay as many: they are in the trial's fixed part)."""
         recipe = recipe or trial.recipe
-        if recipe.contrastive > 0:
-            return trial.seconds
-        epochs = recipe.epochs / max(1, len(trial.history))
-        return trial.seconds * epochs * (len(self.task.train) + len(self.task.val)) / max(1, len(self.task.train))
+        return fit_seconds(trial.seconds, [epoch["seconds"] for epoch in trial.history], recipe.epochs,
+                           (len(self.task.train) + len(self.task.val)) / max(1, len(self.task.train)))
 
     def _fits(self, trial: TrialRecord, recipe: Recipe) -> bool:
         """Whether a fit of ``recipe`` on every example ends before the budget's deadline (if it has one)."""
@@ -411,8 +416,10 @@ class _StudyDriver:
 
     def _choose_on_every_example(self) -> str:
         """The final model where validation is small: the recipes within noise of the best scored by k-fold
-        cross-validation where they are cheap (a head on cached vectors), else by validation; the best of
-        them trained on every labelled example if that fits in the budget left. Returns how it was chosen."""
+        cross-validation where the folds fit in the time left (a head on cached vectors always), else by
+        validation; the best of them trained on every labelled example if that fits in the budget left, and
+        with it, where they fit too, the others still within noise of it, handed back as an ensemble that
+        averages their predictions. Returns how it was chosen."""
         chosen = candidates([t.row() for t in self._search_trials()])
         if not chosen:
             return "no completed trial to choose from"
@@ -432,17 +439,34 @@ class _StudyDriver:
         favoured = {n for n in estimates if self.trials[n].recipe.contrastive > 0 and self._few_per_class()}
         frozen_heads = {n for n in estimates if _cached_head(self.trials[n].recipe)}
         number = choose(estimates, favoured, over=frozen_heads)
-        trial, estimate = self.trials[number], estimates[number]
-        said = estimate.sentence(self.base.metric)
-        recipe = self._refit_recipe(trial, best_epochs.get(number))
-        if not self._fits(trial, recipe) and trial.history:  # as many epochs as the trial itself trained
-            recipe = recipe.replace(epochs=min(recipe.epochs, len(trial.history)))
-        if not self._fits(trial, recipe):
+        said = estimates[number].sentence(self.base.metric)
+        fitted: list[tuple[int, TrialRecord]] = []
+        for member in ensemble_members(estimates, number) if self.final.ensemble is not None else [number]:
+            trial = self.trials[member]
+            recipe = self._refit_recipe(trial, best_epochs.get(member))
+            if not self._fits(trial, recipe) and trial.history:  # as many epochs as the trial itself trained
+                recipe = recipe.replace(epochs=min(recipe.epochs, len(trial.history)))
+            if not self._fits(trial, recipe):
+                if member == number:
+                    break  # without the leader's final fit there is no final model to add others to
+                continue
+            record = self._refit(trial, recipe, estimates[member])
+            if record.status == "completed":
+                fitted.append((member, record))
+            elif member == number:
+                break  # the leader failed: no final fit leads the others
+        if not fitted or fitted[0][0] != number:
             return (f"the recipe of trial {number} by {said}; not trained again on every labelled example: that "
                     f"would not fit in the budget left")
-        self._refit(trial, recipe, estimate)
-        return (f"the recipe of trial {number}, chosen by {said}, trained on all {len(labels)} labelled examples "
-                f"for {recipe.epochs} epochs")
+        n = len(labels)
+        if len(fitted) == 1:
+            return (f"the recipe of trial {number}, chosen by {said}, trained on all {n} labelled examples for "
+                    f"{fitted[0][1].recipe.epochs} epochs")
+        self._ensemble([record for _, record in fitted], estimates[number])
+        others = ", ".join(f"trial {member} ({estimates[member].sentence(self.base.metric)})"
+                           for member, _ in fitted[1:])
+        return (f"an ensemble of final fits on all {n} labelled examples, averaging their predictions: the recipe "
+                f"of trial {number}, chosen by {said}, and the recipes within noise of it: {others}")
 
     def _few_per_class(self) -> bool:
         """Whether the rarest class has at most FEW_PER_CLASS labelled examples."""
@@ -454,18 +478,21 @@ class _StudyDriver:
     def _affordable_folds(self, trial: TrialRecord, k: int, chosen: list[dict[str, Any]]) -> int:
         """How many folds of ``trial``'s recipe fit (0: none): a head on cached vectors ``k`` always (seconds);
         another recipe the most folds, from ``k`` down to 3, whose runs (every epoch: folds do not stop early)
-        and the costliest final fit of the ``chosen`` fit in the time left (with a trial budget: where the folds
-        take at most CHEAP_FOLDS_SECONDS). The search is over: all of its time left is the final choice's."""
+        and the final fits of the ``chosen`` (an ensemble's worth) fit in the time left (with a trial budget:
+        where the folds take at most CHEAP_FOLDS_SECONDS). The search is over: its time left is the final
+        choice's."""
         if _cached_head(trial.recipe):
             return k
-        epoch_seconds = trial.seconds / max(1, len(trial.history))
-        refit = max(self._refit_cost(self.trials[row["number"]]) for row in chosen)
+        pooled = len(self.task.train) + len(self.task.val)
+        refits = sum(self._refit_cost(self.trials[row["number"]]) for row in chosen[:MAX_MEMBERS])
+        epochs = [epoch["seconds"] for epoch in trial.history]
         for folds in range(k, 2, -1):
-            cost = folds * epoch_seconds * trial.recipe.epochs
+            scale = (folds - 1) / folds * pooled / max(1, len(self.task.train))
+            cost = folds * fit_seconds(trial.seconds, epochs, trial.recipe.epochs, scale)
             if self.deadline is None:
                 fits = cost <= CHEAP_FOLDS_SECONDS
             else:
-                fits = cost + refit <= self.deadline - time.monotonic()
+                fits = cost + refits <= self.deadline - time.monotonic()
             if fits:
                 return folds
         return 0
@@ -498,7 +525,7 @@ class _StudyDriver:
             recipe = recipe.replace(contrastive=max(2, round(recipe.contrastive * len(self.task.train) / pooled)))
         return recipe
 
-    def _refit(self, trial: TrialRecord, recipe: Recipe, estimate: Estimate) -> None:
+    def _refit(self, trial: TrialRecord, recipe: Recipe, estimate: Estimate) -> TrialRecord:
         """The study's final model: ``recipe`` trained on every labelled example, recorded as a trial whose
         value is the estimate the recipe was chosen by."""
         n = len(self.task.train) + len(self.task.val)
@@ -524,6 +551,35 @@ class _StudyDriver:
             self.study.tell(optuna_trial, estimate.value)
         record.seconds = time.monotonic() - started
         _clear_checkpoint(self.store, self.study_id, f"refit-{trial.number}")
+        self._end(record)
+        for callback in self.callbacks:
+            callback.on_trial_end(record, record if record.status == "completed" else _best(self.trials))
+        return record
+
+    def _ensemble(self, members: list[TrialRecord], estimate: Estimate) -> None:
+        """The study's final model: the final fits ``members`` (the lead first) predicting together, recorded
+        as a trial whose value is the lead's estimate (no example is left to score the ensemble on)."""
+        lead = members[0]
+        numbers = [m.parent for m in members]
+        reason = (f"{ENSEMBLE_PREFIX}: the final fits of trials {', '.join(map(str, numbers))} (trials "
+                  f"{', '.join(str(m.number) for m in members)}), averaging their predictions; its score is the "
+                  f"estimate of its lead, trial {lead.parent}'s recipe, {estimate.by}")
+        record = TrialRecord(len(self.trials), lead.recipe, reason, parent=lead.number,
+                             evidence={"members": [m.number for m in members], "estimated_by": estimate.by,
+                                       "ci_low": estimate.low, "ci_high": estimate.high})
+        optuna_trial = self._start_extra(record)
+        started = time.monotonic()
+        scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
+                  "ensemble_of_trials": [m.parent for m in members]}
+        try:
+            run = self.final.ensemble([m.run_id for m in members], scores)
+        except (TuneloopError, OSError) as exc:
+            record.status, record.diagnosis = "failed", _failed_diagnosis(str(exc))
+            self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            record.run_id, record.status, record.value = run.id, "completed", estimate.value
+            self.study.tell(optuna_trial, estimate.value)
+        record.seconds = time.monotonic() - started
         self._end(record)
         for callback in self.callbacks:
             callback.on_trial_end(record, record if record.status == "completed" else _best(self.trials))
