@@ -387,12 +387,13 @@ def test_exploring_tries_the_larger_moves_once_each():
     while (decision := explore(best, tried, num_layers=6, examples_per_class=16)) is not None:
         seen.append(decision.changes)
         tried.append(decision.recipe)
-    assert seen == [{"contrastive": (0, 20)},
-                    {"trainable_layers": (0, "all"), "learning_rate": (2e-3, 2e-4)},
+    assert seen == [{"trainable_layers": (0, "all"), "learning_rate": (2e-3, 2e-4), "epochs": (5, 3)},
+                    {"contrastive": (0, 20)},
                     {"epochs": (5, 10)}, {"learning_rate": (2e-3, 4e-3)}]
     assert untried(best, tried, num_layers=6, examples_per_class=16) == []
     assert untried(best, tried[:1], num_layers=6, examples_per_class=16) == [
-        "the whole encoder", "longer training", "a higher learning rate"]
+        "few examples per class: tune the encoder on pairs of texts first, then the head (SetFit)",
+        "longer training", "a higher learning rate"]
 
 
 def test_pairs_are_sized_to_the_time_left_and_skipped_where_too_few_fit():
@@ -415,5 +416,15 @@ def test_a_guided_strategy_names_what_it_has_not_tried():
     strategy = GuidedStrategy(6, "text", DataFacts(6, train_size=100, examples_per_class=50))
     head = Recipe(trainable_layers=0, learning_rate=2e-3)
     history = [TrialOutcome(head, "completed", 0.8, diagnosis("good_fit"), 0)]
-    assert strategy.untried(history)[:2] == ["few examples per class: tune the encoder on pairs of texts first, then "
-                                             "the head (SetFit)", "the whole encoder"]
+    assert strategy.untried(history)[:2] == ["the whole encoder", "few examples per class: tune the encoder on pairs "
+                                             "of texts first, then the head (SetFit)"]
+
+
+def test_the_whole_encoder_after_a_head_gets_enough_steps_not_the_heads_many_epochs():
+    from tuneloop.tuning.policy import Context, Deepest
+
+    head = Recipe(trainable_layers=0, learning_rate=1e-2, epochs=50, batch_size=16)
+    few = Deepest().apply(head, "trainable_layers", Context(train_size=26))
+    assert few["batch_size"] == 8 and few["epochs"] == 15, "4 steps an epoch: 15 epochs make 60 steps"
+    many = Deepest().apply(head, "trainable_layers", Context(train_size=2000))
+    assert many["epochs"] == 3 and "batch_size" not in many, "the default epochs: far more than 60 steps"

@@ -260,7 +260,10 @@ class Deepest:
     def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
         if recipe.trainable_layers == "all":
             return {}
-        deeper = recipe.replace(trainable_layers="all", contrastive=0)
+        # A head on cached vectors trains for many cheap epochs; those say nothing about an encoder's, which
+        # start from the default and are raised to enough steps below.
+        epochs = Recipe().epochs if recipe.trainable_layers == 0 else recipe.epochs
+        deeper = recipe.replace(trainable_layers="all", contrastive=0, epochs=epochs)
         changes: dict[str, Any] = {knob: "all", "contrastive": 0,
                                    "learning_rate": min(recipe.learning_rate, learning_rate_cap(deeper))}
         # A few dozen examples make a handful of steps an epoch: smaller batches, more epochs.
