@@ -36,6 +36,7 @@ from tuneloop.training.loop import Callback, EpochRecord, StopTraining
 from tuneloop.tuning.diagnose import Diagnosis, diagnose
 from tuneloop.tuning.effect import compact, same_as
 from tuneloop.tuning.policy import FEW_PER_CLASS
+from tuneloop.tuning.retention import KEEP_MODELS, models_to_discard
 from tuneloop.tuning.seeds import (
     CROSS_VALIDATION_PREFIX,
     ENSEMBLE_PREFIX,
@@ -76,6 +77,7 @@ from tuneloop.tuning.strategies import (
 )
 
 EARLY_STOP_SHARE = 0.2  # a plateau ends a study with more of its budget left only when nothing is left to try
+RESERVE_MARGIN, RESERVE_SECONDS = 1.25, 2.0  # the time kept for final fits: their estimate x 1.25, + 2 s
 SEED_CHECK_SHARE = 0.25  # the most of a budget the seed check may spend (a choice on every example: FINAL_SHARE)
 CHEAP_FOLDS_SECONDS = 60.0  # with a trial budget, cross-validation of a recipe that trains more than a head
 
@@ -265,9 +267,12 @@ class FinalSteps:
 
 def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy: Strategy, budget: Budget, *,
               target: float | None, prune: str, train_trial, callbacks: Sequence[StudyCallback] = (),
-              spent_before: float = 0.0, seed_check: bool = True, final: FinalSteps = FinalSteps()) -> StudyResult:
+              spent_before: float = 0.0, seed_check: bool = True, final: FinalSteps = FinalSteps(),
+              keep_models: int | None = KEEP_MODELS) -> StudyResult:
     """Drive a study to its end. ``train_trial(recipe, training_callbacks, checkpoint_name)`` trains one run,
-    saving each epoch under ``checkpoint_name`` and continuing from there if a saved epoch exists.
+    saving each epoch under ``checkpoint_name`` and continuing from there if a saved epoch exists. At the end
+    only the final model, what it is made of, the ``keep_models`` best and registered models stay on disk
+    (None: every model).
 
     Resuming is running this again on the same ``study_id``: finished trials are read back, interrupted
     ones re-run first, and the time budget counts what was spent before.
@@ -275,11 +280,23 @@ def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy
     driver = _StudyDriver(store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                           spent_before)
     driver.final = final
-    return driver.run(seed_check)
+    result = driver.run(seed_check)
+    if keep_models is not None:
+        discard_models(store, study_id, keep_models)
+    return result
+
+
+def discard_models(store: Workspace, study_id: str, keep: int) -> int:
+    """Remove the models of a finished study that ``models_to_discard`` lets go; returns the bytes freed."""
+    why = (f"model removed when study {study_id} ended: neither its final model nor among its {keep} best (the "
+           "record, metrics and curves stay; tune --keep-models sets how many models stay)")
+    return sum(store.discard_model(run_id, why)
+               for run_id in models_to_discard(store.trials(study_id), store.registered_run_ids(), keep))
 
 
 class _StudyDriver:
     final = FinalSteps()
+    seed_check = True  # whether the search leaves the seed check its share (set by run)
 
     def __init__(self, store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                  spent_before):
@@ -306,6 +323,7 @@ class _StudyDriver:
         self.deadline = self.started + budget.seconds if budget.seconds else None
 
     def run(self, seed_check: bool) -> StudyResult:
+        self.seed_check = seed_check
         while True:
             stop_reason = self._stop_reason(seed_check)
             if stop_reason:
@@ -386,7 +404,9 @@ class _StudyDriver:
         if self._validation_is_small():
             chosen = candidates([t.row() for t in self._search_trials()])[:MAX_MEMBERS]
             cost = sum(self._refit_cost(self.trials[row["number"]]) for row in chosen)
-            return self.deadline - min(cost, FINAL_SHARE * self.budget.seconds)
+            # With a margin: the search ends after this point (a trial's last step and its saving), and an
+            # estimate from one trial's times is only that; without it the final fit would never fit.
+            return self.deadline - min(cost * RESERVE_MARGIN + RESERVE_SECONDS, FINAL_SHARE * self.budget.seconds)
         if seed_check:
             planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
             cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
@@ -622,11 +642,16 @@ class _StudyDriver:
         # A seed-check re-run measures seed noise: cutting it short would hide exactly that. Where validation is
         # too small to tell recipes apart, it is too small to tell a trial's first epochs apart from others' too.
         prunable = not proposal.reason.startswith(SEED_CHECK_PREFIX) and not self._small_validation()
-        reporter = _ReportToOptuna(proposal.trial, metric, self.deadline, prunable=prunable,
-                                   epochs=proposal.recipe.epochs)
+        # A search trial stops where the search must, leaving the final choice (final fits, the seed check) the
+        # share it was kept; one started near that point would otherwise spend it, and the study hand back a
+        # trial's model instead of its final fit.
+        stop_at = self.deadline
+        if self.deadline is not None and is_search({"reason": proposal.reason}):
+            stop_at = min(self.deadline, self._search_deadline(self.seed_check))
+        reporter = _ReportToOptuna(proposal.trial, metric, stop_at, prunable=prunable, epochs=proposal.recipe.epochs)
         training_callbacks = [c for cb in self.callbacks for c in cb.training_callbacks()] + [reporter]
-        if self.deadline is not None:
-            training_callbacks.append(_Deadline(self.deadline))
+        if stop_at is not None:
+            training_callbacks.append(_Deadline(stop_at))
         try:
             run, result = self.train_trial(proposal.recipe, training_callbacks, checkpoint_name)
         except TuneloopError as exc:  # e.g. diverged in the first epoch: a finding, not a crash of the study
@@ -636,12 +661,12 @@ class _StudyDriver:
         else:
             record.run_id, record.history = run.id, run.history
             record.value = objective_value(run.metrics, metric)
-            record.status = "pruned" if result.stopped_by == "pruned" else "completed"
+            record.status = trial_status(result.stopped_by, proposal.reason.startswith(SEED_CHECK_PREFIX))
             record.diagnosis = diagnose(result.history, diverged=result.diverged, n_val=len(self.task.val),
                                         num_classes=len(self.task.classes), metric=metric,
                                         objective=self.task.objective.name)
             self._compare(record, result.best_val_predictions)
-            if record.status == "pruned":
+            if record.status != "completed":
                 self.study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 self.study.tell(proposal.trial, record.value)
@@ -749,6 +774,17 @@ class _StudyDriver:
             callback.on_trial_end(record, _best_after_check(self.trials))
 
 
+def trial_status(stopped_by: str | None, seed_check_run: bool) -> str:
+    """How a trial that trained ended: "pruned" (its pruner stopped it), "stopped" (a seed-check re-run cut short
+    by the budget: a shorter run is not a sample of its recipe's seed noise, so it enters no mean) or
+    "completed" (a search trial the budget cut short is still the best model that trial made)."""
+    if stopped_by == "pruned":
+        return "pruned"
+    if stopped_by is not None and seed_check_run:
+        return "stopped"
+    return "completed"
+
+
 def _best_after_check(trials: list[TrialRecord]) -> TrialRecord | None:
     """The best run of the recipe with the best mean over seeds (or their soup); without a seed check, the best
     search trial."""
@@ -804,4 +840,5 @@ def _read_back(store: Workspace, study_id: str) -> tuple[list[TrialRecord], list
 
 
 def recipe_not_finished(recipe: Recipe, rows: list[dict[str, Any]]) -> bool:
-    return not any(r["status"] in ("completed", "pruned", "failed") and r["recipe"] == recipe.to_dict() for r in rows)
+    return not any(r["status"] in ("completed", "pruned", "stopped", "failed") and r["recipe"] == recipe.to_dict()
+                   for r in rows)
