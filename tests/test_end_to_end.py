@@ -69,14 +69,15 @@ def test_new_topics_are_learned_without_forgetting_and_a_shuffled_update_is_refu
     poisoned_csv = write_csv(tmp_path / "poisoned.csv", ["text", "topic"], zip(new.texts, shuffled, strict=True))
     ws = tmp_path / "ws"
 
+    # Half of the base's texts validate it: the version keeps 300 of them, and the gate's old holdout is 150,
+    # enough to show a loss within 0.05 (on 60, one mistake more is 0.017 and the interval spans the tolerance).
     base = tuneloop("fit", base_csv, "--label-col", "topic", "--workspace", ws, "--trainable-layers", "0",
-                    "--epochs", "10", "--lr", "3e-3", "--max-length", "96")
+                    "--epochs", "10", "--lr", "3e-3", "--max-length", "96", "--val-fraction", "0.5")
     tuneloop("registry", "register", "news", base["run"], "--workspace", ws)
     tuneloop("registry", "promote", "news:1", "--workspace", ws)
     drift = tuneloop("drift", "news", new_csv, "--workspace", ws)
     assert drift["new_classes"] == list(new_topics) and drift["verdict"].startswith("drift")
 
-    # The base's validation split is 120 texts, so the gate's old holdout is 60: one mistake more is 0.017.
     update = tuneloop("adapt", "news", new_csv, "--workspace", ws, "--tolerance", "0.05")
     assert update["promoted"], update["gate"]
     assert update["new_classes"] == list(new_topics)

@@ -11,10 +11,11 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from tuneloop.data.text import (
     check_validation_labels,
     load_text_examples,
 )
-from tuneloop.errors import ConfigError, ModelError, RunNotFoundError
+from tuneloop.errors import ConfigError, DataError, ModelError, RunNotFoundError, TuneloopError
 from tuneloop.models import get_adapter
 from tuneloop.models.ensemble import is_ensemble, member_adapter, write_ensemble
 from tuneloop.models.hf_text import ADAPTER_FILE
@@ -235,7 +236,7 @@ class Run:
             predictions = self.predict_rows(rows, precision)
             if predictions.values is not None:
                 target = preprocessing.target
-                scores = regression_metrics(target.inverse(true), predictions.values)
+                scores = regression_metrics(true=target.inverse(true), predicted=predictions.values)
                 return EvaluationReport(scores, None, [], len(true))
         else:
             examples = load_text_examples(data, text_col, label_col)
@@ -283,8 +284,12 @@ def check_options(recipe: Recipe, val_fraction: float) -> None:
 
 
 def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, callbacks: Sequence[Callback] = (),
-              checkpoint: EpochCheckpoint | None = None, *, cache_features: bool = True) -> tuple[Run, Any]:
+              checkpoint: EpochCheckpoint | None = None, *, cache_features: bool = True,
+              checkpoint_for: Callable[[str], EpochCheckpoint] | None = None,
+              resumes: str | None = None) -> tuple[Run, Any]:
     """Train one run of ``recipe`` on ``task``, recorded in ``store``; returns the run and the TrainResult.
+    Every finished epoch is saved in ``checkpoint`` (or in ``checkpoint_for(run id)``), and training continues
+    from there where an epoch is saved; ``resumes`` names the interrupted run it continues, for the record.
 
     The best epoch's model is saved as the run's artifact folder, except for a run that a callback stopped
     for pruning: that one is recorded with its metrics and without a model (disk stays bounded).
@@ -299,6 +304,8 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                              train_fingerprint=task.train.fingerprint(),
                              val_fingerprint=task.val.fingerprint(), n_train=len(task.train), n_val=len(task.val),
                              recipe=recipe.to_dict(), data_options=getattr(task, "data_options", None))
+    if checkpoint is None and checkpoint_for is not None:
+        checkpoint = checkpoint_for(run_id)
     try:
         prepared, phase_seconds = _first_phase(prepared, device, precision, callbacks, checkpoint)
         network, trainable = prepared.network, prepared.trainable
@@ -315,7 +322,7 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
                    "val_loss": best.val_loss,
                    "train_loss": best.train_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "stopped_by": result.stopped_by,
-                   "resumed_from_epoch": result.resumed_from_epoch,
+                   "resumed_from_epoch": result.resumed_from_epoch, **({"resumes_run": resumes} if resumes else {}),
                    "cached_inputs": prepared.cached, "not_cached": prepared.not_cached,
                    "diverged": result.diverged, "seconds": round(result.seconds + phase_seconds, 3),
                    "pairs_seconds": round(phase_seconds, 3), "precision": precision,
@@ -560,19 +567,85 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
     side images are resized to; ``image_col`` names a table's column of image paths.
 
     ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out.
-    ``label_col`` names the label (or, for tables, target) column. Recipe values come from ``recipe`` and
-    then ``recipe_changes`` (e.g. ``epochs=2``).
+    ``label_col`` names the label (or, for tables, target) column. Recipe values come from ``recipe`` (by
+    default, the kind of data's own defaults: an MLP and a small CNN from scratch train longer and faster than
+    a fine-tune) and then ``recipe_changes`` (e.g. ``epochs=2``).
     """
-    recipe = (recipe or Recipe()).replace(**recipe_changes)
-    check_options(recipe, val_fraction)
-    loaded = load_task(data, val, task=task, text_col=text_col, label_col=label_col, model=model,
-                       val_fraction=val_fraction, seed=recipe.seed, image_col=image_col, image_size=image_size)
-    task = loaded
-    recipe = recipe.for_objective(task.objective.name)
-    # Everything is checked: only now does the workspace get written.
+    check_options((recipe or Recipe()).replace(**recipe_changes), val_fraction)
+    seed = recipe_changes.get("seed", (recipe or Recipe()).seed)
+    task = load_task(data, val, task=task, text_col=text_col, label_col=label_col, model=model,
+                     val_fraction=val_fraction, seed=seed, image_col=image_col, image_size=image_size)
+    base = recipe if recipe is not None else task.default_recipe(Recipe())
+    recipe = base.replace(**recipe_changes).for_objective(task.objective.name)
+    # Everything is checked: only now does the workspace get written. Every finished epoch is saved until the
+    # run is done, so that a killed fit continues with resume_fit (tuneloop fit --resume RUN).
     with Workspace.open(workspace, create=True) as store:
-        run, _ = train_run(store, task, recipe, callbacks)
+        run, _ = train_run(store, task, recipe, callbacks, checkpoint_for=lambda run_id: _fit_checkpoint(store, run_id))
+        _fit_checkpoint(store, run.id).clear()
     return run
+
+
+def resume_fit(run: str, *, workspace: str | os.PathLike | None = None, callbacks: Sequence[Callback] = ()) -> Run:
+    """Continue a fit that was killed (or failed) from its last finished epoch, on the same data read the same
+    way and the same recipe: a new run, which ends as the interrupted one would have (same batches, same
+    random draws). ``run`` is the interrupted run's id or a unique prefix of it."""
+    with Workspace.open(workspace) as store:
+        record = _interrupted_run(store, run)
+        checkpoint = _fit_checkpoint(store, record.id)
+        if not checkpoint.saved():
+            raise TuneloopError(f"run {record.id} saved no finished epoch to continue from (it stopped in its first "
+                                "epoch, or it was not a fit): run the fit again.")
+        task = task_of_run(record)
+        if hasattr(task, "features"):
+            task.features = FeatureCache(store.root / "cache")
+        resumed, _ = train_run(store, task, Recipe.from_dict(record.recipe), callbacks, checkpoint, resumes=record.id)
+        checkpoint.clear()
+    return resumed
+
+
+def _fit_checkpoint(store: Workspace, run_id: str) -> EpochCheckpoint:
+    return EpochCheckpoint(store.root / "checkpoints" / "fit" / run_id)
+
+
+def _interrupted_run(store: Workspace, reference: str) -> RunRecord:
+    """The run ``reference`` names (an id or a unique prefix), which must have ended without its model."""
+    matches = [r for r in store.runs() if r.id == reference] or [r for r in store.runs() if r.id.startswith(reference)]
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        raise RunNotFoundError(f"{store.root}: {found} named '{reference}' here; 'tuneloop runs' lists them.")
+    record = matches[0]
+    if record.status == "completed":
+        raise TuneloopError(f"run {record.id} is completed: there is nothing to resume.")
+    if record.status == "running":
+        raise TuneloopError(f"run {record.id} is still running in another process.")
+    return record
+
+
+def task_of_run(record: RunRecord, data: Any = None, val: Any = None) -> Any:
+    """The task a run trained on: its data read again as the run read it (the options it recorded), or
+    ``data`` and ``val`` where given, checked against the fingerprints it recorded."""
+    options = record.data_options
+    if data is None and options is None:
+        raise ConfigError([f"run {record.id} does not record how its data was read (an older tuneloop trained it):"
+                           " give its training data with --data (and --val)."])
+    options = options or {}
+    source = data if data is not None else record.train_source
+    held = val if val is not None else (record.val_source if options.get("val_given") else None)
+    if data is None and not Path(record.train_source).exists():
+        raise DataError(f"run {record.id} was trained on {record.train_source}, which is not here to read again: "
+                        "give its training data with --data (and --val).")
+    model = record.backbone if record.adapter != "tabular_mlp" else None
+    task = load_task(source, held, task=options.get("task", "auto"), text_col=options.get("text_col"),
+                     label_col=options.get("label_col"), model=model, val_fraction=options.get("val_fraction", 0.2),
+                     seed=options.get("seed", record.recipe.get("seed", 0)), image_col=options.get("image_col"),
+                     image_size=options.get("image_size"))
+    if (task.train.fingerprint(), task.val.fingerprint()) != (record.train_fingerprint, record.val_fingerprint):
+        if data is None:
+            raise DataError(f"{record.train_source} has changed since run {record.id} read it (its fingerprint "
+                            "differs): give the data it was trained on with --data (and --val).")
+        raise DataError(f"{getattr(data, 'source', data)}: not the data run {record.id} was trained and validated "
+                        "on (the fingerprints differ).")
+    return task
 
 
 def load_task(data: Any, val: Any, *, task: str, text_col: str | None, label_col: str | None, model: str | None,
@@ -630,6 +703,8 @@ def load_run(reference: str | os.PathLike = "latest", workspace: str | os.PathLi
         return Run.from_dir(path)
     with Workspace.open(workspace) as store:
         record = store.resolve(str(reference))
+        if record.artifact is None and record.note:
+            raise RunNotFoundError(f"run {record.id} has no model any more: {record.note}.")
         if record.artifact is None or not record.artifact.is_dir():
             raise RunNotFoundError(f"run {record.id}: its model folder {record.artifact} is missing.")
         return Run.from_dir(record.artifact, record.id, store.epochs(record.id))
@@ -652,6 +727,56 @@ def predict(run: str | Run, data: str | os.PathLike | Sequence[str], *, text_col
 def runs(workspace: str | os.PathLike | None = None) -> list[RunRecord]:
     with Workspace.open(workspace) as store:
         return store.runs()
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What ``gc`` freed: bytes by part, and how many models it removed."""
+
+    freed: dict[str, int]
+    models_removed: int
+
+
+def gc(workspace: str | os.PathLike | None = None, *, keep_models: int = 3, cache_mb: float | None = None
+       ) -> Collected:
+    """Free the disk a workspace no longer needs: models of ended studies beyond their final model and their
+    ``keep_models`` best (registered ones always stay; records stay), model folders no run points at,
+    checkpoints of finished studies and completed fits, and feature-cache files beyond ``cache_mb`` megabytes
+    (default $TUNELOOP_CACHE_MB or 2048), least recently used first. A running study is left alone; an
+    interrupted one keeps its checkpoints, so it can still resume."""
+    from tuneloop.data.feature_cache import disk_limit, trim
+    from tuneloop.store.workspace import disk_bytes
+    from tuneloop.tuning.study import discard_models
+
+    if not (isinstance(keep_models, int) and keep_models >= 0):
+        raise ConfigError([f"The 'keep_models' parameter must be an int >= 0. Got {keep_models!r} instead."])
+    with Workspace.open(workspace) as store:
+        studies = store.connection.execute("SELECT id, status FROM tuneloop_studies").fetchall()
+        before = sum(1 for r in store.runs() if r.artifact is not None)
+        freed = {"models": sum(discard_models(store, row["id"], keep_models) for row in studies
+                               if row["status"] != "running")}
+        for folder in store.orphan_folders():
+            freed["models"] += disk_bytes(folder, unique_only=True)
+            shutil.rmtree(folder, ignore_errors=True)
+        removed = before - sum(1 for r in store.runs() if r.artifact is not None)
+        finished = {row["id"] for row in studies if row["status"] == "finished"}
+        ended_fits = {r.id for r in store.runs() if r.status == "completed"}
+        checkpoints = store.root / "checkpoints"
+        stale = [checkpoints / name for name in finished] + [checkpoints / "fit" / name for name in ended_fits]
+        freed["checkpoints"] = 0
+        for folder in stale:
+            if folder.is_dir():
+                freed["checkpoints"] += disk_bytes(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        limit = disk_limit() if cache_mb is None else int(max(0.0, cache_mb) * 2**20)
+        freed["feature cache"] = trim(store.root / "cache", limit)
+    return Collected(freed, removed)
+
+
+def disk_usage(workspace: str | os.PathLike | None = None) -> dict[str, int]:
+    """Bytes on disk by part of the workspace: models, feature cache, checkpoints, registry, database."""
+    with Workspace.open(workspace) as store:
+        return store.disk_usage()
 
 
 def predict_file(run: str | Run, data: str | os.PathLike, output: str | os.PathLike, *, text_col: str | None = None,
@@ -737,7 +862,7 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
          image_size: int | None = None, model: str | None = None,
          recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
          name: str | None = None, resume: str | None = None, seed_check: bool = True, plateau: int | None = None,
-         refit: bool = True, callbacks: Sequence[Any] = ()) -> TuneResult:
+         refit: bool = True, keep_models: int | None = 3, callbacks: Sequence[Any] = ()) -> TuneResult:
     """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
 
     ``budget`` is wall time from this call (reading the data, the range test and building caches count) or a
@@ -749,7 +874,9 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     study (0: never; default: 4 for the guided strategy, never for the others). With ``refit``, where the
     validation set is too small to tell the best recipes apart, they are scored by cross-validation over every
     labelled example where that is cheap, and the chosen one is trained on all of them (instead of the seed
-    check); its scores are then estimates. ``task`` is "text", "tabular" or "auto", as for ``fit``.
+    check); its scores are then estimates. ``task`` is "text", "tabular" or "auto", as for ``fit``. When the
+    study ends, the models of its trials are removed from disk except the final model (and an ensemble's
+    members), the ``keep_models`` best, and registered ones (None: every model stays); records stay.
     """
     from tuneloop.tuning.strategies import DataFacts, GuidedStrategy, make_strategy
     from tuneloop.tuning.study import Budget, FinalSteps, check_study_options, new_study_id, run_study
@@ -766,6 +893,9 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
             raise ConfigError(["tune needs a data file, or --resume STUDY to continue a study."])
         base = recipe or Recipe()
         problems = option_problems(base, val_fraction) + check_study_options(strategy, prune, target, plateau)
+        if keep_models is not None and not (isinstance(keep_models, int) and keep_models >= 0):
+            problems.append(f"The 'keep_models' parameter must be an int >= 0 or None (every model). "
+                            f"Got {keep_models!r} instead.")
         if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
             problems.append(f"The 'name' parameter must be letters, digits, '_', '.', '-' (at most 64). "
                             f"Got {name!r} instead.")
@@ -779,7 +909,8 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
                    "label_col": label_col, "image_col": image_col, "image_size": image_size, "model": model,
                    "recipe": base.to_dict(), "val_fraction": val_fraction, "plateau": plateau, "refit": refit,
-                   "seed_check": seed_check, "task": modality_of(data, task, text_col, image_col)}
+                   "seed_check": seed_check, "keep_models": keep_models,
+                   "task": modality_of(data, task, text_col, image_col)}
         if isinstance(data, (TextExamples, TableExamples)) or isinstance(val, (TextExamples, TableExamples)):
             options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
         spent_before = 0.0
@@ -828,7 +959,8 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
         result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
                            target=options["target"], prune=options["prune"], train_trial=train_trial,
                            callbacks=callbacks, spent_before=spent_before + setup,
-                           seed_check=options.get("seed_check", True), final=final)
+                           seed_check=options.get("seed_check", True), final=final,
+                           keep_models=options.get("keep_models", 3))
     best_run = load_run(result.best.run_id, workspace) if result.best else None
     return TuneResult(study_id, best_run, result.trials, result.stop_reason, result.spent_seconds,
                       result.seed_check, result.choice)

@@ -70,15 +70,32 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                            choices=CHOICES.get(f.name), help=f"{RECIPE_HELP.get(f.name, '')} [{f.default}]")
 
 
+def _keep_models(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0 or 'all'; got {text!r}")
+    return value
+
+
 def _recipe_from(args: argparse.Namespace) -> Recipe:
-    base = Recipe()
+    base, changes = _recipe_parts(args)
+    return (base or Recipe()).replace(**changes)
+
+
+def _recipe_parts(args: argparse.Namespace) -> tuple[Recipe | None, dict[str, Any]]:
+    """The --recipe file's recipe (None without one) and the recipe flags given."""
+    base = None
     if args.recipe:
         path = Path(args.recipe)
         if not path.is_file():
             raise ConfigError([f"--recipe {path}: no such file."])
         base = Recipe.from_yaml(path.read_text())
-    changes = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
-    return base.replace(**changes)
+    return base, {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -114,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="train a model on labelled data: texts, table rows or images")
-    fit.add_argument("data", help="training data: .csv, .tsv, .jsonl or .parquet, or a folder of class folders "
-                                  "of images")
+    fit.add_argument("data", nargs="?", help="training data: .csv, .tsv, .jsonl or .parquet, or a folder of class "
+                                             "folders of images (not needed with --resume)")
+    fit.add_argument("--resume", metavar="RUN", help="continue a killed fit from its last finished epoch, on the "
+                                                    "same data and recipe (a new run)")
     _training_data(fit)
     _common(fit)
     _add_recipe_flags(fit)
@@ -158,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after N trials without a gain beyond validation noise, 0 = never (with more "
                            "than a fifth of the budget left, only once the larger moves are tried) [guided: 4; "
                            "grid, random, bayes: 0]")
+    tune.add_argument("--keep-models", type=_keep_models, default=3, metavar="N|all",
+                      help="models kept on disk when the study ends besides the final one: the N best (records "
+                           "and curves of every trial stay) [3]")
     tune.add_argument("--no-refit", dest="refit", action="store_false",
                       help="where validation is too small to tell the best recipes apart, keep the best trial's "
                            "own model instead of cross-validating them and training the chosen one on every "
@@ -182,8 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(find)
     _add_recipe_flags(find)
 
-    runs = commands.add_parser("runs", help="list the runs in the workspace")
+    runs = commands.add_parser("runs", help="list the runs in the workspace, and its size on disk")
     _common(runs)
+
+    gc = commands.add_parser("gc", help="free the disk the workspace no longer needs")
+    gc.add_argument("--keep-models", type=int, default=3, metavar="N",
+                    help="models kept per ended study besides its final one and registered ones [3]")
+    gc.add_argument("--cache-mb", type=float, default=None, metavar="MB",
+                    help="bound of the feature cache, least recently used files removed first "
+                         "[$TUNELOOP_CACHE_MB or 2048]")
+    _common(gc)
 
     demo = commands.add_parser("demo", help="fine-tune the packaged model on Reuters R8 news topics (a few minutes)")
     demo.add_argument("--train-size", type=int, default=None, help="training examples sampled from R8 [2000]")
@@ -247,10 +277,19 @@ def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:
 def cmd_fit(args: argparse.Namespace) -> None:
     from tuneloop import api
 
-    recipe = _recipe_from(args)
-    run = api.fit(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
-                  image_col=args.image_col, image_size=args.image_size, model=args.model, recipe=recipe,
-                  workspace=args.workspace, val_fraction=args.val_fraction, callbacks=_callbacks(args))
+    recipe, changes = _recipe_parts(args)  # without a recipe file, the kind of data's defaults under the flags
+    if args.resume:
+        if args.data or recipe is not None or changes:
+            raise ConfigError(["fit --resume RUN continues that run on its own data and recipe: give no DATA, "
+                               "--recipe or recipe flags with it."])
+        run = api.resume_fit(args.resume, workspace=args.workspace, callbacks=_callbacks(args))
+    elif not args.data:
+        raise ConfigError(["fit needs DATA (the training data), or --resume RUN."])
+    else:
+        run = api.fit(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
+                      image_col=args.image_col, image_size=args.image_size, model=args.model, recipe=recipe,
+                      workspace=args.workspace, val_fraction=args.val_fraction, callbacks=_callbacks(args),
+                      **changes)
     _emit(args, {"run": run.id, "path": str(run.path), "metrics": run.metrics, "recipe": run.recipe.to_dict(),
                  "history": run.history})
     if not args.json:
@@ -313,7 +352,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       image_col=args.image_col, image_size=args.image_size, model=args.model,
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
                       name=args.name, resume=args.resume, seed_check=args.seed_check, plateau=args.plateau,
-                      refit=args.refit,
+                      refit=args.refit, keep_models=args.keep_models,
                       callbacks=callbacks)
     payload = result.to_dict()
     _emit(args, payload)
@@ -350,10 +389,36 @@ def cmd_runs(args: argparse.Namespace) -> None:
         table.add_column(name, justify="right" if name in ("epochs", "time") else "left")
     for r in records:
         m = r.metrics
-        table.add_row(r.id, r.status, Path(r.train_source).name, f"{r.n_train}/{r.n_val}",
+        status = r.status if r.artifact is not None or r.status != "completed" else "completed (model removed)"
+        table.add_row(r.id, status, Path(r.train_source).name, f"{r.n_train}/{r.n_val}",
                       scores_in_words(m) if m else "",
-                      f"{m['best_epoch']}/{m['epochs_run']}" if m else "", f"{r.seconds:.0f}s" if r.seconds else "")
+                      f"{m.get('best_epoch')}/{m.get('epochs_run')}" if m.get("epochs_run") else "",
+                      f"{r.seconds:.0f}s" if r.seconds else "")
     stdout.print(table)
+    usage = api.disk_usage(args.workspace)
+    stdout.print(f"On disk: {_size(sum(usage.values()))} ("
+                 + ", ".join(f"{name} {_size(size)}" for name, size in usage.items()) + "); 'tuneloop gc' frees "
+                 "what is no longer needed.")
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    collected = api.gc(args.workspace, keep_models=args.keep_models, cache_mb=args.cache_mb)
+    _emit(args, {"freed": collected.freed, "models_removed": collected.models_removed,
+                 "on_disk": api.disk_usage(args.workspace)})
+    if not args.json:
+        print(f"Freed {_size(sum(collected.freed.values()))} ("
+              + ", ".join(f"{name} {_size(size)}" for name, size in collected.freed.items())
+              + f"); {collected.models_removed} models removed, their records kept.")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -398,7 +463,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "report": cmd_report, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "runs": cmd_runs, "demo": cmd_demo, "lr-find": cmd_lr_find,
+            "predict": cmd_predict, "runs": cmd_runs, "gc": cmd_gc, "demo": cmd_demo, "lr-find": cmd_lr_find,
             **cli_registry.COMMANDS}
 
 

@@ -42,6 +42,8 @@ def add_commands(commands: argparse._SubParsersAction, common, recipe_free_data)
     rollback.add_argument("reference", metavar="NAME[:VERSION]",
                           help="the name (back to the previous production version) or a version")
     rollback.add_argument("--reason", help="why: recorded in the history")
+    rollback.add_argument("--force", action="store_true",
+                          help="roll back to a version that was never production (needs --reason)")
     common(rollback)
     archive = actions.add_parser("archive", help="retire a candidate version")
     archive.add_argument("reference", metavar="NAME:VERSION")
@@ -157,7 +159,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
                                                               args.force else "") + ".")
         return 0
     if args.action == "rollback":
-        version = versions.rollback(args.reference, workspace=args.workspace, reason=args.reason)
+        version = versions.rollback(args.reference, workspace=args.workspace, reason=args.reason, force=args.force)
         _emit(args, _version_dict(version))
         if not args.json:
             print(f"{version.ref} is production again.")
@@ -216,6 +218,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def _print_gate(decision) -> None:
     for check in decision.checks:
         print(f"  gate: {'passed' if check.passed else 'FAILED'}: {check.summary}")
+    if decision.caveat:
+        print(f"  gate: {decision.caveat}")
 
 
 def _scores(metrics: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
-"""The promotion gate: a candidate replaces production only when it beats noise on the new holdout and keeps the
-old holdout within the tolerance (accuracy points for a classifier, a share of the error for a regressor)."""
+"""The promotion gate: a candidate replaces production only when it beats noise on the new holdout and is shown
+to keep the old holdout within the tolerance (accuracy points for a classifier, a share of the error for a
+regressor): the upper end of the loss's interval, not its point estimate, must be within it."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_a_large_new_gain_does_not_excuse_forgetting_beyond_the_tolerance():
 
 def test_a_candidate_better_on_new_data_and_within_tolerance_on_old_is_promoted():
     candidate, production = better_on_new()
-    old_candidate, old_production = old_with_drop(1)
+    old_candidate, old_production = old_with_drop(2, n=2000, production_right=1800)
 
     decision = decide(candidate, production, old_candidate, old_production)
 
@@ -89,18 +90,31 @@ def test_a_candidate_better_on_new_data_and_within_tolerance_on_old_is_promoted(
     assert "larger than noise" in decision.checks[0].summary
 
 
-def test_a_loss_of_exactly_the_tolerance_is_allowed():
+def test_a_loss_within_the_tolerance_by_its_point_estimate_but_not_by_its_interval_is_refused():
+    """250 old examples, 4 more wrong: a loss of 0.016 measured, but losses up to about 0.03 fit the data."""
     candidate, production = better_on_new()
-    old_candidate, old_production = old_with_drop(2)  # 2 of 100: exactly 0.02
+    old_candidate, old_production = old_with_drop(4, n=250, production_right=225)
     decision = decide(candidate, production, old_candidate, old_production, tolerance=0.02)
-    assert decision.promote
+    assert not decision.promote and names(decision.failed) == ["old data kept"]
+    kept = decision.checks[1]
+    assert kept.numbers["drop"] == pytest.approx(0.016) and kept.numbers["worst"] > 0.02
+    assert kept.numbers["needed"] > 1000 and f"need about {kept.numbers['needed']} old holdout examples" in kept.summary
 
 
 def test_a_custom_tolerance_moves_the_old_data_limit():
     candidate, production = better_on_new()
-    old_candidate, old_production = old_with_drop(5)
-    assert decide(candidate, production, old_candidate, old_production, tolerance=0.06).promote
+    old_candidate, old_production = old_with_drop(50, n=1000, production_right=900)  # 0.05, CI up to ~0.064
+    assert decide(candidate, production, old_candidate, old_production, tolerance=0.07).promote
     assert not decide(candidate, production, old_candidate, old_production, tolerance=0.04).promote
+
+
+def test_the_holdout_needed_shrinks_the_interval_to_the_room_left_under_the_tolerance():
+    from tuneloop.continual.gate import holdout_needed
+
+    assert holdout_needed(250, 0.016, 0.016, 0.02) == 250 * 4 ** 2, "half-width 0.016 must become 0.004"
+    assert holdout_needed(250, 0.0, 0.01, 0.02) == 250, "already shown within: the holdout at hand"
+    assert holdout_needed(250, 0.03, 0.01, 0.02) == -1, "a loss beyond the tolerance is not shown within on any"
+    assert holdout_needed(100, 0.01, 0.03, 0.02) > holdout_needed(100, 0.01, 0.03, 0.04), "a wider tolerance"
 
 
 def test_an_old_holdout_gain_passes_the_old_data_check():
@@ -185,7 +199,7 @@ def test_a_regressor_that_is_not_better_by_more_than_noise_is_refused():
 
 def test_the_decision_is_the_same_for_the_same_seed_and_serializes():
     candidate, production = better_on_new()
-    old_candidate, old_production = old_with_drop(1)
+    old_candidate, old_production = old_with_drop(2, n=2000, production_right=1800)
     first = decide(candidate, production, old_candidate, old_production, seed=3)
     assert first == decide(candidate, production, old_candidate, old_production, seed=3)
 

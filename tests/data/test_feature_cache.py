@@ -58,7 +58,7 @@ def test_trials_at_one_depth_share_one_cache_and_other_depths_have_their_own(tin
     monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0, 2], "lr_multiplier": [1.0, 3.0]})
     base = Recipe(epochs=2, batch_size=8, patience=0)
     result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, recipe=base, budget="4trials",
-                      strategy="grid", prune="none", seed_check=False, refit=False)
+                      strategy="grid", prune="none", seed_check=False, refit=False, keep_models=None)
     cached = {t.recipe.trainable_layers: [] for t in result.trials}
     for trial in result.trials:
         cached[trial.recipe.trainable_layers].append(api.load_run(trial.run_id, workspace).metrics["cached_inputs"])

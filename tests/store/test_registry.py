@@ -163,11 +163,26 @@ def test_rollback_goes_to_the_previous_production_without_copying(registry, ws):
         registry.rollback("m")
 
 
-def test_rollback_to_an_explicit_earlier_version(registry, ws):
+def test_rollback_to_an_explicit_earlier_version_that_was_production(registry, ws):
     register(registry, ws, count=3)
+    registry.promote("m", 1)
     registry.promote("m", 3)
     assert registry.rollback("m", 1).stage == "production"
     assert registry.get("m", 3).stage == "archived"
+
+
+def test_rollback_to_a_version_that_never_was_production_needs_force_and_a_reason(registry, ws):
+    """Such a version never passed the gate: rollback must not be a way around it."""
+    register(registry, ws, count=3)
+    registry.promote("m", 3)
+    with pytest.raises(TuneloopError, match="'m:1' was never production.*promote m:1"):
+        registry.rollback("m", 1)
+    with pytest.raises(ConfigError, match="--reason"):
+        registry.rollback("m", 1, force=True)
+    assert registry.get("m").version == 3
+    assert registry.rollback("m", 1, force=True, reason="the gate's holdout is stale").stage == "production"
+    (event,) = [e for e in registry.events("m") if e["action"] == "rollback"]
+    assert event["forced"] and event["reason"] == "the gate's holdout is stale"
 
 
 def test_rollback_is_refused_without_an_earlier_version(registry, ws):

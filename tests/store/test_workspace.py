@@ -1,5 +1,8 @@
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -82,5 +85,66 @@ def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
                                "val_macro_f1": None, "learning_rate": 1e-3, "train_samples_per_s": 10.0,
                                "seconds": 1.0, "val_mae": 1.5, "val_rmse": 2.0, "val_r2": 0.6})
         assert ws.epochs("r1")[1]["val_r2"] == 0.6
-    version = sqlite3.connect(tmp_path / "tuneloop.db").execute("PRAGMA user_version").fetchone()[0]
-    assert version == 4
+    db = sqlite3.connect(tmp_path / "tuneloop.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert "process" in {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+
+
+def test_a_study_whose_pid_now_belongs_to_another_process_is_interrupted(tmp_path):
+    """PIDs are reused: a study recorded with this process's PID but another process's start is not alive."""
+    from tuneloop.store.workspace import process_identity
+
+    assert process_identity(1) != process_identity(os.getpid()), "two processes, two identities"
+    with Workspace.open(tmp_path, create=True) as ws:
+        ws.create_study("s", "guided", "accuracy", {})
+        ws.connection.execute("UPDATE tuneloop_studies SET process='an-earlier-boot:12345' WHERE id='s'")
+        ws.create_study("mine", "guided", "accuracy", {})
+    with Workspace.open(tmp_path) as ws:
+        statuses = dict(ws.connection.execute("SELECT id, status FROM tuneloop_studies").fetchall())
+    assert statuses == {"s": "interrupted", "mine": "running"}, "the live one, recorded as itself, still runs"
+
+
+def test_of_two_resumes_of_one_study_only_one_claims_it(tmp_path):
+    """The check and the claim are one transaction: a resume that reads the study while another process is
+    claiming it waits for that claim, sees it, and is refused (it does not claim the study as well)."""
+    from tuneloop.errors import TuneloopError
+
+    with Workspace.open(tmp_path, create=True) as ws:
+        ws.create_study("s", "guided", "accuracy", {})
+        ws.connection.execute("UPDATE tuneloop_studies SET status='interrupted' WHERE id='s'")
+    first = Workspace.open(tmp_path)
+    outcome: list[str] = []
+    opened, go = threading.Event(), threading.Event()
+
+    def claim() -> None:
+        with Workspace.open(tmp_path) as second:  # opened before the first resume takes the lock
+            opened.set()
+            go.wait(timeout=30)
+            try:
+                second.claim_study("s")
+                outcome.append("claimed")
+            except TuneloopError as error:
+                outcome.append(str(error))
+
+    racer = threading.Thread(target=claim)
+    racer.start()
+    assert opened.wait(timeout=30)
+    first.connection.execute("BEGIN IMMEDIATE")  # the first resume, mid-claim, holds the write lock
+    go.set()
+    time.sleep(0.5)
+    assert outcome == [], "the second resume waits for the first one's transaction"
+    first.connection.execute("UPDATE tuneloop_studies SET status='running', pid=1 WHERE id='s'")
+    first.connection.execute("COMMIT")
+    racer.join(timeout=30)
+    assert len(outcome) == 1 and "is running in process 1" in outcome[0]
+    first.close()
+
+
+def test_a_failed_transaction_writes_nothing(tmp_path):
+    with Workspace.open(tmp_path, create=True) as ws:
+        with pytest.raises(RuntimeError), ws.transaction():
+            ws.create_study("s", "guided", "accuracy", {})
+            with ws.transaction():  # a nested one is part of the outer one
+                ws.connection.execute("UPDATE tuneloop_studies SET status='interrupted' WHERE id='s'")
+            raise RuntimeError("killed between two writes")
+        assert ws.connection.execute("SELECT COUNT(*) FROM tuneloop_studies").fetchone()[0] == 0

@@ -113,6 +113,26 @@ def test_early_stopping_and_best_epoch_restored(tiny_model):
     assert evaluate(model, val, CPU, "fp32").loss == pytest.approx(losses[best - 1], rel=1e-5)
 
 
+class StopAt(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, record, is_best: bool) -> None:
+        from tuneloop.training.loop import StopTraining
+
+        if record.epoch == self.epoch:
+            raise StopTraining("pruned")
+
+
+def test_the_epoch_a_pruner_ends_on_is_seen_by_every_later_callback(tiny_model):
+    recipe = Recipe(epochs=5, batch_size=8, patience=0)
+    model, data, val = toy_sets(tiny_model, recipe, n=12)
+    recorded = ScriptedMetric()
+    result = train(model, data, val, recipe, CPU, "fp32", [StopAt(2), recorded])
+    assert [e.epoch for e in result.history] == [1, 2] and result.stopped_by == "pruned"
+    assert [epoch for epoch, _ in recorded.epochs] == [1, 2], "the last epoch is recorded, not lost"
+
+
 def test_divergence_is_reported_not_hidden(tiny_model):
     recipe = Recipe(epochs=2, learning_rate=1.0, batch_size=4, grad_clip=0, warmup_ratio=0.0, schedule="constant")
     model, data, val = toy_sets(tiny_model, recipe, n=8)
@@ -188,6 +208,39 @@ def test_layer_lr_decay_gives_lower_layers_smaller_rates(tiny_model):
     assert rate_of[id(named["encoder.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
     flat = make_optimizer(model, recipe.replace(layer_lr_decay=1.0), CPU)
     assert {g["lr"] for g in flat.param_groups} == {1e-3}
+
+
+def test_a_resumed_cnn_with_batchnorm_and_dropout_equals_its_uninterrupted_run(tmp_path):
+    """Buffers (BatchNorm's running statistics) and the random state come back with the weights: a small CNN
+    killed after epoch 2 and resumed ends exactly where the uninterrupted run does, in weights and buffers."""
+    from tuneloop.data.images import Pixels
+    from tuneloop.models.image_nets import build_image_network
+    from tuneloop.training.checkpoint import EpochCheckpoint
+
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    data = Pixels(images, [i % 3 for i in range(24)])
+    val = Pixels(images[:9], [i % 3 for i in range(9)])
+    recipe = Recipe(epochs=4, learning_rate=3e-3, batch_size=8, patience=0, seed=5)
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_image_network("small-cnn", 3, in_channels=3, recipe_dropout=0.3, width=16, stages=2,
+                                   pretrained=False)
+
+    straight_model = fresh()
+    straight = train(straight_model, data, val, recipe, CPU, "fp32")
+    checkpoint = EpochCheckpoint(tmp_path / "ckpt")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(fresh(), data, val, recipe, CPU, "fp32", [Boom(at_epoch=3)], checkpoint=checkpoint)
+    resumed_model = fresh()
+    torch.manual_seed(999)  # another process's random state: the checkpoint restores it
+    resumed = train(resumed_model, data, val, recipe, CPU, "fp32", checkpoint=checkpoint)
+    assert [e.val_loss for e in resumed.history] == pytest.approx([e.val_loss for e in straight.history], abs=1e-6)
+    buffers = dict(resumed_model.named_buffers())
+    assert any("running_mean" in name for name in buffers), "the case that matters: BatchNorm statistics"
+    for name, tensor in straight_model.state_dict().items():
+        assert torch.allclose(tensor.float(), resumed_model.state_dict()[name].float(), atol=1e-6), name
 
 
 def test_the_best_epoch_is_restored_with_its_batchnorm_statistics():

@@ -1,4 +1,4 @@
-"""ROC AUC against scikit-learn's, binary and multiclass, with ties."""
+"""ROC AUC against scikit-learn's, binary and multiclass, with ties; regression metrics against its too."""
 
 import numpy as np
 import pytest
@@ -27,3 +27,19 @@ def test_multiclass_auc_is_the_macro_one_vs_rest_mean():
 
 def test_auc_is_none_without_both_positives_and_negatives():
     assert roc_auc(np.zeros(5, dtype=int), np.tile([0.6, 0.4], (5, 1))) is None
+
+
+def test_regression_metrics_match_scikit_learn_and_r2_is_against_the_true_values():
+    from tuneloop.training.objective import regression_metrics
+
+    rng = np.random.default_rng(2)
+    true = rng.normal(150, 60, 92)
+    predicted = true * 0.4 + 90 + rng.normal(0, 40, 92)  # shrunk toward the mean: low variance, R² not symmetric
+    scores = regression_metrics(true=true, predicted=predicted)
+    assert scores["r2"] == pytest.approx(sklearn_metrics.r2_score(true, predicted))
+    assert scores["mae"] == pytest.approx(sklearn_metrics.mean_absolute_error(true, predicted))
+    assert scores["rmse"] == pytest.approx(np.sqrt(sklearn_metrics.mean_squared_error(true, predicted)))
+    swapped = sklearn_metrics.r2_score(predicted, true)
+    assert abs(scores["r2"] - swapped) > 0.1, "a swap of the two would be seen"
+    with pytest.raises(TypeError):
+        regression_metrics(predicted, true)  # keyword-only: no order to get wrong

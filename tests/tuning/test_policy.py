@@ -131,6 +131,13 @@ def test_l2sp_is_not_proposed_for_a_head_alone():
     assert all("l2sp" not in d.changes for d in decisions)
 
 
+def test_l2sp_is_not_proposed_under_lora_whose_pretrained_weights_are_frozen():
+    decisions = walk("overfitting", Recipe(epochs=4, trainable_layers=2, lora_rank=8, learning_rate=5e-4),
+                     num_layers=6)
+    assert decisions and all("l2sp" not in d.changes for d in decisions)
+    assert any("l2sp" in d.changes for d in walk("overfitting", Recipe(epochs=4, trainable_layers=2), num_layers=6))
+
+
 def test_halving_all_layers_needs_the_depth_and_is_skipped_without_it():
     decisions = walk("overfitting", Recipe(epochs=4), num_layers=None)
     assert "trainable_layers" not in {knob for d in decisions for knob in d.changes}

@@ -68,3 +68,17 @@ def test_a_soup_is_handed_back_where_it_scores_at_least_its_runs_mean():
     assert best_trial([*rows, {**soup, "value": 0.77}])["number"] == 0
     groups = seed_groups([*rows, soup])
     assert [len(g.trials) for g in groups] == [2, 2], "a soup is no seed of its recipe"
+
+
+def test_a_seed_check_run_cut_short_by_the_budget_enters_no_mean():
+    from tuneloop.tuning.study import trial_status
+
+    assert trial_status("budget", seed_check_run=True) == "stopped"
+    assert trial_status("budget", seed_check_run=False) == "completed", "a search trial keeps its best model"
+    assert trial_status("pruned", seed_check_run=False) == "pruned" and trial_status(None, True) == "completed"
+    rows = [row(0, 0.90, lr=1e-3), row(1, 0.85, lr=2e-3),
+            row(2, 0.88, seed=43, lr=1e-3, reason="seed check: the recipe of trial 0 with seed 43"),
+            {**row(3, 0.50, seed=44, lr=1e-3, reason="seed check: the recipe of trial 0 with seed 44"),
+             "status": trial_status("budget", seed_check_run=True)}]
+    (group,) = seed_groups(rows)
+    assert group.values == [0.90, 0.88], "the truncated run's 0.50 is not a seed sample"

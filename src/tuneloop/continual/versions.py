@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tuneloop.api import Run, load_task
+from tuneloop.api import Run, task_of_run
 from tuneloop.continual.gate import DEFAULT_TOLERANCE, GateDecision, decide
 from tuneloop.continual.samples import (
     HOLDOUT_SIZE,
@@ -84,27 +84,10 @@ def register(name: str, run: str, *, workspace: str | os.PathLike | None = None,
 
 def _run_examples(record: RunRecord, data: Any, val: Any) -> tuple[Examples, Examples]:
     """The run's training and validation examples, read as the run read them."""
-    options = record.data_options
-    if data is None and options is None:
-        raise ConfigError([f"run {record.id} does not record how its data was read (an older tuneloop trained it):"
-                           " give its training data with --data (and --val)."])
-    options = options or {}
-    source = data if data is not None else record.train_source
-    held = val if val is not None else (record.val_source if options.get("val_given") else None)
-    if data is None and not Path(record.train_source).exists():
-        raise DataError(f"run {record.id} was trained on {record.train_source}, which is not here to read again: "
-                        "give its training data with --data (and --val).")
-    model = record.backbone if record.adapter != "tabular_mlp" else None
-    task = load_task(source, held, task=options.get("task", "auto"), text_col=options.get("text_col"),
-                     label_col=options.get("label_col"), model=model, val_fraction=options.get("val_fraction", 0.2),
-                     seed=options.get("seed", record.recipe.get("seed", 0)), image_col=options.get("image_col"),
-                     image_size=options.get("image_size"))
-    if (task.train.fingerprint(), task.val.fingerprint()) != (record.train_fingerprint, record.val_fingerprint):
-        if data is None:
-            raise DataError(f"{record.train_source} has changed since run {record.id} read it (its fingerprint "
-                            "differs): give the data it was trained on with --data (and --val).")
-        raise DataError(f"{getattr(data, 'source', data)}: not the data run {record.id} was trained and validated "
-                        "on (the fingerprints differ); the registry keeps a sample of exactly that data.")
+    try:
+        task = task_of_run(record, data, val)
+    except DataError as error:
+        raise DataError(f"{error} The registry keeps a sample of exactly that data.") from None
     return task.train, task.val
 
 
@@ -140,7 +123,20 @@ def judge(store: Workspace, candidate: ModelVersion, production: ModelVersion,
     new = load_examples(candidate.folder, GATE_NEW if gate_new.exists() else "holdout")
     old = load_examples(candidate.folder, GATE_OLD) if gate_new.exists() else load_examples(production.folder,
                                                                                             "holdout")
-    return gate_decision(version_run(store, candidate), version_run(store, production), new, old, tolerance)
+    decision = gate_decision(version_run(store, candidate), version_run(store, production), new, old, tolerance)
+    return replace(decision, caveat="" if gate_new.exists() else holdout_caveat(candidate))
+
+
+def holdout_caveat(candidate: ModelVersion) -> str:
+    """How the gate's numbers lean where the candidate's new holdout is a sample of its own validation data (a
+    run registered as it is, not an update made by adapt, which keeps examples no trial saw for its gate)."""
+    lineage = candidate.lineage or {}
+    if str(lineage.get("val_source", "")).endswith("(trained on too)"):
+        return (f"optimistic: {candidate.ref}'s new holdout is a sample of examples it was trained on (its final "
+                "fit used every labelled example), so its new-data gain is overstated; judge it on data it never "
+                "saw (adapt keeps such a holdout) where the decision matters")
+    return (f"optimistic: {candidate.ref}'s new holdout is a sample of the validation data that chose its best "
+            "epoch and recipe, so its new-data gain leans in its favour; adapt keeps a holdout no trial saw")
 
 
 def gate_decision(candidate: Run, production: Run, new: Examples, old: Examples,
@@ -162,11 +158,13 @@ def chance_scores(examples: Examples, regression: bool) -> np.ndarray:
     return np.array([label == common for label in labels], dtype=np.float64)
 
 
-def rollback(reference: str, *, workspace: str | os.PathLike | None = None, reason: str | None = None
-             ) -> ModelVersion:
+def rollback(reference: str, *, workspace: str | os.PathLike | None = None, reason: str | None = None,
+             force: bool = False) -> ModelVersion:
+    """Make an earlier version production again: one that was production before, or with ``force`` and a
+    ``reason``, any earlier one (recorded as forced)."""
     name, number = parse_reference(reference)
     with Workspace.open(workspace) as store:
-        return Registry(store).rollback(name, number, reason=reason)
+        return Registry(store).rollback(name, number, reason=reason, force=force)
 
 
 def archive(reference: str, *, workspace: str | os.PathLike | None = None, reason: str | None = None

@@ -7,7 +7,8 @@ same texts again; caching its output turns a head-only trial into a few matrix p
 a fingerprint of everything the vectors depend on: the backbone (its config and weights file), the texts,
 the tokenizer length and the precision. Vectors stay in memory within a bound and are also written to the
 workspace (safetensors, atomically), so a resumed or later study reuses them; a changed input gives a
-different key, so a stale entry is never read.
+different key, so a stale entry is never read. On disk the cache is bounded too (2 GiB, or
+$TUNELOOP_CACHE_MB): the least recently used files go first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,36 @@ from safetensors.torch import load, save
 from tuneloop.store.atomic import write_bytes_atomic
 
 MEMORY_LIMIT = 512 * 2**20  # bytes of vectors kept in memory; older entries are dropped (they stay on disk)
+DISK_LIMIT_MB = 2048  # the cache folder's bound, least recently used files removed first; TUNELOOP_CACHE_MB
+
+
+def disk_limit() -> int:
+    """The cache folder's bound in bytes: $TUNELOOP_CACHE_MB megabytes, else DISK_LIMIT_MB."""
+    value = os.environ.get("TUNELOOP_CACHE_MB", "")
+    try:
+        megabytes = float(value) if value else DISK_LIMIT_MB
+    except ValueError:
+        megabytes = DISK_LIMIT_MB
+    return int(max(0.0, megabytes) * 2**20)
+
+
+def trim(folder: Path, limit: int, keep: Path | None = None) -> int:
+    """Remove the least recently used cache files of ``folder`` (by modification time: a read touches it)
+    until the rest fit in ``limit`` bytes, never ``keep``; returns the bytes freed."""
+    if not folder.is_dir():
+        return 0
+    files = sorted((f for f in folder.glob("*.safetensors") if f.is_file()), key=lambda f: f.stat().st_mtime_ns)
+    total = sum(f.stat().st_size for f in files)
+    freed = 0
+    for file in files:
+        if total - freed <= limit:
+            break
+        if file == keep:
+            continue
+        size = file.stat().st_size
+        file.unlink(missing_ok=True)
+        freed += size
+    return freed
 
 
 def backbone_fingerprint(backbone: str) -> str:
@@ -61,12 +92,14 @@ class FeatureCache:
         file = self.folder / f"{key}.safetensors" if self.folder is not None else None
         if file is not None and file.exists():
             vectors = load(file.read_bytes())["vectors"]
+            os.utime(file)  # recently used: the last to be trimmed
             self.reused += 1
         else:
             vectors = compute().contiguous()
             self.computed += 1
             if file is not None:
                 write_bytes_atomic(file, save({"vectors": vectors}))
+                trim(self.folder, disk_limit(), keep=file)
         self._remember(key, vectors)
         return vectors
 

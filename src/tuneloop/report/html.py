@@ -611,7 +611,7 @@ def _regression_section(task: Any, run: Any, heading: str) -> str:
 
     true = np.asarray(task.preprocessing.target.inverse(task.val_features.label_ids), dtype=np.float64)
     predicted = run.predict(task.val, precision=run.recipe.precision).values
-    scores = regression_metrics(predicted, true)
+    scores = regression_metrics(true=true, predicted=predicted)
     figure = Figure(figsize=(5.2, 5.0), layout="constrained")
     axes = figure.add_subplot()
     axes.scatter(true, predicted, s=14, alpha=0.6, color=TRIAL_COLORS[0])

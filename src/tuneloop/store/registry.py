@@ -21,8 +21,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +83,7 @@ class Registry:
     def __init__(self, workspace: Workspace):
         self._root = workspace.root
         self._db = workspace.connection
+        self._transaction = workspace.transaction  # one write transaction: what is read inside cannot change
 
     # -- writing ----------------------------------------------------------------------------------------
 
@@ -143,9 +143,12 @@ class Registry:
                 self._change_stage(name, version, current, "promote", reason=reason, forced=forced, gate=gate)
         return self.get(name, version)
 
-    def rollback(self, name: str, version: int | None = None, *, reason: str | None = None) -> ModelVersion:
+    def rollback(self, name: str, version: int | None = None, *, reason: str | None = None,
+                 force: bool = False) -> ModelVersion:
         """Make an earlier version production again (a stage change: nothing is copied). ``version`` None is
-        the version that was production when the current one was last promoted."""
+        the version that was production when the current one was last promoted. Only a version that was
+        production before can come back this way: any other has not passed the gate, and goes there through
+        promote, or here with ``force`` and a recorded reason."""
         _check_name(name)
         with self._transaction():
             current = self._production_number(name)
@@ -166,7 +169,16 @@ class Registry:
                 if version >= current:
                     raise TuneloopError(f"rollback needs a version lower than the production one ({current}); "
                                         f"got version={version}. Use promote to move to {name}:{version}.")
-            self._change_stage(name, version, current, "rollback", reason=reason)
+            was_production = self._db.execute(
+                "SELECT 1 FROM registry_events WHERE name=? AND version=? AND action IN ('promote', 'rollback') "
+                "LIMIT 1", (name, version)).fetchone() is not None
+            if not was_production and not force:
+                raise TuneloopError(f"'{name}:{version}' was never production: rollback returns only to versions "
+                                    f"that were, and this one has not passed the gate. Use promote {name}:{version} "
+                                    "(through the gate), or rollback --force --reason TEXT.")
+            if not was_production and not reason:
+                raise ConfigError(["--force needs --reason TEXT: the reason is recorded with the version."])
+            self._change_stage(name, version, current, "rollback", reason=reason, forced=not was_production)
         return self.get(name, version)
 
     def archive(self, name: str, version: int, *, reason: str | None = None) -> ModelVersion:
@@ -223,18 +235,6 @@ class Registry:
         return [{**dict(row), "forced": bool(row["forced"])} for row in rows]
 
     # -- inside ---------------------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction: the lock is taken at BEGIN, so what is read inside cannot change."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # some SQLite errors end the transaction themselves
-                self._db.execute("ROLLBACK")
-            raise
 
     def _change_stage(self, name: str, version: int, current: int | None, action: str, *,
                       reason: str | None = None, forced: bool = False, gate: dict[str, Any] | None = None) -> None:

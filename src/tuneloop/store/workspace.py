@@ -16,6 +16,8 @@ import shutil
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,10 @@ from typing import Any
 from tuneloop.errors import RunNotFoundError, TuneloopError
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 4  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
+SCHEMA_VERSION = 5  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
 # each run's data options (how its data was read and split); 4: each trial's parent, its validation predictions
-# and whether it had no effect; see _upgrade_from_1, _upgrade_from_2 and _upgrade_from_3
+# and whether it had no effect; 5: the identity of the process that runs a run or study (its start time with
+# its PID: PIDs are reused); see _upgrade_from_1 to _upgrade_from_4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -49,7 +52,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    data_options TEXT
+    data_options TEXT,
+    process TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -77,7 +81,8 @@ CREATE TABLE IF NOT EXISTS tuneloop_studies (
     stop_reason TEXT,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    choice TEXT
+    choice TEXT,
+    process TEXT
 );
 CREATE TABLE IF NOT EXISTS tuneloop_trials (
     study_id TEXT NOT NULL REFERENCES tuneloop_studies(id),
@@ -164,6 +169,53 @@ def _upgrade_from_3(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE tuneloop_studies ADD COLUMN choice TEXT")
 
 
+def _upgrade_from_4(connection: sqlite3.Connection) -> None:
+    """Schema 4 -> 5, inside the caller's transaction: runs and studies gain the identity of their process."""
+    for table in ("runs", "tuneloop_studies"):
+        if "process" not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN process TEXT")
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells a process from a later one given the same PID: the boot and the process's start time (in
+    clock ticks since boot), from /proc; None where there is no /proc (then the PID alone is compared)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    return f"{boot}:{fields[19]}"  # field 22 of the line: starttime
+
+
+def process_alive(pid: int, identity: str | None) -> bool:
+    """Whether the process recorded as ``pid`` (started as ``identity``, where recorded) still runs: a PID now
+    held by another process is not it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if identity is None:
+        return True
+    now = process_identity(pid)
+    return now is None or now == identity
+
+
+def disk_bytes(folder: Path, unique_only: bool = False) -> int:
+    """The bytes of the files under ``folder`` (with ``unique_only``, only files not also linked elsewhere)."""
+    if not folder.exists():
+        return 0
+    total = 0
+    for file in folder.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            stat = file.stat()
+            if not unique_only or stat.st_nlink == 1:
+                total += stat.st_size
+    return total
+
+
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
     """``path``, else $TUNELOOP_HOME, else ./tuneloop-runs."""
     return Path(path or os.environ.get("TUNELOOP_HOME") or DEFAULT_WORKSPACE)
@@ -194,6 +246,7 @@ class RunRecord:
     train_fingerprint: str = ""
     val_fingerprint: str = ""
     data_options: dict[str, Any] | None = None  # how the data was read and split; None for older runs
+    note: str | None = None  # why it ended without a model, or why its model was removed
 
 
 class Workspace:
@@ -229,6 +282,8 @@ class Workspace:
                 _upgrade_from_2(connection)
             if version in (1, 2, 3):
                 _upgrade_from_3(connection)
+            if version in (1, 2, 3, 4):
+                _upgrade_from_4(connection)
             _create_tables(connection)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             connection.execute("COMMIT")
@@ -244,6 +299,23 @@ class Workspace:
     def connection(self) -> sqlite3.Connection:
         """The open database (autocommit mode: a caller that needs a transaction begins one itself)."""
         return self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction: the write lock is taken at BEGIN, so what is read inside cannot change
+        before the writes, and the writes land together or not at all. Inside another, it is part of that one.
+        (The connection is in autocommit mode, where ``with connection:`` begins nothing.)"""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # some SQLite errors end the transaction themselves
+                self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -262,18 +334,18 @@ class Workspace:
         """A new run, 'running'; ``data_options`` say how its data was read and split (columns, validation
         share, seed), so that the same examples can be read again later (to register the run's model)."""
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-        with self._db:
+        with self.transaction():
             self._db.execute(
                 "INSERT INTO runs (id, created_at, status, task, adapter, backbone, train_source, val_source, "
-                "train_fingerprint, val_fingerprint, n_train, n_val, recipe, host, pid, data_options) "
-                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "train_fingerprint, val_fingerprint, n_train, n_val, recipe, host, pid, data_options, process) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, _now(), task, adapter, backbone, train_source, val_source, train_fingerprint,
                  val_fingerprint, n_train, n_val, json.dumps(recipe), socket.gethostname(), os.getpid(),
-                 json.dumps(data_options) if data_options is not None else None))
+                 json.dumps(data_options) if data_options is not None else None, process_identity(os.getpid())))
         return run_id
 
     def record_epoch(self, run_id: str, epoch: dict[str, float]) -> None:
-        with self._db:
+        with self.transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, val_loss, val_accuracy, val_macro_f1, "
                 "learning_rate, train_samples_per_s, seconds, val_mae, val_rmse, val_r2) VALUES (:run_id, :epoch, "
@@ -289,7 +361,7 @@ class Workspace:
         artifact = self.artifact_dir(run_id)
         if not artifact.is_dir():
             raise RuntimeError(f"run {run_id} has no artifact folder at {artifact}")
-        with self._db:
+        with self.transaction():
             self._db.execute(
                 "UPDATE runs SET status='completed', finished_at=?, metrics=?, best_epoch=?, seconds=?, artifact=? "
                 "WHERE id=?",
@@ -297,7 +369,7 @@ class Workspace:
 
     def fail_run(self, run_id: str, error: str, status: str = "failed", metrics: dict[str, Any] | None = None) -> None:
         """End a run without a model: failed, interrupted, or pruned (then with the metrics it reached)."""
-        with self._db:
+        with self.transaction():
             self._db.execute(
                 "UPDATE runs SET status=?, finished_at=?, error=?, metrics=? WHERE id=? AND status='running'",
                 (status, _now(), error, json.dumps(metrics) if metrics else None, run_id))
@@ -305,16 +377,19 @@ class Workspace:
 
     def _mark_interrupted(self) -> None:
         """Runs of this host whose process is gone were killed: say so, and drop their partial folders.
-        Their trials, and studies whose process is gone, are marked interrupted too."""
+        Their trials, and studies whose process is gone, are marked interrupted too, each study with its
+        trials in one transaction. A process is gone when its PID is free or held by a later process."""
         host = socket.gethostname()
-        for row in self._db.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall():
-            if not _process_alive(row["pid"]):
-                self.fail_run(row["id"], "the process ended before the run finished", status="interrupted")
-        for row in self._db.execute("SELECT id, pid FROM tuneloop_studies WHERE status='running' AND host=?",
+        for row in self._db.execute("SELECT id, pid, process FROM runs WHERE status='running' AND host=?",
                                     (host,)).fetchall():
-            if not _process_alive(row["pid"]):
-                with self._db:
-                    self._db.execute("UPDATE tuneloop_studies SET status='interrupted' WHERE id=?", (row["id"],))
+            if not process_alive(row["pid"], row["process"]):
+                self.fail_run(row["id"], "the process ended before the run finished", status="interrupted")
+        for row in self._db.execute("SELECT id, pid, process FROM tuneloop_studies WHERE status='running' AND host=?",
+                                    (host,)).fetchall():
+            if not process_alive(row["pid"], row["process"]):
+                with self.transaction():
+                    self._db.execute("UPDATE tuneloop_studies SET status='interrupted' WHERE id=? AND status='running' "
+                                     "AND pid=?", (row["id"], row["pid"]))
                     self._db.execute("UPDATE tuneloop_trials SET status='interrupted' "
                                      "WHERE study_id=? AND status='running'", (row["id"],))
 
@@ -324,35 +399,37 @@ class Workspace:
         if self._db.execute("SELECT 1 FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone():
             raise TuneloopError(f"{self.root}: a study named '{study_id}' exists already. Continue it with "
                                 f"'tuneloop tune --resume {study_id}' or choose another --name.")
-        with self._db:
+        with self.transaction():
             self._db.execute("INSERT INTO tuneloop_studies (id, created_at, status, strategy, metric, options, host, "
-                             "pid) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                             "pid, process) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                              (study_id, _now(), strategy, metric, json.dumps(options), socket.gethostname(),
-                              os.getpid()))
+                              os.getpid(), process_identity(os.getpid())))
 
     def claim_study(self, study_id: str) -> dict[str, Any]:
-        """Take over an interrupted or finished study in this process, and return its row."""
-        row = self._db.execute("SELECT * FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()
-        if row is None:
-            names = self._db.execute("SELECT id FROM tuneloop_studies ORDER BY created_at")
-            known = ", ".join(r["id"] for r in names)
-            raise RunNotFoundError(f"{self.root}: no study '{study_id}'. Studies here: {known or 'none'}.")
-        if row["status"] == "running":
-            raise TuneloopError(f"study '{study_id}' is running in process {row['pid']} on {row['host']}.")
-        with self._db:
-            self._db.execute("UPDATE tuneloop_studies SET status='running', host=?, pid=?, stop_reason=NULL "
-                             "WHERE id=?", (socket.gethostname(), os.getpid(), study_id))
+        """Take over an interrupted or finished study in this process, and return its row. The check and the
+        claim are one transaction: of two processes resuming one study, one claims it and the other is refused."""
+        with self.transaction():
+            row = self._db.execute("SELECT * FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()
+            if row is None:
+                names = self._db.execute("SELECT id FROM tuneloop_studies ORDER BY created_at")
+                known = ", ".join(r["id"] for r in names)
+                raise RunNotFoundError(f"{self.root}: no study '{study_id}'. Studies here: {known or 'none'}.")
+            if row["status"] == "running":
+                raise TuneloopError(f"study '{study_id}' is running in process {row['pid']} on {row['host']}.")
+            self._db.execute("UPDATE tuneloop_studies SET status='running', host=?, pid=?, process=?, "
+                             "stop_reason=NULL WHERE id=?",
+                             (socket.gethostname(), os.getpid(), process_identity(os.getpid()), study_id))
         return {**dict(row), "options": json.loads(row["options"])}
 
     def finish_study(self, study_id: str, reason: str, choice: str | None = None) -> None:
         """The study is over: why the search stopped, and how its final model was chosen (the seed check's
         verdict or why it did not run; or cross-validation and a final fit on every labelled example)."""
-        with self._db:
+        with self.transaction():
             self._db.execute("UPDATE tuneloop_studies SET status='finished', stop_reason=?, choice=? WHERE id=?",
                              (reason, choice, study_id))
 
     def add_spent(self, study_id: str, seconds: float) -> float:
-        with self._db:
+        with self.transaction():
             self._db.execute("UPDATE tuneloop_studies SET spent_seconds = spent_seconds + ? WHERE id=?",
                              (seconds, study_id))
         return self._db.execute("SELECT spent_seconds FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()[0]
@@ -361,7 +438,7 @@ class Workspace:
                     parent: int | None = None) -> None:
         """A trial, 'running'; ``parent`` is the trial whose recipe its move changed (None for a first trial or
         a sampled one)."""
-        with self._db:
+        with self.transaction():
             self._db.execute("INSERT INTO tuneloop_trials (study_id, number, optuna_number, status, recipe, reason, "
                              "parent) VALUES (?, ?, ?, 'running', ?, ?, ?)",
                              (study_id, number, optuna_number, json.dumps(recipe), reason, parent))
@@ -371,7 +448,7 @@ class Workspace:
                   seconds: float, no_effect: str | None = None, predictions: list[float] | None = None) -> None:
         """The trial's outcome; ``no_effect`` says which earlier trial it repeats, ``predictions`` are its
         validation predictions (class ids or values) for comparing later trials with it."""
-        with self._db:
+        with self.transaction():
             self._db.execute(
                 "UPDATE tuneloop_trials SET status=?, run_id=?, value=?, diagnosis=?, diagnosis_summary=?, evidence=?, "
                 "seconds=?, no_effect=?, predictions=? WHERE study_id=? AND number=?",
@@ -392,6 +469,39 @@ class Workspace:
     def studies(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM tuneloop_studies ORDER BY created_at").fetchall()
         return [{**dict(r), "options": json.loads(r["options"])} for r in rows]
+
+    def discard_model(self, run_id: str, why: str) -> int:
+        """Remove a completed run's model folder to bound the disk; its record, metrics and epochs stay, with
+        ``why``. Returns the bytes freed (files still linked from elsewhere, such as an ensemble, free none)."""
+        row = self._db.execute("SELECT artifact FROM runs WHERE id=? AND status='completed'", (run_id,)).fetchone()
+        if row is None or row["artifact"] is None:
+            return 0
+        folder = self.root / row["artifact"]
+        freed = disk_bytes(folder, unique_only=True)
+        with self.transaction():  # the record first: a kill before the folder goes leaves an orphan gc removes
+            self._db.execute("UPDATE runs SET artifact=NULL, error=? WHERE id=?", (why, run_id))
+        shutil.rmtree(folder, ignore_errors=True)
+        return freed
+
+    def registered_run_ids(self) -> set[str]:
+        """Runs whose model a registry version uses: never removed."""
+        return {row[0] for row in self._db.execute("SELECT run_id FROM registry_versions")}
+
+    def orphan_folders(self) -> list[Path]:
+        """Model folders no run points at (a kill between a model's removal and its folder's)."""
+        if not self.artifacts.is_dir():
+            return []
+        used = {row[0] for row in self._db.execute("SELECT artifact FROM runs WHERE artifact IS NOT NULL")}
+        return [p for p in self.artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")
+                and str(p.relative_to(self.root)) not in used]
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk by part: models, the feature cache, checkpoints, the registry, the database."""
+        parts = {"models": self.artifacts, "feature cache": self.root / "cache",
+                 "checkpoints": self.root / "checkpoints", "registry": self.root / "registry"}
+        usage = {name: disk_bytes(folder) for name, folder in parts.items()}
+        usage["database"] = sum(f.stat().st_size for f in self.root.glob("tuneloop.db*") if f.is_file())
+        return usage
 
     def _remove_partials(self, run_id: str) -> None:
         if self.artifacts.is_dir():
@@ -414,12 +524,13 @@ class Workspace:
         return [dict(row) for row in rows]
 
     def resolve(self, reference: str) -> RunRecord:
-        """A completed run by id, unique id prefix, or 'latest'."""
+        """A completed run by id, unique id prefix, or 'latest' (the latest whose model is kept)."""
         completed = [r for r in self.runs() if r.status == "completed"]
         if reference == "latest":
-            if not completed:
-                raise RunNotFoundError(f"{self.root}: the workspace has no completed run yet.")
-            return completed[-1]
+            kept = [r for r in completed if r.artifact is not None]
+            if not kept:
+                raise RunNotFoundError(f"{self.root}: the workspace has no completed run with a model yet.")
+            return kept[-1]
         matches = [r for r in completed if r.id == reference] or [r for r in completed if r.id.startswith(reference)]
         if len(matches) == 1:
             return matches[0]
@@ -443,14 +554,4 @@ class Workspace:
             best_epoch=row["best_epoch"], seconds=row["seconds"],
             artifact=self.root / row["artifact"] if row["artifact"] else None,
             train_fingerprint=row["train_fingerprint"], val_fingerprint=row["val_fingerprint"],
-            data_options=json.loads(row["data_options"]) if row["data_options"] else None)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            data_options=json.loads(row["data_options"]) if row["data_options"] else None, note=row["error"])

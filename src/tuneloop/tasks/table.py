@@ -49,6 +49,12 @@ class TableTask:
     family = "tabular"  # the guided policy's rule table and the search space
     starts_pretrained = False  # an MLP from random weights: runs of one recipe do not average into a model
 
+    def default_recipe(self, base: Recipe) -> Recipe:
+        """``base`` (the defaults) as an MLP from random weights trains by default: at an MLP's rate, for many
+        epochs (milliseconds each) stopped by validation. The fine-tune defaults (3 epochs at a pretrained
+        encoder's rate) leave it near the mean: diabetes R² 0.16."""
+        return base.replace(learning_rate=1e-3, epochs=100, patience=10)
+
     @classmethod
     def load(cls, data: str | os.PathLike | TableExamples, val: str | os.PathLike | TableExamples | None, *,
              target_col: str | None, val_fraction: float, seed: int, model: str | None = None) -> TableTask:

@@ -134,6 +134,10 @@ class TextTask:
                                    rows=(np.asarray(train_rows), np.asarray(val_rows)), _encoded={},
                                    _synonyms=self._synonyms, _tuned=None, _pair_seconds=None)
 
+    def default_recipe(self, base: Recipe) -> Recipe:
+        """``base``: the recipe's defaults are a text encoder's fine-tune."""
+        return base
+
     def encoded(self, tokenizer, recipe: Recipe):
         """Train and validation token ids for ``recipe.max_length``, tokenized on first use only."""
         if recipe.max_length not in self._encoded:

@@ -205,12 +205,14 @@ def _train(model: nn.Module, train_set: Examples, val_set: Examples | None, reci
             best_state.update({name: b.detach().clone() for name, b in model.named_buffers()})
         else:
             epochs_without_gain += 1
-        try:
-            for callback in callbacks:
+        # Every callback sees the epoch, even after one has asked to stop (a pruner, a spent budget): the epoch
+        # that ended a run is recorded like any other.
+        for callback in callbacks:
+            try:
                 callback.on_epoch_end(record, is_best)
-        except StopTraining as stop:
-            result.stopped_by = stop.reason
-            finished = True
+            except StopTraining as stop:
+                result.stopped_by = result.stopped_by or stop.reason
+                finished = True
         if not finished and recipe.patience and epochs_without_gain >= recipe.patience and epoch < recipe.epochs:
             result.stopped_early = finished = True
         if checkpoint is not None:

@@ -56,17 +56,20 @@ class Regression:
 
     def score(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
         """Validation loss (MSE, standardized) and MAE, RMSE (target units) and R² (1 - SSE / SST)."""
-        return mean_squared_error(predictions[:, 0], labels), regression_metrics(predictions[:, 0], labels, self.scale)
+        metrics = regression_metrics(true=labels, predicted=predictions[:, 0], scale=self.scale)
+        return mean_squared_error(predictions[:, 0], labels), metrics
 
 
 def mean_squared_error(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean((predicted.astype(np.float64) - true) ** 2))
 
 
-def regression_metrics(predicted: np.ndarray, true: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+def regression_metrics(*, true: np.ndarray, predicted: np.ndarray, scale: float = 1.0) -> dict[str, float]:
     """MAE and RMSE in units of ``scale``, and R² against predicting the mean of ``true`` (0 on constant data
-    predicted exactly, negative where worse than the mean)."""
-    error = predicted.astype(np.float64) - np.asarray(true, dtype=np.float64)
+    predicted exactly, negative where worse than the mean). Keyword-only: R² is not symmetric in its two
+    arguments, and a swap measures it against the variance of the predictions."""
+    true = np.asarray(true, dtype=np.float64)
+    error = np.asarray(predicted, dtype=np.float64) - true
     total = float(np.sum((true - np.mean(true)) ** 2))
     sse = float(np.sum(error ** 2))
     r2 = 1.0 - sse / total if total > 0 else (1.0 if sse == 0 else 0.0)

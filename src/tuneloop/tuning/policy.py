@@ -221,11 +221,12 @@ class Felt:
 @dataclass(frozen=True)
 class PretrainedPull:
     """L2-SP on at a strength the run feels (a pull adding up to half the distance back over the run: an idle
-    weight ends about 40% nearer its pretrained value), then x5, up to 100; only where encoder layers train,
-    since a head has no pretrained weights to be pulled toward."""
+    weight ends about 40% nearer its pretrained value), then x5, up to 100; only where encoder layers' own
+    weights train: a head has no pretrained weights to be pulled toward, and under LoRA the pretrained weights
+    are frozen and the adapters that train start from nothing, so there is nothing to pull."""
 
     def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
-        if recipe.trainable_layers == 0:
+        if recipe.trainable_layers == 0 or recipe.lora_rank > 0:
             return {}
         return Felt(total=0.5, first=0.1, high=100.0).apply(recipe, knob, context)
 
