@@ -6,6 +6,10 @@ import csv
 import os
 import random
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,3 +67,21 @@ def toy_csv(tmp_path) -> Path:
 @pytest.fixture()
 def workspace(tmp_path) -> Path:
     return tmp_path / "ws"
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    """SIGKILL ``process`` at a moment when ``ready()`` holds: it is frozen first and checked again (steps can
+    be fast), so the kill lands where the test says. Fails the test if ``what`` never happens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        if ready():
+            os.kill(process.pid, signal.SIGSTOP)
+            if ready():
+                break
+            os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"the process never reached {what}")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()

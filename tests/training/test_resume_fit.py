@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
-import pytest
-from tests.conftest import sentiment_rows, write_csv
+from tests.conftest import kill_when, sentiment_rows, write_csv
 
 from tuneloop.cli import main
 
@@ -55,20 +52,10 @@ def test_a_killed_fit_resumes_and_ends_as_an_uninterrupted_one(tiny_model, tmp_p
     workspace = tmp_path / "ws"
     process = subprocess.Popen(fit_command(data, tiny_model, workspace), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()
-        if running_run_with_epochs(workspace / "tuneloop.db", 3):
-            os.kill(process.pid, signal.SIGSTOP)  # freeze it mid-run, check it still is, then kill it there
-            killed = running_run_with_epochs(workspace / "tuneloop.db", 3)
-            if killed and not running_run_with_epochs(workspace / "tuneloop.db", 8):
-                break
-            os.kill(process.pid, signal.SIGCONT)
-        time.sleep(0.02)
-    else:
-        pytest.fail("the fit never reached its third epoch")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    db = workspace / "tuneloop.db"
+    kill_when(process, lambda: bool(running_run_with_epochs(db, 3)) and not running_run_with_epochs(db, 8),
+              "its third epoch")
+    killed = running_run_with_epochs(db, 3)
 
     assert main(["fit", "--resume", killed[:12], "--workspace", str(workspace), "--json"]) == 0
     resumed = json.loads(capsys.readouterr().out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import numpy as np
 import optuna
 import pytest
-from tests.conftest import sentiment_rows, write_csv
+from tests.conftest import kill_when, sentiment_rows, write_csv
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -236,20 +235,7 @@ def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
         except sqlite3.OperationalError:
             return False
 
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()
-        if third_trial_mid_run():
-            # Freeze it, make sure it is still mid-trial (trials can be fast), then kill it there.
-            os.kill(process.pid, signal.SIGSTOP)
-            if third_trial_mid_run():
-                break
-            os.kill(process.pid, signal.SIGCONT)
-        time.sleep(0.02)
-    else:
-        pytest.fail("the study never reached its third trial")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(process, third_trial_mid_run, "its third trial")
 
     with Workspace.open(workspace) as store:
         before = store.trials("s1")

@@ -554,27 +554,14 @@ class _StudyDriver:
                   f"{estimate.by}")
         record = TrialRecord(len(self.trials), recipe, reason, parent=trial.number,
                              evidence={"estimated_by": estimate.by, "ci_low": estimate.low, "ci_high": estimate.high})
-        optuna_trial = self._start_extra(record)
-        started = time.monotonic()
         scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
                   "refit_of_trial": trial.number}
         if trial.run_id is not None:
             scores.update({k: v for k, v in self._run_metrics(trial).items() if k.startswith("val_")})
-        try:
-            training = [c for cb in self.callbacks for c in cb.training_callbacks()]
-            run = self.final.refit(recipe, scores, training, f"refit-{trial.number}")
-        except TuneloopError as exc:
-            record.status, record.diagnosis = "failed", _failed_diagnosis(str(exc))
-            self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            record.run_id, record.status, record.value = run.id, "completed", estimate.value
-            self.study.tell(optuna_trial, estimate.value)
-        record.seconds = time.monotonic() - started
-        _clear_checkpoint(self.store, self.study_id, f"refit-{trial.number}")
-        self._end(record)
-        for callback in self.callbacks:
-            callback.on_trial_end(record, record if record.status == "completed" else _best(self.trials))
-        return record
+        training = [c for cb in self.callbacks for c in cb.training_callbacks()]
+        name = f"refit-{trial.number}"
+        return self._final_model(record, estimate.value, lambda: self.final.refit(recipe, scores, training, name),
+                                 checkpoint_name=name)
 
     def _ensemble(self, members: list[TrialRecord], estimate: Estimate) -> None:
         """The study's final model: the final fits ``members`` (the lead first) predicting together, recorded
@@ -587,22 +574,33 @@ class _StudyDriver:
         record = TrialRecord(len(self.trials), lead.recipe, reason, parent=lead.number,
                              evidence={"members": [m.number for m in members], "estimated_by": estimate.by,
                                        "ci_low": estimate.low, "ci_high": estimate.high})
+        scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
+                  "ensemble_of_trials": numbers}
+        self._final_model(record, estimate.value, lambda: self.final.ensemble([m.run_id for m in members], scores),
+                          errors=(TuneloopError, OSError))
+
+    def _final_model(self, record: TrialRecord, value: float, make: Callable[[], Any], *,
+                     errors: tuple[type[BaseException], ...] = (TuneloopError,),
+                     checkpoint_name: str | None = None) -> TrialRecord:
+        """Make a final model (a refit, an ensemble) with ``make`` and record it as the trial ``record``,
+        valued at ``value`` (the estimate it was chosen by): failed where ``make`` raises one of ``errors``."""
         optuna_trial = self._start_extra(record)
         started = time.monotonic()
-        scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
-                  "ensemble_of_trials": [m.parent for m in members]}
         try:
-            run = self.final.ensemble([m.run_id for m in members], scores)
-        except (TuneloopError, OSError) as exc:
+            run = make()
+        except errors as exc:
             record.status, record.diagnosis = "failed", _failed_diagnosis(str(exc))
             self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
         else:
-            record.run_id, record.status, record.value = run.id, "completed", estimate.value
-            self.study.tell(optuna_trial, estimate.value)
+            record.run_id, record.status, record.value = run.id, "completed", value
+            self.study.tell(optuna_trial, value)
         record.seconds = time.monotonic() - started
+        if checkpoint_name is not None:
+            _clear_checkpoint(self.store, self.study_id, checkpoint_name)
         self._end(record)
         for callback in self.callbacks:
             callback.on_trial_end(record, record if record.status == "completed" else _best(self.trials))
+        return record
 
     def _run_metrics(self, trial: TrialRecord) -> dict[str, Any]:
         """The recorded metrics of ``trial``'s run, or of its cross-validation where it had one."""
