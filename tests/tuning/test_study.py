@@ -21,7 +21,7 @@ from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import EpochRecord, StopTraining
 from tuneloop.tuning.policy import recipe_key
 from tuneloop.tuning.space import GRIDS
-from tuneloop.tuning.study import Budget, _ReportToOptuna
+from tuneloop.tuning.study import Budget, _ReportToOptuna, _StudyDriver
 
 
 @pytest.mark.parametrize("text, seconds, trials", [("15m", 900, None), ("90s", 90, None), ("1.5h", 5400, None),
@@ -162,6 +162,35 @@ def test_recipes_within_noise_are_trained_on_every_example_and_handed_back_as_an
             t.run_id for t in refits]
     version = register("sentiment", ensemble.run_id, workspace=workspace)
     assert version.run_id == ensemble.run_id
+
+
+def test_without_the_leaders_final_fit_its_own_model_leads_the_ensemble(tiny_model, toy_csv, workspace,
+                                                                       monkeypatch):
+    """Where the chosen recipe's fit on every example would not fit in the budget left, the chosen trial's own
+    model (trained on the training examples) is averaged with the final fits of the recipes within noise of it
+    that do fit: a hedge, not a bet on a choice made on 16 validation examples."""
+    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0, "all"], "lr_multiplier": [1.0]})
+    asked: list[int] = []
+    final_fit = _StudyDriver._final_fit
+
+    def lead_does_not_fit(self, number, estimate, cross_validated_epoch):
+        asked.append(number)
+        return None if len(asked) == 1 else final_fit(self, number, estimate, cross_validated_epoch)
+
+    monkeypatch.setattr(_StudyDriver, "_final_fit", lead_does_not_fit)
+    result = tune(tiny_model, toy_csv, workspace, budget="2trials", refit=True, strategy="grid", prune="none")
+    lead, other = asked
+    (refit,) = [t for t in result.trials if t.kind == "refit"]
+    (ensemble,) = [t for t in result.trials if t.kind == "ensemble"]
+    assert refit.parent == other and ensemble.evidence["members"] == [lead, refit.number]
+    assert result.best_run.id == ensemble.run_id
+    assert result.choice.startswith(f"an ensemble averaging the predictions of trial {lead}'s own model")
+    assert f"trial {lead}'s own model" in ensemble.reason and "would not fit" in result.choice
+    texts = ["good fine", "bad sad", "fine"]
+    members = [api.load_run(result.trials[n].run_id, workspace).predict(texts).probabilities
+               for n in (lead, refit.number)]
+    np.testing.assert_allclose(api.load_run(ensemble.run_id, workspace).predict(texts).probabilities,
+                               np.mean(members, axis=0), atol=1e-5)
 
 
 def test_target_stops_the_study(tiny_model, toy_csv, workspace):

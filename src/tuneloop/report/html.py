@@ -249,9 +249,10 @@ def header_section(study: StudyRecord) -> str:
                         "seeds, which scored at least their mean (see the seed check).</p>")
         elif kind_of(best) == ENSEMBLE_PREFIX:
             members = ", ".join(map(str, (best.get("evidence") or {}).get("members", [])))
-            outcome += ('<p class="note">An ensemble: the final fits on every labelled example of the recipes that '
-                        f"validation could not tell apart (trials {_e(members)}), averaging their predictions; its "
-                        "score is its lead recipe's estimate.</p>")
+            outcome += ('<p class="note">An ensemble of the recipes that validation could not tell apart, each '
+                        "trained on every labelled example where that fitted in the budget (the models of trials "
+                        f"{_e(members)}), averaging their predictions; its score is its lead recipe's "
+                        "estimate.</p>")
         elif len([g for g in groups if g.values]) >= 2:
             outcome += ('<p class="note">Chosen as the best run of the recipe with the best mean over seeds '
                         "(see the seed check).</p>")

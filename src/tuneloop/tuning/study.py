@@ -460,33 +460,46 @@ class _StudyDriver:
         frozen_heads = {n for n in estimates if _cached_head(self.trials[n].recipe)}
         number = choose(estimates, favoured, over=frozen_heads)
         said = estimates[number].sentence(self.base.metric)
-        fitted: list[tuple[int, TrialRecord]] = []
-        for member in ensemble_members(estimates, number) if self.final.ensemble is not None else [number]:
-            trial = self.trials[member]
-            recipe = self._refit_recipe(trial, best_epochs.get(member))
-            if not self._fits(trial, recipe) and trial.history:  # as many epochs as the trial itself trained
-                recipe = recipe.replace(epochs=min(recipe.epochs, len(trial.history)))
-            if not self._fits(trial, recipe):
-                if member == number:
-                    break  # without the leader's final fit there is no final model to add others to
-                continue
-            record = self._refit(trial, recipe, estimates[member])
-            if record.status == "completed":
-                fitted.append((member, record))
-            elif member == number:
-                break  # the leader failed: no final fit leads the others
-        if not fitted or fitted[0][0] != number:
+        members = ensemble_members(estimates, number) if self.final.ensemble is not None else [number]
+        lead = self._final_fit(number, estimates[number], best_epochs.get(number))
+        if lead is None and (len(members) == 1 or self.trials[number].run_id is None):
             return (f"the recipe of trial {number} by {said}; not trained again on every labelled example: that "
                     f"would not fit in the budget left")
+        # Without the leader's final fit, its own model (trained on the training examples) still leads the
+        # others' final fits where any fit: their average hedges a choice made on a handful of examples.
+        fitted = [(number, lead or self.trials[number])]
+        fitted += [(member, record) for member in members[1:]
+                   if (record := self._final_fit(member, estimates[member], best_epochs.get(member))) is not None]
         n = len(labels)
-        if len(fitted) == 1:
+        if len(fitted) == 1 and lead is not None:
             return (f"the recipe of trial {number}, chosen by {said}, trained on all {n} labelled examples for "
-                    f"{fitted[0][1].recipe.epochs} epochs")
-        self._ensemble([record for _, record in fitted], estimates[number])
+                    f"{lead.recipe.epochs} epochs")
+        if len(fitted) == 1:
+            return (f"the recipe of trial {number} by {said}; not trained again on every labelled example, nor "
+                    f"any recipe within noise of it: that would not fit in the budget left")
+        self._ensemble(fitted, estimates[number])
         others = ", ".join(f"trial {member} ({estimates[member].sentence(self.base.metric)})"
                            for member, _ in fitted[1:])
+        if lead is None:
+            return (f"an ensemble averaging the predictions of trial {number}'s own model (chosen by {said}; "
+                    f"trained again on every labelled example it would not fit in the budget left) and of the "
+                    f"final fits on all {n} labelled examples of the recipes within noise of it: {others}")
         return (f"an ensemble of final fits on all {n} labelled examples, averaging their predictions: the recipe "
                 f"of trial {number}, chosen by {said}, and the recipes within noise of it: {others}")
+
+    def _final_fit(self, number: int, estimate: Estimate, cross_validated_epoch: int | None
+                   ) -> TrialRecord | None:
+        """Trial ``number``'s recipe trained on every labelled example, where that fits in the budget left (as
+        many epochs as the trial itself trained, where its full count would not); None where it does not fit
+        or fails."""
+        trial = self.trials[number]
+        recipe = self._refit_recipe(trial, cross_validated_epoch)
+        if not self._fits(trial, recipe) and trial.history:
+            recipe = recipe.replace(epochs=min(recipe.epochs, len(trial.history)))
+        if not self._fits(trial, recipe):
+            return None
+        record = self._refit(trial, recipe, estimate)
+        return record if record.status == "completed" else None
 
     def _few_per_class(self) -> bool:
         """Whether the rarest class has at most FEW_PER_CLASS labelled examples."""
@@ -563,20 +576,24 @@ class _StudyDriver:
         return self._final_model(record, estimate.value, lambda: self.final.refit(recipe, scores, training, name),
                                  checkpoint_name=name)
 
-    def _ensemble(self, members: list[TrialRecord], estimate: Estimate) -> None:
-        """The study's final model: the final fits ``members`` (the lead first) predicting together, recorded
-        as a trial whose value is the lead's estimate (no example is left to score the ensemble on)."""
-        lead = members[0]
-        numbers = [m.parent for m in members]
-        reason = (f"{ENSEMBLE_PREFIX}: the final fits of trials {', '.join(map(str, numbers))} (trials "
-                  f"{', '.join(str(m.number) for m in members)}), averaging their predictions; its score is the "
-                  f"estimate of its lead, trial {lead.parent}'s recipe, {estimate.by}")
+    def _ensemble(self, members: list[tuple[int, TrialRecord]], estimate: Estimate) -> None:
+        """The study's final model: the models of ``members`` (each a chosen trial's number and the trial
+        holding its model: its final fit, or for the lead the trial itself where its final fit did not fit;
+        the lead first) predicting together, recorded as a trial whose value is the lead's estimate (no example
+        is left to score the ensemble on)."""
+        numbers = [number for number, _ in members]
+        models = [model for _, model in members]
+        lead = models[0]
+        made_of = ", ".join(f"trial {number}'s own model" if model.number == number else
+                            f"the final fit of trial {number} (trial {model.number})" for number, model in members)
+        reason = (f"{ENSEMBLE_PREFIX}: {made_of}, averaging their predictions; its score is the estimate of its "
+                  f"lead, trial {numbers[0]}'s recipe, {estimate.by}")
         record = TrialRecord(len(self.trials), lead.recipe, reason, parent=lead.number,
-                             evidence={"members": [m.number for m in members], "estimated_by": estimate.by,
+                             evidence={"members": [m.number for m in models], "estimated_by": estimate.by,
                                        "ci_low": estimate.low, "ci_high": estimate.high})
         scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
                   "ensemble_of_trials": numbers}
-        self._final_model(record, estimate.value, lambda: self.final.ensemble([m.run_id for m in members], scores),
+        self._final_model(record, estimate.value, lambda: self.final.ensemble([m.run_id for m in models], scores),
                           errors=(TuneloopError, OSError))
 
     def _final_model(self, record: TrialRecord, value: float, make: Callable[[], Any], *,
