@@ -67,6 +67,9 @@ prints first; one setting alone with e.g. ``--datasets tweets --sizes 16``):
 
     make peers
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/small_data.py --json benchmarks/results/small_data.json
+
+``--peers-from STORED.json`` reruns tuneloop alone against the peers' stored runs of the same seeds (their pools and
+test set are the same): each reused run is printed and recorded with the file and source commit it came from.
 """
 
 from __future__ import annotations
@@ -476,6 +479,21 @@ def source_state() -> str | None:
     return commit + (" with uncommitted changes" if changed else "")
 
 
+def stored_peer_runs(paths: list[Path], test_size: int) -> dict[tuple[str, str, int, str], dict[str, Any]]:
+    """The peers' completed runs in stored results, by dataset, size, seed and method; each says which file and
+    source commit it came from. Only results on the same test size qualify (the pool depends on the seed only)."""
+    runs: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        if result["settings"]["test_size"] != test_size:
+            raise SystemExit(f"{path} was measured on {result['settings']['test_size']} test texts, not {test_size}.")
+        for run in result["runs"]:
+            if run["method"] != "tuneloop" and "error" not in run:
+                runs[(run["dataset"], run["size"], run["seed"], run["method"])] = {
+                    **run, "stored_in": f"{path.name} (source {result.get('source') or 'unknown'})"}
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=comma_list(DATASETS, "--datasets"), default=list(DATASETS),
@@ -493,12 +511,17 @@ def main() -> None:
     parser.add_argument("--search-trials", type=int, default=1000,
                         help="most trials of the Optuna search (its wall-time cap usually ends it first)")
     parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument("--peers-from", type=Path, nargs="+", default=[], metavar="JSON",
+                        help="take the peers' runs from these stored results (same dataset, size and seed: the same "
+                             "pool and test set) instead of running them again; tuneloop still runs, on the stored "
+                             "best peer's time. The output names the stored file and its source")
     args = parser.parse_args()
     if args.test_size < 10:
         parser.error(f"The '--test-size' option must be at least 10. Got {args.test_size} instead.")
     if args.setfit_max_steps < 0:
         parser.error(f"The '--setfit-max-steps' option must be >= 0 (0: no cap). Got {args.setfit_max_steps} instead.")
 
+    stored = stored_peer_runs(args.peers_from, args.test_size)
     transformers.logging.disable_progress_bar()  # a bar per model load would bury the lines per run
     bf16 = native_bf16()
     cpu = {"model": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": bf16,
@@ -545,6 +568,13 @@ def main() -> None:
                       f"({', '.join(f'{k} {v}' for k, v in sorted(Counter(pool.labels).items()))})", flush=True)
                 for method in args.methods:
                     run = {"dataset": name, "size": size, "seed": seed, "method": method, "pool": len(pool)}
+                    if method != "tuneloop" and (name, size, seed, method) in stored:
+                        run = stored[(name, size, seed, method)]
+                        print(f"  {name} {SIZE_NAMES[size]} seed {seed} {method}: accuracy {run['accuracy']:.4f}, "
+                              f"{run['seconds']:.0f}s, stored in {run['stored_in']}", flush=True)
+                        context.done[method] = run
+                        record["runs"].append(run)
+                        continue
                     try:
                         outcome = RUNNERS[method](pool, context)
                         run |= outcome

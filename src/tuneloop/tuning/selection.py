@@ -112,7 +112,12 @@ class Estimate:
         return (self.high - self.low) / 2 if self.low is not None and self.high is not None else 0.0
 
     def within_noise_of(self, other: Estimate) -> bool:
-        """Whether this estimate is below ``other`` by no more than the wider of the two half-widths."""
+        """Whether the data cannot tell this estimate from ``other``: their accuracy intervals overlap, where
+        both have one (the values themselves may be another metric, e.g. macro-F1, which on a few examples
+        per class moves in steps larger than accuracy's); else this one is below ``other`` by no more than the
+        wider half-width (an error metric's: none, so only an equal value)."""
+        if None not in (self.low, self.high, other.low, other.high):
+            return self.low <= other.high and other.low <= self.high
         return other.value - self.value <= max(self.half_width, other.half_width)
 
     def sentence(self, metric: str) -> str:
