@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: demo test install bench lint fashion-mnist peers
+.PHONY: demo test install bench benchmarks lint fashion-mnist peers
 
 demo: $(VENV)/.installed          ## fine-tune the packaged model on Reuters R8 and check the saved model
 	$(BIN)/tuneloop demo
@@ -19,6 +19,9 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed         ## tuneloop's training loop against Hugging Face Trainer, side by side
 	$(BIN)/python benchmarks/trainer_throughput.py --repeats 2
+
+benchmarks: $(VENV)/.installed    ## rerun every benchmark the README shows, rewriting benchmarks/results/ (hours)
+	$(BIN)/python benchmarks/run_all.py
 
 install: $(VENV)/.installed
 
