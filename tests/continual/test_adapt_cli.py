@@ -109,7 +109,43 @@ def test_drift_finds_new_classes_and_no_drift_in_more_of_the_same(registered, di
     assert names == {"inputs", "confidence"}, "without labels only the inputs and the confidence are compared"
 
 
-def test_adapt_grows_the_head_keeps_the_old_classes_and_promotes_through_the_gate(registered, digit_tables, tmp_path):
+def baseline_spy(monkeypatch) -> list:
+    """The examples each drift check embeds, in order: its baseline first, then the new inputs."""
+    from tuneloop.continual import drift as drift_module
+
+    embedded: list = []
+    embeddings = drift_module.embeddings
+
+    def spy(run, examples):
+        embedded.append(examples)
+        return embeddings(run, examples)
+
+    monkeypatch.setattr(drift_module, "embeddings", spy)
+    return embedded
+
+
+def test_drift_compares_new_inputs_with_examples_the_model_never_trained_on(registered, digit_tables,
+                                                                           monkeypatch):
+    """Not with its training sample, which the model represents more tightly than any new data; the holdout
+    of a plainly registered version chose it, and the accuracy evidence says the baseline is optimistic."""
+    from tuneloop.continual.drift import drift
+    from tuneloop.continual.samples import load_examples
+
+    embedded = baseline_spy(monkeypatch)
+    report = drift("digits", digit_tables["more_old"], workspace=registered)
+    with Workspace.open(registered) as store:
+        folder = Registry(store).get("digits").folder
+    holdout, replay = load_examples(folder, "holdout"), load_examples(folder, "replay")
+    assert set(embedded[0].locations) <= set(holdout.locations)
+    assert not set(embedded[0].locations) & set(replay.locations), "no training example in the baseline"
+    accuracy = next(e for e in report.evidence if e.name == "accuracy")
+    assert accuracy.details["caveat"].startswith("optimistic baseline: digits:1's holdout is a sample of the "
+                                                 "validation data that chose its best epoch")
+    assert "optimistic baseline" in accuracy.summary
+
+
+def test_adapt_grows_the_head_keeps_the_old_classes_and_promotes_through_the_gate(registered, digit_tables, tmp_path,
+                                                                                   monkeypatch):
     workspace = copy_of(registered, tmp_path)
     done = tuneloop("adapt", "digits", str(digit_tables["new"]), "--workspace", str(workspace), "--json",
                     "--tolerance", "0.05")
@@ -130,6 +166,15 @@ def test_adapt_grows_the_head_keeps_the_old_classes_and_promotes_through_the_gat
     assert model.classes == [f"d{i}" for i in range(10)], "old classes first, in their order, then the new"
     evaluated = api.evaluate(model, digit_tables["more_old"])
     assert evaluated.metrics["accuracy"] > 0.9, "the updated model still knows digits 0-4"
+
+    from tuneloop.continual.drift import drift
+    from tuneloop.continual.samples import load_examples
+
+    embedded = baseline_spy(monkeypatch)  # an update's drift baseline: the examples its gate kept, unseen by any trial
+    report = drift("digits", digit_tables["more_old"], workspace=workspace)
+    gate = [load_examples(production.folder, part) for part in ("gate_new", "gate_old")]
+    assert len(embedded[0]) == min(500, sum(map(len, gate)))
+    assert next(e for e in report.evidence if e.name == "accuracy").details["caveat"] == ""
 
     back = tuneloop("registry", "rollback", "digits", "--workspace", str(workspace))
     assert back.returncode == 0 and "digits:1 is production again" in back.stdout

@@ -3,10 +3,16 @@ test against the version's kept samples, and a verdict with a recommendation:
 
 - the labels: a chi-squared test of the new labels' distribution against the training sample's (for a
   regressor, an MMD test on the target values); classes the model has never seen are named;
-- the inputs: an MMD two-sample test on the model's own representation (the vector its head reads) of the
-  training sample and of the new inputs, with a permutation p-value;
-- the model: its mean confidence on the new inputs against its holdout, and where the new data has labels
-  its accuracy (or mean absolute error) against the same holdout, with a two-proportion test.
+- the inputs: an MMD two-sample test on the model's own representation (the vector its head reads) of its
+  baseline examples and of the new inputs, with a permutation p-value;
+- the model: its mean confidence on the new inputs against the baseline, and where the new data has labels
+  its accuracy (or mean absolute error) against the same baseline, with a two-proportion test.
+
+The baseline is data the version never trained on: the examples an update (``adapt``) kept for its gate, which
+no trial saw, or else its holdout. A model represents the examples it was trained on more tightly than any others,
+so new inputs compared with its training sample would look moved when they are not. A plainly registered
+version's holdout is a sample of the validation data that chose its best epoch and recipe (or that its final fit
+trained on): its accuracy there is optimistic, and the accuracy evidence says so.
 
 ``verdict`` is a pure function of that evidence.
 """
@@ -24,14 +30,14 @@ from tuneloop.api import Predictions
 from tuneloop.continual.samples import Examples, class_labels, load_examples
 from tuneloop.continual.scoring import embeddings, example_scores, is_regressor, predict_examples, read_like
 from tuneloop.continual.stats import TestResult, chi_squared_homogeneity, mmd_permutation_test, two_proportion_test
-from tuneloop.continual.versions import version_run
+from tuneloop.continual.versions import GATE_NEW, GATE_OLD, version_run
 from tuneloop.data.tabular import TableExamples
 from tuneloop.errors import DataError
 from tuneloop.store.registry import Registry, parse_reference
 from tuneloop.store.workspace import Workspace
 
 ALPHA = 0.01  # a test's p-value below this is evidence of a shift
-CONFIDENCE_DROP = 0.05  # mean top-class probability lower than the holdout's by this much is worth saying
+CONFIDENCE_DROP = 0.05  # mean top-class probability lower than the baseline's by this much is worth saying
 MAX_COMPARED = 500  # examples per side embedded for the input test
 
 
@@ -71,7 +77,8 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
         run = version_run(store, version)
         options = version.lineage.get("data_options", {})
         new = _read(run, data, options, labelled, text_col, label_col, image_col)
-        replay, holdout = load_examples(version.folder, "replay"), load_examples(version.folder, "holdout")
+        replay = load_examples(version.folder, "replay")
+        reference, caveat = baseline(version)
         regression = is_regressor(run)
         evidence, new_classes = [], []
         has_labels = _has_labels(new)
@@ -83,20 +90,20 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
                 new_classes = sorted(set(class_labels(new)) - set(run.classes))
                 evidence.append(_label_evidence(labels_test, new_classes))
         rng = np.random.default_rng(seed)
-        old_sample = replay.subset(_some(len(replay), rng))
+        old_sample = reference.subset(_some(len(reference), rng))
         new_sample = new.subset(_some(len(new), rng))
         inputs = mmd_permutation_test(embeddings(run, old_sample), embeddings(run, new_sample), seed=seed)
         evidence.append(Evidence(
             "inputs", bool(inputs.p_value < ALPHA),
             f"the model's representation of the new inputs {'differs from' if inputs.p_value < ALPHA else 'matches'}"
-            f" the training sample's (MMD {inputs.statistic:.4g}, p = {inputs.p_value:.3g}, "
+            f" its baseline's, examples it never trained on (MMD {inputs.statistic:.4g}, p = {inputs.p_value:.3g}, "
             f"{inputs.detail['n_reference']} vs {inputs.detail['n_new']} examples)",
             inputs.statistic, inputs.p_value, inputs.detail))
-        predicted = {"holdout": predict_examples(run, holdout), "new": predict_examples(run, new)}
+        predicted = {"holdout": predict_examples(run, reference), "new": predict_examples(run, new)}
         if not regression:
             evidence.append(_confidence(predicted["holdout"], predicted["new"]))
         if has_labels:
-            evidence.append(_performance(run, holdout, new, regression, predicted))
+            evidence.append(_performance(run, reference, new, regression, predicted, caveat))
     verdict, recommendation = verdict_for(evidence, new_classes, version.ref, has_labels)
     return DriftReport(version.ref, len(new), evidence, new_classes, verdict, recommendation)
 
@@ -114,7 +121,7 @@ def verdict_for(evidence: list[Evidence], new_classes: list[str], ref: str, has_
                 f"update the model: tuneloop adapt {name} DATA ({what}; shifted: {', '.join(shifted) or 'none'}).")
     if has_labels:
         return "drift", (f"the data has moved ({', '.join(shifted)}) but {ref} does as well on it as on its "
-                         f"holdout: no update needed yet; check again with the next data.")
+                         f"baseline: no update needed yet; check again with the next data.")
     return "drift", (f"the data has moved ({', '.join(shifted)}): label a sample of it and run tuneloop drift "
                      f"again to see whether {ref} does worse, or update it with tuneloop adapt {name} DATA.")
 
@@ -133,6 +140,19 @@ def _read(run, data: Any, options: dict, labelled: bool | None, text_col, label_
 
 def _has_labels(examples: Examples) -> bool:
     return (examples.targets if isinstance(examples, TableExamples) else examples.labels) is not None
+
+
+def baseline(version) -> tuple[Examples, str]:
+    """What new data is compared with, and how it leans: the examples an update kept for its gate (new and old
+    data; no trial saw them), else the version's holdout, with the caveat that the version was chosen on it."""
+    if (version.folder / f"{GATE_NEW}.json").exists():
+        return load_examples(version.folder, GATE_NEW).joined(load_examples(version.folder, GATE_OLD)), ""
+    trained_on = str((version.lineage or {}).get("val_source", "")).endswith("(trained on too)")
+    return load_examples(version.folder, "holdout"), (
+        f"optimistic baseline: {version.ref}'s holdout is a sample of the validation data "
+        + ("its final fit trained on" if trained_on else "that chose its best epoch and recipe")
+        + ", so its score there overstates it and part of a drop on new data may be that; a version made by "
+          "adapt keeps examples no trial saw")
 
 
 def _some(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -166,21 +186,22 @@ def _confidence(holdout: Predictions, new: Predictions) -> Evidence:
     now = float(new.probabilities.max(1).mean())
     shifted = bool(before - now > CONFIDENCE_DROP)
     return Evidence("confidence", shifted, f"mean confidence {now:.3f} on the new data against {before:.3f} on the "
-                    "holdout" + (" (lower: the model is less sure of the new inputs)" if shifted else ""),
+                    "baseline" + (" (lower: the model is less sure of the new inputs)" if shifted else ""),
                     details={"holdout": before, "new": now})
 
 
 def _performance(run, holdout: Examples, new: Examples, regression: bool,
-                 predicted: dict[str, Predictions]) -> Evidence:
+                 predicted: dict[str, Predictions], caveat: str = "") -> Evidence:
     before = example_scores(run, holdout, predicted["holdout"])
     now = example_scores(run, new, predicted["new"])
+    noted = f" ({caveat})" if caveat else ""
     if regression:
         worse = bool(-now.mean() > 1.1 * -before.mean())
         return Evidence("error", worse, f"mean absolute error {-now.mean():.4g} on the new data against "
-                        f"{-before.mean():.4g} on the holdout",
-                        details={"holdout": float(-before.mean()), "new": float(-now.mean())})
+                        f"{-before.mean():.4g} on the baseline{noted}",
+                        details={"holdout": float(-before.mean()), "new": float(-now.mean()), "caveat": caveat})
     test = two_proportion_test(int(before.sum()), len(before), int(now.sum()), len(now))
     worse = bool(test.p_value < ALPHA and now.mean() < before.mean())
     return Evidence("accuracy", worse, f"accuracy {now.mean():.3f} on the new data against {before.mean():.3f} on the "
-                    f"holdout (p = {test.p_value:.3g})", test.statistic, test.p_value,
-                    {"holdout": float(before.mean()), "new": float(now.mean())})
+                    f"baseline (p = {test.p_value:.3g}){noted}", test.statistic, test.p_value,
+                    {"holdout": float(before.mean()), "new": float(now.mean()), "caveat": caveat})
