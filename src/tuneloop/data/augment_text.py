@@ -208,9 +208,16 @@ def _whole_word_embeddings(path: Path):
 
 
 def _word_embedding_matrix(path: Path):
-    """The word-piece embedding matrix, read from ``model.safetensors`` alone when there is one."""
-    weights = path / "model.safetensors"
-    if weights.exists():
+    """The word-piece embedding matrix, read from the safetensors weights alone where there are some (a saved
+    slim model's: its own tensors first, then its base's)."""
+    from tuneloop.errors import ModelError
+    from tuneloop.models.hf_text import weight_files
+
+    try:
+        files = weight_files(path)
+    except ModelError:
+        files = []
+    for weights in files:
         from safetensors import safe_open
 
         with safe_open(str(weights), framework="pt") as handle:

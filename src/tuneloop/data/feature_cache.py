@@ -58,10 +58,11 @@ def trim(folder: Path, limit: int, keep: Path | None = None) -> int:
 
 
 def backbone_fingerprint(backbone: str) -> str:
-    """The backbone folder's config and the size and modification time of its weights."""
+    """The backbone folder's config and the size and modification time of its weights (a slim saved model's:
+    its own tensors and the pointer to its base, whose hash it holds)."""
     path = Path(backbone)
     digest = hashlib.sha256(str(path.resolve()).encode())
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "trained.safetensors", "base-weights.json"):
         file = path / name
         if file.exists():
             stat = os.stat(file)

@@ -2,11 +2,18 @@
 
 Mean pooling matches how sentence encoders such as all-MiniLM-L6-v2 were trained, so the head starts from
 sentence embeddings that already separate topics; the [CLS] pooler of such checkpoints is untrained.
+
+A model that changed at most half of its pretrained weights' bytes (a head on the frozen encoder, the top layers,
+LoRA adapters folded in) is saved slim: the tensors it changed (``trained.safetensors``), and for the rest a
+pointer to its backbone's weights file with that file's SHA-256 (``base-weights.json``). A head-only run of MiniLM
+takes kilobytes instead of 87 MB. Loading checks the hash: a base that is missing or has changed is an error that
+names it, never a silently different model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +30,9 @@ from tuneloop.models import register_adapter
 from tuneloop.models.heads import grow_head
 
 WEIGHTS = "model.safetensors"
+TRAINED_WEIGHTS = "trained.safetensors"  # a slim model's own tensors: those that differ from its base's
+BASE_FILE = "base-weights.json"  # where a slim model's other tensors are: its backbone's weights, with their hash
+SLIM_SHARE = 0.5  # saved slim where the changed tensors are at most this share of the model's bytes
 ADAPTER_FILE = "tuneloop-model.json"
 DROPOUT_KEYS = ("hidden_dropout_prob", "dropout", "hidden_dropout")
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
@@ -44,6 +54,7 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.pretrained_encoder = True  # False for an encoder built from its config alone (init "scratch")
         self.pretrained_head = False  # True for a saved classifier's head, the start of an update (load_start)
+        self.base_weights: Path | None = None  # the pretrained weights file it started from: what it saves slim against
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(input_ids, attention_mask))
@@ -259,6 +270,43 @@ def _check_model_dir(path: Path) -> None:
                          f"found {', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'}.")
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, remembered per path, size and modification time (a backbone is read often)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files a saved model's weights are read from, the first taking precedence: its whole
+    weights; or a slim model's trained tensors, then its base's weights (checked to be the file it was trained
+    from)."""
+    if (path / WEIGHTS).exists():
+        return [path / WEIGHTS]
+    if not (path / BASE_FILE).exists():
+        raise ModelError(f"{path}: expected weights in {WEIGHTS}; found none. tuneloop reads safetensors "
+                         "only (a .bin or .pth pickle can run code when loaded).")
+    base = json.loads((path / BASE_FILE).read_text())
+    weights = Path(base["weights"])
+    stored = f"{path} stores only the weights it trained; the rest are its base model's, {weights}"
+    if not weights.is_file():
+        raise ModelError(f"{stored}, which is missing. Reinstall the model it was trained from (sha256 "
+                         f"{base['sha256'][:12]}...) at that path.")
+    if file_digest(weights) != base["sha256"]:
+        raise ModelError(f"{stored}, which has changed since it was saved (sha256 {file_digest(weights)[:12]}... "
+                         f"where it was {base['sha256'][:12]}...). Restore that model to load this one.")
+    return [path / TRAINED_WEIGHTS, weights]
+
+
 def _encoder_from_config(config) -> nn.Module:
     from transformers import AutoModel
 
@@ -296,7 +344,7 @@ class HFTextAdapter:
         """Fail early, before anything is written, if ``backbone`` is not a loadable model folder."""
         path = Path(backbone)
         _check_model_dir(path)
-        self._weights_file(path)
+        weight_files(path)  # a pretrained model's weights, or a saved model's (whole or slim, its base checked)
 
     def build(self, backbone: str, num_labels: int, recipe: Recipe) -> tuple[TextClassifier, object]:
         from transformers import AutoTokenizer
@@ -314,6 +362,7 @@ class HFTextAdapter:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = TextClassifier(encoder, num_labels, recipe.head_dropout)
         model.pretrained_encoder = recipe.init == "pretrained"
+        model.base_weights = self._weights_file(path) if recipe.init == "pretrained" else None
         return _for_recipe(model, recipe), tokenizer
 
     def load_start(self, directory: str, known: list[str], classes: list[str], recipe: Recipe
@@ -326,7 +375,9 @@ class HFTextAdapter:
         path = Path(directory)
         _check_model_dir(path)
         model = TextClassifier(_encoder_from_config(_config_for(path, recipe)), len(known), recipe.head_dropout)
-        model.load_state_dict(load_file(str(self._weights_file(path))))
+        files = weight_files(path)
+        model.load_state_dict(self._classifier_state(files, model))
+        model.base_weights = files[-1] if len(files) > 1 else None  # a slim start's base is the update's too
         model.head = grow_head(model.head, known, classes)
         model.pretrained_head = True
         return _for_recipe(model, recipe), AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -395,13 +446,44 @@ class HFTextAdapter:
         return Encoded(ids, labels, tokenizer.pad_token_id or 0)
 
     def save(self, model: TextClassifier, tokenizer, directory: str) -> None:
+        """The model's config, tokenizer and weights: slim (the changed tensors and a pointer to its base's
+        weights) where it changed at most SLIM_SHARE of their bytes, else whole."""
         out = Path(directory)
         model.encoder.config.save_pretrained(out)
         tokenizer.save_pretrained(out)
         state = {k: v.contiguous().cpu() for k, v in model.merged_state_dict().items()}
-        save_file(state, str(out / WEIGHTS))
+        changed = self._changed(state, model)
+        if changed is not None:
+            save_file(changed, str(out / TRAINED_WEIGHTS))
+            base = Path(model.base_weights).resolve()
+            (out / BASE_FILE).write_text(json.dumps({"weights": str(base), "sha256": file_digest(base),
+                                                     "bytes": base.stat().st_size}, indent=2))
+        else:
+            save_file(state, str(out / WEIGHTS))
         info = {"adapter": self.name, "num_labels": model.head.out_features, "pooling": "mean"}
         (out / ADAPTER_FILE).write_text(json.dumps(info, indent=2))
+
+    def _changed(self, state: dict[str, torch.Tensor], model: TextClassifier) -> dict[str, torch.Tensor] | None:
+        """The tensors of ``state`` that differ from the model's base weights (or that the base lacks), where
+        they are at most SLIM_SHARE of its bytes; None where the model has no base or changed more."""
+        base_weights = getattr(model, "base_weights", None)
+        if base_weights is None or not Path(base_weights).is_file():
+            return None
+        base = {f"encoder.{k}": v for k, v in self._encoder_state(Path(base_weights), model.encoder).items()}
+        changed = {k: v for k, v in state.items()
+                   if k not in base or base[k].shape != v.shape or base[k].dtype != v.dtype
+                   or not torch.equal(base[k], v)}
+        size = sum(v.numel() * v.element_size() for v in changed.values())
+        return changed if size <= SLIM_SHARE * sum(v.numel() * v.element_size() for v in state.values()) else None
+
+    def _classifier_state(self, files: list[Path], model: TextClassifier) -> dict[str, torch.Tensor]:
+        """A saved classifier's weights from ``weight_files``: whole, or a slim model's base under the trained
+        tensors."""
+        if len(files) == 1:
+            return load_file(str(files[0]))
+        state = {f"encoder.{k}": v for k, v in self._encoder_state(files[1], model.encoder).items()}
+        state.update(load_file(str(files[0])))
+        return state
 
     def load(self, directory: str) -> tuple[TextClassifier, object]:
         from transformers import AutoConfig, AutoTokenizer
@@ -411,7 +493,9 @@ class HFTextAdapter:
         info = json.loads((path / ADAPTER_FILE).read_text())
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         model = TextClassifier(_encoder_from_config(config), info["num_labels"], 0.0)
-        model.load_state_dict(load_file(str(self._weights_file(path))))
+        files = weight_files(path)
+        model.load_state_dict(self._classifier_state(files, model))
+        model.base_weights = files[-1] if len(files) > 1 else None
         model.eval()
         return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 

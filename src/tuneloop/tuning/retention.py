@@ -1,7 +1,7 @@
 """Which models of a finished study stay on disk. Every trial keeps its record, metrics and curves; its model
-(87 MB for MiniLM) stays only where it may still be used: the study's final model and what it is built
-from, the ``keep`` best models by their recorded value, and anything registered. Pure: the study driver and
-``tuneloop gc`` remove the rest.
+(87 MB for a whole MiniLM fine-tune; a head or top layers are saved slim) stays only where it may still be
+used: the study's final model and what it is built from, the ``keep`` best models by their recorded value, and
+anything registered. Pure: the study driver and ``tuneloop gc`` remove the rest.
 """
 
 from __future__ import annotations
