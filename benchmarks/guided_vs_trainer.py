@@ -7,8 +7,8 @@ samples and training with its own seed:
 - textbook: what a practitioner writes first: the packaged all-MiniLM-L6-v2 with mean pooling over the real tokens
   and a linear head (``peers.MeanPooledClassifier``: the pooling the model was trained with and tuneloop's model
   uses; ``AutoModelForSequenceClassification`` would put BERT's [CLS] pooler on it instead), full fine-tune, lr
-  2e-5, 3 epochs, batch 16, at Trainer's best CPU settings (bf16, dynamic padding, length-grouped batches, fused
-  AdamW). It takes what it takes (it does not use the budget).
+  2e-5, 3 epochs, batch 16, at Trainer's best CPU settings (bf16 where the CPU computes it natively, else fp32;
+  dynamic padding, length-grouped batches, fused AdamW). It takes what it takes (it does not use the budget).
 - search: the same network, Trainer and settings, with ``model_init`` and
   ``Trainer.hyperparameter_search(backend="optuna", direction="maximize")`` over learning_rate 1e-5..1e-3 (log),
   num_train_epochs 1..5, per_device_train_batch_size {8, 16, 32} and weight_decay 0..0.1; the objective is the
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import tempfile
@@ -67,10 +66,10 @@ from peers import (
     encoder,
     native_bf16,
     optuna_search,
+    t_interval,
     trainer_scores,
     validation_accuracy,
 )
-from scipy import stats
 from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
 from tuneloop import api
@@ -114,7 +113,7 @@ def run_trainer(train: TextExamples, val: TextExamples, test: TextExamples, seed
     encode = encoder(tokenizer, classes)
     with tempfile.TemporaryDirectory(prefix="trainer-") as output_dir:
         args = cpu_arguments(output_dir, num_train_epochs=3, learning_rate=2e-5, per_device_train_batch_size=16,
-                             seed=seed)
+                             seed=seed, bf16=native_bf16())
         trainer = Trainer(model=model, args=args, train_dataset=encode(train), eval_dataset=encode(val),
                           data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
         trainer.train()
@@ -136,9 +135,10 @@ def run_search(train: TextExamples, val: TextExamples, test: TextExamples, budge
 
     with tempfile.TemporaryDirectory(prefix="trainer-search-") as output_dir:
         best = optuna_search(clock, model_init, tokenizer, encode(train), encode(val), output_dir, budget_seconds,
-                             n_trials, seed=seed)
+                             n_trials, seed=seed, bf16=native_bf16())
         seconds = time.perf_counter() - clock.started
-        predictor = Trainer(model=clock.best_model, args=cpu_arguments(output_dir, eval_strategy="no"),
+        predictor = Trainer(model=clock.best_model, args=cpu_arguments(output_dir, eval_strategy="no",
+                                                                       bf16=native_bf16()),
                             data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
         held_out = trainer_scores(predictor.predict(encode(test)), classes)
         # The kept model must score on validation what its trial reported.
@@ -218,18 +218,11 @@ def parse_peers(text: str) -> list[str]:
     return names
 
 
-def interval(values: list[float]) -> float | None:
-    """Half-width of the 95% t-interval of the mean (n - 1 degrees of freedom); None for fewer than 2 values."""
-    if len(values) < 2:
-        return None
-    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
-
-
 def summarize(runs: list[dict[str, Any]], side: str) -> dict[str, Any]:
     """One side over seeds: each figure's mean, and the accuracy's 95% interval."""
     sides = [run[side] for run in runs]
     accuracy = [s["accuracy"] for s in sides]
-    summary = {"seeds": len(sides), "accuracy": statistics.fmean(accuracy), "accuracy_interval": interval(accuracy),
+    summary = {"seeds": len(sides), "accuracy": statistics.fmean(accuracy), "accuracy_interval": t_interval(accuracy),
                "accuracy_per_seed": accuracy}
     for key in ("macro_f1", "seconds", "seconds_to_final", "seconds_to_final_accuracy"):
         summary[key] = statistics.fmean(s[key] for s in sides)
@@ -304,7 +297,7 @@ def main() -> None:
     for name in args.peers:
         peer = record["summary"][name]
         difference = [run["tuneloop"]["accuracy"] - run[name]["accuracy"] for run in runs]
-        half = interval(difference)
+        half = t_interval(difference)
         record["summary"][f"tuneloop_minus_{name}"] = {"accuracy": statistics.fmean(difference),
                                                        "interval": half}
         noise = ("within noise" if half is not None and abs(statistics.fmean(difference)) <= half else

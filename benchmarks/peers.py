@@ -8,6 +8,8 @@ first on the import path).
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,6 +56,15 @@ def native_bf16() -> bool:
     """bf16 is worth using on a CPU only where it computes it natively (AVX-512 BF16 or AMX); emulated, it is slower
     than fp32."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def t_interval(values: list[float]) -> float | None:
+    """Half-width of the 95% t-interval of the mean (n - 1 degrees of freedom); None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

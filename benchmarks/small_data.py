@@ -105,9 +105,9 @@ from peers import (
     native_bf16,
     optuna_search,
     sentence_embeddings,
+    t_interval,
     trainer_scores,
 )
-from scipy import stats
 from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, ProgressCallback, Trainer
 
 from tuneloop import api
@@ -368,13 +368,6 @@ RUNNERS: dict[str, Callable[[TextExamples, SeedContext], dict[str, Any]]] = {
 # Summaries
 
 
-def interval(values: list[float]) -> float | None:
-    """Half-width of the 95% t-interval of the mean (n - 1 degrees of freedom); None for fewer than 2 values."""
-    if len(values) < 2:
-        return None
-    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
-
-
 def summarize(runs: list[dict[str, Any]], dataset: str, size: str, methods: list[str]) -> dict[str, Any]:
     """Per method, the test accuracy over seeds (mean, interval, each value) and mean wall time; and the winner."""
     rows = {}
@@ -384,7 +377,7 @@ def summarize(runs: list[dict[str, Any]], dataset: str, size: str, methods: list
         accuracies = [r["accuracy"] for r in ok]
         rows[method] = {"seeds": [r["seed"] for r in ok], "accuracy": accuracies,
                         "accuracy_mean": statistics.mean(accuracies) if ok else None,
-                        "accuracy_ci95": interval(accuracies),
+                        "accuracy_ci95": t_interval(accuracies),
                         "macro_f1_mean": statistics.mean(r["macro_f1"] for r in ok) if ok else None,
                         "seconds_mean": statistics.mean(r["seconds"] for r in ok) if ok else None,
                         "errors": [f"seed {r['seed']}: {r['error']}" for r in done if "error" in r]}

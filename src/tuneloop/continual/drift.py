@@ -30,7 +30,7 @@ from tuneloop.api import Predictions
 from tuneloop.continual.samples import Examples, class_labels, load_examples
 from tuneloop.continual.scoring import embeddings, example_scores, is_regressor, predict_examples, read_like
 from tuneloop.continual.stats import TestResult, chi_squared_homogeneity, mmd_permutation_test, two_proportion_test
-from tuneloop.continual.versions import GATE_NEW, GATE_OLD, version_run
+from tuneloop.continual.versions import GATE_NEW, GATE_OLD, holdout_trained_on, version_run
 from tuneloop.data.tabular import TableExamples
 from tuneloop.errors import DataError
 from tuneloop.store.registry import Registry, parse_reference
@@ -147,10 +147,9 @@ def baseline(version) -> tuple[Examples, str]:
     data; no trial saw them), else the version's holdout, with the caveat that the version was chosen on it."""
     if (version.folder / f"{GATE_NEW}.json").exists():
         return load_examples(version.folder, GATE_NEW).joined(load_examples(version.folder, GATE_OLD)), ""
-    trained_on = str((version.lineage or {}).get("val_source", "")).endswith("(trained on too)")
     return load_examples(version.folder, "holdout"), (
         f"optimistic baseline: {version.ref}'s holdout is a sample of the validation data "
-        + ("its final fit trained on" if trained_on else "that chose its best epoch and recipe")
+        + ("its final fit trained on" if holdout_trained_on(version) else "that chose its best epoch and recipe")
         + ", so its score there overstates it and part of a drop on new data may be that; a version made by "
           "adapt keeps examples no trial saw")
 

@@ -127,11 +127,16 @@ def judge(store: Workspace, candidate: ModelVersion, production: ModelVersion,
     return replace(decision, caveat="" if gate_new.exists() else holdout_caveat(candidate))
 
 
+def holdout_trained_on(version: ModelVersion) -> bool:
+    """Whether the version's holdout is a sample of examples its final fit trained on (a refit or ensemble on
+    every labelled example), not of validation data it was only chosen on."""
+    return str((version.lineage or {}).get("val_source", "")).endswith("(trained on too)")
+
+
 def holdout_caveat(candidate: ModelVersion) -> str:
     """How the gate's numbers lean where the candidate's new holdout is a sample of its own validation data (a
     run registered as it is, not an update made by adapt, which keeps examples no trial saw for its gate)."""
-    lineage = candidate.lineage or {}
-    if str(lineage.get("val_source", "")).endswith("(trained on too)"):
+    if holdout_trained_on(candidate):
         return (f"optimistic: {candidate.ref}'s new holdout is a sample of examples it was trained on (its final "
                 "fit used every labelled example), so its new-data gain is overstated; judge it on data it never "
                 "saw (adapt keeps such a holdout) where the decision matters")
