@@ -924,7 +924,8 @@ def tune(data: str | os.PathLike | TextExamples | TableExamples | None = None,
     task = loaded
     base = base.for_objective(task.objective.name)
     num_layers = _num_layers(loaded.backbone) if modality == "text" else getattr(task, "num_layers", None)
-    facts = DataFacts(num_layers, len(task.train), _smallest_class(task), getattr(task, "pair_seconds", None))
+    facts = DataFacts(num_layers, len(task.train), _smallest_class(task), getattr(task, "pair_seconds", None),
+                      len(task.val), getattr(task, "text_seconds", None))
     plan = make_strategy(options["strategy"], num_layers, task.family, facts, options.get("plateau"))
 
     with Workspace.open(workspace, create=True) as store:

@@ -435,3 +435,51 @@ def test_the_whole_encoder_after_a_head_gets_enough_steps_not_the_heads_many_epo
     assert few["batch_size"] == 8 and few["epochs"] == 15, "4 steps an epoch: 15 epochs make 60 steps"
     many = Deepest().apply(head, "trainable_layers", Context(train_size=2000))
     assert many["epochs"] == 3 and "batch_size" not in many, "the default epochs: far more than 60 steps"
+
+
+def test_a_trials_cost_is_estimated_from_what_reading_an_example_costs():
+    from tuneloop.tuning.strategies import DataFacts
+
+    facts = DataFacts(6, train_size=100, val_size=20, pair_seconds=lambda: 0.1, example_seconds=lambda: 0.01)
+    head = facts.trial_cost(Recipe(trainable_layers=0))
+    assert head.seconds(50) == 0.0, "a head on cached vectors costs nothing worth counting"
+    whole = facts.trial_cost(Recipe(trainable_layers="all"))
+    assert whole.once == 0.0 and whole.per_epoch == pytest.approx(0.01 * (3 * 100 + 20))
+    top = facts.trial_cost(Recipe(trainable_layers=2))
+    assert top.once == pytest.approx(0.01 * 120 * 4 / 6), "the four frozen layers are read once, then cached"
+    assert top.per_epoch == pytest.approx(whole.per_epoch / 3)
+    pairs = facts.trial_cost(Recipe(trainable_layers=0, contrastive=8))
+    assert pairs.once == pytest.approx(8 * 100 * 0.1 + 0.01 * 120), "its pairs, then the tuned encoder's vectors"
+    augmented = facts.trial_cost(Recipe(trainable_layers=2, augment=0.1))
+    assert augmented.once == 0.0 and augmented.per_epoch > top.per_epoch, "new inputs every epoch: nothing cached"
+    assert DataFacts(6, 100).trial_cost(Recipe()) is None, "no cost per example known"
+    assert whole.epochs_within(10.0) == 3 and whole.epochs_within(1.0) == 0
+
+
+def test_a_move_too_costly_for_the_time_left_is_cut_to_fit_or_passed_over():
+    import optuna
+
+    from tuneloop.tuning.strategies import DataFacts, GuidedStrategy, TrialOutcome
+
+    facts = DataFacts(6, train_size=100, examples_per_class=500, val_size=20, example_seconds=lambda: 0.01)
+    head = Recipe(trainable_layers=0, learning_rate=2e-3)
+    history = [TrialOutcome(head, "completed", 0.8, diagnosis("good_fit"), 0)]
+
+    def propose(seconds_left):
+        strategy = GuidedStrategy(6, "text", facts)
+        study = optuna.create_study(direction="maximize")
+        return strategy, strategy.propose(study, Recipe(), history, None, seconds_left)
+
+    _, roomy = propose(1000.0)
+    assert roomy.recipe.trainable_layers == 2 and roomy.recipe.epochs == 3, "converged head: unfreeze two layers"
+    strategy, cut = propose(3.0)  # 0.8 s reading the four frozen layers once, then 1.07 s an epoch
+    assert cut.recipe.trainable_layers == 2 and cut.recipe.epochs == 2
+    assert "2 of its 3 epochs" in cut.reason
+    after = [*history, TrialOutcome(cut.recipe, "completed", 0.7, diagnosis("good_fit"), 1, 0)]
+    again = strategy.propose(optuna.create_study(direction="maximize"), Recipe(), after, None, 2.5)
+    assert again.recipe.trainable_layers != 2, "the move was made, shorter: not again, shorter still"
+    strategy, other = propose(2.0)
+    assert other.recipe.trainable_layers != 2, "one epoch of the top two layers fits, two do not"
+    assert "trainable_layers 0 -> 2" in strategy.passed_over[0]
+    _, unlimited = propose(None)
+    assert unlimited.recipe == roomy.recipe, "without a time limit nothing is cut"

@@ -54,6 +54,9 @@ class Scripted:
     def untried(self, history):
         return self.left if len(history) < self.untried_until else []
 
+    def done_reason(self):
+        return "the script has nothing left"
+
 
 def scripted_study(tmp_path, strategy, budget: str, values, predictions=None, objective=CLASSIFICATION,
                    target=None, metric="accuracy", seed_check=False, seconds=0.0):

@@ -334,7 +334,7 @@ class _StudyDriver:
             seconds_left = None if search_end is None else search_end - time.monotonic()
             proposal = self.strategy.propose(self.study, self.base, finished, retry, seconds_left)
             if proposal is None:
-                stop_reason = "the strategy has nothing left to try"
+                stop_reason = self.strategy.done_reason()
                 break
             # An interrupted trial's re-run continues from the epochs its first attempt saved.
             number = retry_number if retry_number is not None else len(self.trials)
@@ -404,6 +404,11 @@ class _StudyDriver:
         if self._validation_is_small():
             chosen = candidates([t.row() for t in self._search_trials()])[:MAX_MEMBERS]
             cost = sum(self._refit_cost(self.trials[row["number"]]) for row in chosen)
+            # A head on cached vectors is always cross-validated first (seconds, but not none: a 30 s budget
+            # that leaves it no time has no time for its final fit either).
+            k = fold_count(self.task.pool_labels(), self.task.objective.name == "regression")
+            cost += sum(self._folds_seconds(self.trials[row["number"]], k) for row in chosen
+                        if _cached_head(self.trials[row["number"]].recipe) and k >= 2)
             # With a margin: the search ends after this point (a trial's last step and its saving), and an
             # estimate from one trial's times is only that; without it the final fit would never fit.
             return self.deadline - min(cost * RESERVE_MARGIN + RESERVE_SECONDS, FINAL_SHARE * self.budget.seconds)
@@ -490,13 +495,18 @@ class _StudyDriver:
     def _final_fit(self, number: int, estimate: Estimate, cross_validated_epoch: int | None
                    ) -> TrialRecord | None:
         """Trial ``number``'s recipe trained on every labelled example, where that fits in the budget left (as
-        many epochs as the trial itself trained, where its full count would not); None where it does not fit
-        or fails."""
+        many epochs as the trial itself trained, or as its best epoch, where its full count would not); None
+        where it does not fit or fails."""
         trial = self.trials[number]
         recipe = self._refit_recipe(trial, cross_validated_epoch)
-        if not self._fits(trial, recipe) and trial.history:
-            recipe = recipe.replace(epochs=min(recipe.epochs, len(trial.history)))
-        if not self._fits(trial, recipe):
+        # Fewer epochs where the recipe's own would not fit: as many as the trial trained, else as many as
+        # its best epoch (the model it would hand back otherwise stopped there, on fewer examples).
+        best_epoch = (trial.diagnosis.evidence.get("best_epoch") if trial.diagnosis else None) or recipe.epochs
+        for epochs in (recipe.epochs, len(trial.history) or recipe.epochs, best_epoch):
+            if epochs <= recipe.epochs and self._fits(trial, recipe.replace(epochs=epochs)):
+                recipe = recipe.replace(epochs=epochs)
+                break
+        else:
             return None
         record = self._refit(trial, recipe, estimate)
         return record if record.status == "completed" else None
@@ -516,12 +526,9 @@ class _StudyDriver:
         choice's."""
         if _cached_head(trial.recipe):
             return k
-        pooled = len(self.task.train) + len(self.task.val)
         refits = sum(self._refit_cost(self.trials[row["number"]]) for row in chosen[:MAX_MEMBERS])
-        epochs = [epoch["seconds"] for epoch in trial.history]
         for folds in range(k, 2, -1):
-            scale = (folds - 1) / folds * pooled / max(1, len(self.task.train))
-            cost = folds * fit_seconds(trial.seconds, epochs, trial.recipe.epochs, scale)
+            cost = self._folds_seconds(trial, folds)
             if self.deadline is None:
                 fits = cost <= CHEAP_FOLDS_SECONDS
             else:
@@ -529,6 +536,14 @@ class _StudyDriver:
             if fits:
                 return folds
         return 0
+
+    def _folds_seconds(self, trial: TrialRecord, folds: int) -> float:
+        """Seconds ``folds``-fold cross-validation of ``trial``'s recipe takes (every epoch of every fold), from
+        the trial's own times."""
+        pooled = len(self.task.train) + len(self.task.val)
+        scale = (folds - 1) / folds * pooled / max(1, len(self.task.train))
+        epochs = [epoch["seconds"] for epoch in trial.history]
+        return folds * fit_seconds(trial.seconds, epochs, trial.recipe.epochs, scale)
 
     def _cross_validate(self, trial: TrialRecord, k: int) -> tuple[Estimate, int] | None:
         """Score ``trial``'s recipe by k-fold cross-validation, recorded as a trial of its own (no model)."""
