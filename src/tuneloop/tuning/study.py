@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -406,9 +407,8 @@ class _StudyDriver:
             cost = sum(self._refit_cost(self.trials[row["number"]]) for row in chosen)
             # A head on cached vectors is always cross-validated first (seconds, but not none: a 30 s budget
             # that leaves it no time has no time for its final fit either).
-            k = fold_count(self.task.pool_labels(), self.task.objective.name == "regression")
-            cost += sum(self._folds_seconds(self.trials[row["number"]], k) for row in chosen
-                        if _cached_head(self.trials[row["number"]].recipe) and k >= 2)
+            cost += sum(self._folds_seconds(self.trials[row["number"]], self._fold_count) for row in chosen
+                        if _cached_head(self.trials[row["number"]].recipe) and self._fold_count >= 2)
             # With a margin: the search ends after this point (a trial's last step and its saving), and an
             # estimate from one trial's times is only that; without it the final fit would never fit.
             return self.deadline - min(cost * RESERVE_MARGIN + RESERVE_SECONDS, FINAL_SHARE * self.budget.seconds)
@@ -448,9 +448,8 @@ class _StudyDriver:
         chosen = candidates([t.row() for t in self._search_trials()])
         if not chosen:
             return "no completed trial to choose from"
-        regression = self.task.objective.name == "regression"
         labels = self.task.pool_labels()
-        k = fold_count(labels, regression)
+        k = self._fold_count
         estimates: dict[int, Estimate] = {}
         best_epochs: dict[int, int] = {}
         for row in chosen:
@@ -536,6 +535,11 @@ class _StudyDriver:
             if fits:
                 return folds
         return 0
+
+    @cached_property
+    def _fold_count(self) -> int:
+        """Folds of cross-validation over every labelled example (they do not change during a study)."""
+        return fold_count(self.task.pool_labels(), self.task.objective.name == "regression")
 
     def _folds_seconds(self, trial: TrialRecord, folds: int) -> float:
         """Seconds ``folds``-fold cross-validation of ``trial``'s recipe takes (every epoch of every fold), from
