@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE = 1
 
 .PHONY: demo test install bench benchmarks lint fashion-mnist peers
 
-demo: $(VENV)/.installed          ## fine-tune the packaged model on Reuters R8 and check the saved model
+demo: $(VENV)/.installed          ## a guided tune of the packaged model on election tweets, about 3 minutes
 	$(BIN)/tuneloop demo
 
 test: $(VENV)/.installed          ## lint, then the whole test suite, end-to-end tests included

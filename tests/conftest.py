@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import random
 import shutil
@@ -85,3 +87,19 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], what: str, t
         pytest.fail(f"the process never reached {what}")
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def run_tuneloop(*args) -> subprocess.CompletedProcess:
+    """The ``tuneloop`` command run in this process: its exit status and what it printed, as a subprocess would
+    report them, without a new interpreter's 3 s of imports per call. Tests that need a separate process (a kill,
+    the installed entry point) start one."""
+    from tuneloop.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["tuneloop", *argv], code, out.getvalue(), err.getvalue())

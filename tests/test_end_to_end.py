@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.conftest import write_csv
+from tests.conftest import run_tuneloop, write_csv
 
 from tuneloop.data.demo import reuters_r8, stratified_sample
 from tuneloop.data.files import read_table
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.e2e
 
 
 def tuneloop(*args) -> dict:
-    exe = shutil.which("tuneloop", path=str(Path(sys.executable).parent)) or "tuneloop"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([exe, *map(str, args), "--json"], capture_output=True, text=True, env=env, timeout=900)
+    done = run_tuneloop(*args, "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -48,11 +46,18 @@ def test_fit_evaluate_predict_on_reuters(tmp_path):
     assert hits / len(test) == pytest.approx(report["metrics"]["accuracy"])
 
 
-def test_demo_command_reloads_the_same_model(tmp_path):
-    result = tuneloop("demo", "--train-size", "200", "--val-size", "100", "--epochs", "1",
+def test_demo_tunes_on_tweets_and_compares_the_final_model_with_the_first_on_unseen_tweets(tmp_path):
+    result = tuneloop("demo", "--budget", "40s", "--train-size", "120", "--val-size", "150", "--test-size", "300",
                       "--workspace", tmp_path / "ws")
+    assert (result["n_train"], result["n_val"], result["n_test"]) == (120, 150, 300)
+    assert result["trials"][0]["recipe"]["trainable_layers"] == 0, "the loop starts with the cheapest capacity"
+    assert len(result["trials"]) >= 2 and result["spent_seconds"] <= 40 * 1.15
     assert result["reloaded_agreement"] == 1.0
-    assert result["val_accuracy"] > result["majority_class_rate"]
+    assert result["test_accuracy"] > result["majority_class_rate"] + 0.1
+    low, high = result["gain_interval"]
+    assert low <= result["gain_over_first_trial"] <= high
+    first = result["first_trial_test_accuracy"]
+    assert result["gain_over_first_trial"] == pytest.approx(result["test_accuracy"] - first)
 
 
 def test_new_topics_are_learned_without_forgetting_and_a_shuffled_update_is_refused(tmp_path):
@@ -82,6 +87,7 @@ def test_new_topics_are_learned_without_forgetting_and_a_shuffled_update_is_refu
     assert update["promoted"], update["gate"]
     assert update["new_classes"] == list(new_topics)
 
+    # This one goes through the installed entry point, in a process of its own, as a user runs it.
     exe = shutil.which("tuneloop", path=str(Path(sys.executable).parent)) or "tuneloop"
     refused = subprocess.run([exe, "adapt", "news", str(poisoned_csv), "--workspace", str(ws), "--json"],
                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)

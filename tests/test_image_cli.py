@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import run_tuneloop
 
 from tuneloop.data.images import write_image_folder
 
@@ -22,8 +22,7 @@ CNN = ["--model", "small-cnn", "--hidden-layers", "2", "--hidden-units", "32", "
 
 
 def tuneloop(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True, timeout=600,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return run_tuneloop(*args)
 
 
 def digits(first: int, last: int, classes: tuple[int, ...] = tuple(range(10))) -> tuple[np.ndarray, list[str]]:

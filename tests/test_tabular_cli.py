@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas
 import pytest
+from tests.conftest import run_tuneloop
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -22,8 +22,7 @@ FAST = ["--epochs", "30", "--lr", "1e-3", "--patience", "5", "--quiet"]
 
 
 def tuneloop(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True, timeout=300,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return run_tuneloop(*args)
 
 
 @pytest.fixture(scope="module")

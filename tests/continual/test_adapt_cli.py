@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tests.conftest import sentiment_rows, write_csv
+from tests.conftest import run_tuneloop, sentiment_rows, write_csv
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -31,8 +30,7 @@ BASE = ["--epochs", "20", "--lr", "1e-3", "--patience", "5", "--quiet"]
 
 
 def tuneloop(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True, timeout=300,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    return run_tuneloop(*args)
 
 
 @pytest.fixture(scope="module")

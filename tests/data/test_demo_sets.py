@@ -3,9 +3,11 @@
 from collections import Counter
 from importlib import metadata
 
+import numpy as np
 import pytest
 
-from tuneloop.data.demo import election_tweets, newsgroups
+from tuneloop.api import paired_difference
+from tuneloop.data.demo import disjoint_samples, election_tweets, newsgroups
 from tuneloop.errors import DataError
 
 try:
@@ -48,3 +50,24 @@ def test_newsgroups_names_an_unknown_group_and_split():
         newsgroups("train", ["comp.graphics", "comp.nothing"])
     with pytest.raises(DataError, match="'split' parameter of newsgroups must be 'train' or 'test'. Got 'dev'"):
         newsgroups("dev")
+
+
+def test_the_demos_samples_share_no_tweet_and_a_seed_draws_the_same_ones():
+    tweets = election_tweets()
+    train, val, test = disjoint_samples(tweets, (40, 50, 60), seed=3)
+    assert (len(train), len(val), len(test)) == (40, 50, 60)
+    assert not ({*train.locations} & {*val.locations} or {*train.locations} & {*test.locations}
+                or {*val.locations} & {*test.locations})
+    assert disjoint_samples(tweets, (40, 50, 60), seed=3)[1].texts == val.texts
+    assert disjoint_samples(tweets, (40, 50, 60), seed=4)[1].texts != val.texts
+    with pytest.raises(DataError, match="6444"):
+        disjoint_samples(tweets, (6000, 500), seed=0)
+
+
+def test_the_gain_over_the_first_trial_is_paired_per_example():
+    first = np.array([True] * 80 + [False] * 20)
+    final = np.array([True] * 80 + [True] * 15 + [False] * 5)
+    gain, low, high = paired_difference(first, final)
+    assert gain == pytest.approx(0.15)
+    assert 0 < low < gain < high  # 15 examples fixed, none broken: more than noise
+    assert paired_difference(final, first)[0] == pytest.approx(-0.15)

@@ -63,6 +63,16 @@ def stratified_sample(examples: TextExamples, size: int, seed: int) -> TextExamp
     return examples.subset(sorted(chosen))
 
 
+def disjoint_samples(examples: TextExamples, sizes: Sequence[int], seed: int) -> list[TextExamples]:
+    """Samples of the given sizes that share no example, drawn in a seeded order (each keeps file order)."""
+    if sum(sizes) > len(examples):
+        raise DataError(f"{examples.source}: {sum(sizes)} examples asked for ({' + '.join(map(str, sizes))}), "
+                        f"but it has {len(examples)}.")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    bounds = np.cumsum([0, *sizes])
+    return [examples.subset(sorted(order[a:b].tolist())) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _read_orange_tab(path: Path, label_column: str, text_column: str,
                      keep: Callable[[str], bool] = lambda label: True) -> TextExamples:
     """The labels and texts of an Orange .tab file, found by their names in its first header line.

@@ -348,8 +348,10 @@ class _StudyDriver:
             choice = check.verdict
             if check.groups:
                 self._soup()
-        self.store.finish_study(self.study_id, stop_reason, choice)
         best = _best_after_check(self.trials)
+        if check is not None and not check.groups and best is not None:
+            choice = f"trial {best.number}'s own model, the best by validation score (the seed check was {choice})"
+        self.store.finish_study(self.study_id, stop_reason, choice)
         return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check,
                            choice)
 
