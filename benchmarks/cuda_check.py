@@ -28,6 +28,7 @@ from tuneloop import api
 from tuneloop.data.images import ImageExamples
 from tuneloop.data.text import load_text_examples
 from tuneloop.training.device import pick_device, resolve_precision
+from tuneloop.training.precision_probe import probe_file
 
 
 def r8(folder: Path | None, train_size: int, val_size: int):
@@ -153,6 +154,10 @@ def main() -> None:
             runs[precision] = run
         if device.type == "cuda":
             checks["text_step_ms"] = step_times(runs["bf16"], train, device)
+        # 'auto' measures which precision trains this network faster here (training.precision_probe)
+        run = api.fit(train, val, model=args.text_model, workspace=workspace, trainable_layers="all", epochs=2,
+                      batch_size=32, learning_rate=1e-4, patience=0)
+        rows.append(summary(run, "text, whole MiniLM", "auto"))
         head = api.fit(train, val, model=args.text_model, workspace=workspace, trainable_layers=0, epochs=5,
                        learning_rate=2e-3)
         rows.append(summary(head, "text, head on cached vectors", "auto"))
@@ -184,6 +189,8 @@ def main() -> None:
         wine = api.fit(table, workspace=workspace, epochs=30, learning_rate=1e-3)
         rows.append(summary(wine, "table, MLP on wine", "auto"))
     checks["seconds"] = round(time.perf_counter() - started, 1)
+    if probe_file().exists():  # what 'auto' measured, per network: the seconds per step it chose by
+        checks["precision_probe"] = json.loads(probe_file().read_text())
     print(json.dumps(checks), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

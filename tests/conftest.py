@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# What tuneloop keeps per machine (the measured training precision) goes to a folder of this test run's own.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tuneloop-test-cache-")
 
 POSITIVE = "good great fine nice lovely superb".split()
 NEGATIVE = "bad awful poor sad terrible grim".split()

@@ -6,6 +6,7 @@ input leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -37,7 +38,13 @@ from tuneloop.errors import ConfigError, DataError, ModelError, RunNotFoundError
 from tuneloop.models import get_adapter
 from tuneloop.models.ensemble import is_ensemble, member_adapter, write_ensemble
 from tuneloop.models.hf_text import ADAPTER_FILE
-from tuneloop.models.quantize import MIN_AGREEMENT, agreement, agreement_sample, quantize_int8
+from tuneloop.models.quantize import (
+    MIN_AGREEMENT,
+    agreement,
+    agreement_sample,
+    int8_is_the_faster_match,
+    quantize_int8,
+)
 from tuneloop.store.atomic import write_dir_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
 from tuneloop.tasks import LABELS_FILE, modality_of, saved_classes, training_precision
@@ -45,7 +52,7 @@ from tuneloop.tasks.image import ImageTask, resized
 from tuneloop.tasks.table import TableTask, features_of
 from tuneloop.tasks.text import TextTask
 from tuneloop.training.checkpoint import EpochCheckpoint
-from tuneloop.training.device import pick_device, resolve_precision
+from tuneloop.training.device import bf16_is_fast, pick_device, resolve_precision
 from tuneloop.training.loop import Callback, EpochRecord, predict_outputs, predict_probabilities, train
 from tuneloop.training.loop import evaluate as evaluate_model
 from tuneloop.training.metrics import classification_metrics, confusion_matrix, roc_auc
@@ -54,6 +61,7 @@ from tuneloop.training.objective import Regression, regression_metrics
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamically quantized linear layers, on the CPU
+AUTO_INT8_MIN_TEXTS = 1000  # fewer: measuring int8 against fp32 on a sample costs about what int8 would save
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class Predictions:
     classes: list[str]
     agreement_with_fp32: float | None = None  # int8 only: share of sampled labels that fp32 predicts too
     values: np.ndarray | None = None  # regression: the predicted targets, in their own units
+    precision: str | None = None  # where "auto" was asked for texts: what it chose, and why
+    precision_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class Run:
     _loaded: tuple[torch.nn.Module, Any] | None = field(default=None, repr=False)
     _int8: torch.nn.Module | None = field(default=None, repr=False)
     _int8_agreement: float | None = field(default=None, repr=False)
+    _auto_precision: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_dir(cls, path: Path, run_id: str | None = None, history: list | None = None) -> Run:
@@ -180,7 +191,49 @@ class Run:
             return self.predict_rows(rows, precision)
         if isinstance(data, (str, os.PathLike)):
             data = load_text_examples(data, text_col, labelled=False).texts
-        return self.predict_texts(data, precision)
+        if precision != "auto":
+            return self.predict_texts(data, precision)
+        texts = list(data)
+        chosen, why = self.inference_precision(texts)
+        return dataclasses.replace(self.predict_texts(texts, chosen), precision=chosen, precision_reason=why)
+
+    def inference_precision(self, texts: Sequence[str]) -> tuple[str, str]:
+        """What "auto" predicts ``texts`` in, and why. Where the device computes bf16 natively, bf16 (a GPU
+        without it: fp32). On a CPU without it, for at least AUTO_INT8_MIN_TEXTS texts, int8 where on a sample
+        its labels agree with fp32's on at least MIN_AGREEMENT and it runs faster, else fp32; measured once
+        per run (the weights do not change)."""
+        device = pick_device()
+        if device.type != "cpu" or bf16_is_fast(device):
+            chosen = resolve_precision("auto", device)
+            return chosen, f"{chosen}, what 'auto' means on this {device.type.upper()}"
+        if len(texts) < AUTO_INT8_MIN_TEXTS:
+            return "fp32", (f"fp32: this CPU has no native bf16, and {len(texts)} texts are too few to repay "
+                            f"measuring int8 against fp32 (from {AUTO_INT8_MIN_TEXTS})")
+        if self._auto_precision is None:
+            self._auto_precision = self._measure_int8(texts)
+        return self._auto_precision
+
+    def _measure_int8(self, texts: list[str]) -> tuple[str, str]:
+        """fp32 and int8 on the same sample of ``texts``: their agreement and their seconds, each after a warm-up."""
+        model, tokenizer = self.model()
+        sample = agreement_sample(len(texts))
+        encode = get_adapter("hf_text").encode
+        encoded = encode(tokenizer, [texts[i] for i in sample], None, self.recipe)
+        warm_up = encode(tokenizer, [texts[i] for i in sample[:8]], None, self.recipe)
+        cpu = torch.device("cpu")
+        seconds, outputs = {}, {}
+        for name, network in (("fp32", model), ("int8", self.int8_model())):
+            predict_probabilities(network, warm_up, cpu, "fp32")
+            started = time.perf_counter()
+            outputs[name] = predict_probabilities(network, encoded, cpu, "fp32")
+            seconds[name] = time.perf_counter() - started
+        share = agreement(outputs["fp32"], outputs["int8"])
+        self._int8_agreement = share
+        measured = (f"on {len(sample)} sampled texts int8's labels agree with fp32's on {share:.1%} and it took "
+                    f"{seconds['int8'] / seconds['fp32']:.2f}x fp32's time")
+        if int8_is_the_faster_match(share, seconds["fp32"], seconds["int8"]):
+            return "int8", f"int8: this CPU has no native bf16; {measured}"
+        return "fp32", f"fp32: this CPU has no native bf16; {measured} (int8 needs {MIN_AGREEMENT:.0%} and less time)"
 
     def read_images(self, data: Any, *, labelled: bool, image_col: str | None = None,
                     label_col: str | None = None) -> ImageExamples:
@@ -296,7 +349,7 @@ def train_run(store: Workspace, task: TextTask | TableTask, recipe: Recipe, call
     """
     recipe = recipe.for_objective(task.objective.name)  # the run records its concrete metric
     device = pick_device()
-    precision = training_precision(task, recipe.precision, device)
+    precision = training_precision(task, recipe.precision, device, recipe)
     prepared = _seeded_prepare(task, recipe, device, precision, cache_features)
     adapter = get_adapter(task.adapter_name)
     run_id = store.start_run(task=task.kind, adapter=adapter.name, backbone=task.backbone,
@@ -404,7 +457,7 @@ def cross_validate(task: Any, recipe: Recipe, k: int, seed: int, callbacks: Sequ
     curves, sizes = [], []
     for train_rows, val_rows in splits:
         fold = task.fold(train_rows, val_rows)
-        precision = training_precision(fold, recipe.precision, device)
+        precision = training_precision(fold, recipe.precision, device, recipe)
         prepared = _seeded_prepare(fold, recipe, device, precision)
         prepared, _ = _first_phase(prepared, device, precision, callbacks, None)
         result = train(prepared.trainable, prepared.train_set, prepared.val_set, recipe, device, precision,
@@ -440,7 +493,7 @@ def refit_run(store: Workspace, task: Any, recipe: Recipe, estimate: dict[str, A
     recipe = recipe.for_objective(task.objective.name)
     everything = task.fold(np.arange(len(task.train) + len(task.val)))
     device = pick_device()
-    precision = training_precision(everything, recipe.precision, device)
+    precision = training_precision(everything, recipe.precision, device, recipe)
     prepared = _seeded_prepare(everything, recipe, device, precision)
     adapter = get_adapter(everything.adapter_name)
     run_id = store.start_run(task=everything.kind, adapter=adapter.name, backbone=everything.backbone,
@@ -526,7 +579,7 @@ def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe
                 if tensor.is_floating_point() else tensor for name, tensor in states[0].items()}
     network.load_state_dict(averaged)
     device = pick_device()
-    precision = training_precision(task, recipe.precision, device)
+    precision = training_precision(task, recipe.precision, device, recipe)
     started = time.perf_counter()
     # The validation examples as the saved model reads them (token ids, pixels, rows): nothing cached.
     val_set = task.prepare(recipe.replace(lora_rank=0, contrastive=0), device, precision,
@@ -1057,6 +1110,6 @@ def _find_on(task: TextTask | TableTask, recipe: Recipe, finder):
     recipe = recipe.replace(contrastive=0)
     torch.manual_seed(recipe.seed)
     device = pick_device()
-    precision = training_precision(task, recipe.precision, device)
+    precision = training_precision(task, recipe.precision, device, recipe)
     prepared = task.prepare(recipe, device, precision)
     return finder(prepared.trainable, prepared.train_set, recipe, device, precision, objective=task.objective)

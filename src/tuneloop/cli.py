@@ -334,10 +334,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     payload = {"output": str(args.output), "n": len(predictions.labels), "label_counts": counts}
     if predictions.agreement_with_fp32 is not None:
         payload["agreement_with_fp32"] = predictions.agreement_with_fp32
+    if predictions.precision is not None:
+        payload.update(precision=predictions.precision, precision_reason=predictions.precision_reason)
     _emit(args, payload)
     if not args.json:
         print(f"Wrote {len(predictions.labels)} predictions to {args.output}: "
               + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if predictions.precision_reason:
+            print(f"Predicted in {predictions.precision_reason}.")
         if predictions.agreement_with_fp32 is not None:
             print(f"int8 labels agree with fp32 on {predictions.agreement_with_fp32:.1%} of the sampled texts.")
 

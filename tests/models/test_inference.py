@@ -14,7 +14,8 @@ from tuneloop import api
 from tuneloop.cli import main
 from tuneloop.errors import ConfigError, ModelError
 from tuneloop.models import get_adapter
-from tuneloop.models.quantize import agreement, agreement_sample, quantize_int8
+from tuneloop.models.quantize import agreement, agreement_sample, int8_is_the_faster_match, quantize_int8
+from tuneloop.training.device import bf16_is_fast
 from tuneloop.training.loop import predict_probabilities
 
 CPU = torch.device("cpu")
@@ -136,3 +137,34 @@ def test_cli_predict_and_evaluate_accept_int8(fitted, test_csv, tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["predict", str(fitted.path), str(test_csv), "-o", str(out), "--precision", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_int8_is_chosen_only_where_it_agrees_and_is_faster():
+    assert int8_is_the_faster_match(0.995, fp32_seconds=2.0, int8_seconds=1.0)
+    assert not int8_is_the_faster_match(0.98, fp32_seconds=2.0, int8_seconds=1.0), "agrees too rarely"
+    assert not int8_is_the_faster_match(1.0, fp32_seconds=1.0, int8_seconds=1.2), "slower"
+
+
+@pytest.mark.skipif(bf16_is_fast(CPU), reason="on a CPU with native bf16, auto predicts in bf16 without measuring")
+def test_auto_measures_int8_against_fp32_once_for_many_texts_and_says_what_it_chose(run, monkeypatch):
+    few = run.predict(TEST_TEXTS)
+    assert few.precision == "fp32" and "too few" in few.precision_reason
+    many = [text for _ in range(20) for text in TEST_TEXTS][:api.AUTO_INT8_MIN_TEXTS]
+    predictions = run.predict(many)
+    assert predictions.precision in ("int8", "fp32")
+    assert "sampled texts" in predictions.precision_reason and "agree with fp32" in predictions.precision_reason
+    reference = run.predict_texts(many, "fp32").labels
+    same = np.mean(np.array(predictions.labels) == np.array(reference))
+    assert same >= 0.99, "whatever auto chose predicts like fp32"
+
+    def measured_again(*args):
+        raise AssertionError("measured again")
+    monkeypatch.setattr(api.Run, "_measure_int8", measured_again)
+    assert run.predict(many).precision == predictions.precision
+
+
+def test_auto_on_a_cpu_with_native_bf16_predicts_in_bf16(run, monkeypatch):
+    monkeypatch.setattr(api, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr("tuneloop.training.device.bf16_is_fast", lambda device: True)
+    predictions = run.predict(TEST_TEXTS)
+    assert predictions.precision == "bf16" and "on this CPU" in predictions.precision_reason

@@ -50,3 +50,9 @@ def agreement(reference_probs: np.ndarray, quantized_probs: np.ndarray) -> float
 def agreement_sample(n: int, size: int = AGREEMENT_SAMPLE) -> np.ndarray:
     """Positions of at most ``size`` of ``n`` examples, spread evenly over them (the data may be sorted)."""
     return np.unique(np.linspace(0, n - 1, num=min(n, size)).round().astype(np.int64))
+
+
+def int8_is_the_faster_match(share: float, fp32_seconds: float, int8_seconds: float) -> bool:
+    """Whether int8 should predict where fp32 is the alternative: its labels agree with fp32's on at least
+    MIN_AGREEMENT of a sample, and it predicted that sample in less time."""
+    return share >= MIN_AGREEMENT and int8_seconds < fp32_seconds

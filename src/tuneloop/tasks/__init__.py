@@ -115,13 +115,21 @@ def classes_keeping(known: list[str], labels: list[str]) -> list[str]:
     return [*known, *sorted(set(labels) - set(known))]
 
 
-def training_precision(task: Any, requested: str, device: torch.device) -> str:
-    """The precision a run of ``task`` trains in: as requested, and for "auto" bf16 where the device computes
-    it natively, except for a task whose network trains faster in fp32 (EfficientNet's depthwise
-    convolutions, measured at 64 px, channels-last: on a 2-core CPU 298 samples/s fp32 against 215 bf16,
-    benchmarks/image_throughput.py; on an H200 2,082 against 1,333, benchmarks/cuda_check.py)."""
-    from tuneloop.training.device import resolve_precision
+def training_precision(task: Any, requested: str, device: torch.device, recipe: Any = None) -> str:
+    """The precision a run of ``task`` trains in: as requested; for "auto", fp32 where the device does not
+    compute bf16 natively, else whichever of fp32 and bf16 trains the task's network faster there, measured
+    once per machine (``training.precision_probe``; MiniLM on an H200 and EfficientNet's depthwise
+    convolutions on CPUs and GPUs both trained faster in fp32). Without a ``recipe`` to measure with, the
+    fixed rule: bf16, except for a task whose network trains faster in fp32 (EfficientNet, measured at 64 px,
+    channels-last: on a 2-core CPU 298 samples/s fp32 against 215 bf16, benchmarks/image_throughput.py; on an
+    H200 2,082 against 1,333, benchmarks/cuda_check.py)."""
+    from tuneloop.training.device import bf16_is_fast, resolve_precision
+    from tuneloop.training.precision_probe import probe_training_precision
 
-    if requested == "auto" and getattr(task, "trains_faster_in_fp32", False):
+    if requested != "auto":
+        return resolve_precision(requested, device)
+    if not bf16_is_fast(device):
         return "fp32"
-    return resolve_precision(requested, device)
+    if recipe is not None and hasattr(task, "prepare"):
+        return probe_training_precision(task, recipe, device)
+    return "fp32" if getattr(task, "trains_faster_in_fp32", False) else "bf16"

@@ -246,7 +246,7 @@ class TextTask:
 
             recipe = Recipe()
             device = pick_device()
-            precision = training_precision(self, recipe.precision, device)
+            precision = training_precision(self, recipe.precision, device, recipe)
             adapter = get_adapter("hf_text")
             network, tokenizer = adapter.build(self.backbone, len(self.classes), recipe)
             sample = adapter.encode(tokenizer, self.train.texts[:TIMING_TEXTS], None, recipe)
