@@ -433,8 +433,10 @@ def compare(args: argparse.Namespace) -> None:
         environment = {"torch": torch.__version__, "transformers": transformers.__version__,
                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu_flags(),
                        "native_bf16": bf16_is_fast(CPU), "matmul_peak_flops": peaks}
+        shares = {key: {side: m["achieved_flops"] / peaks[key.split()[1]] for side, m in sides.items()
+                        if m["achieved_flops"] is not None} for key, sides in medians.items()}
         report = {"settings": settings, "environment": environment, "runs": runs, "median": medians,
-                  "ratios": ratios}
+                  "ratios": ratios, "share_of_matmul_peak": shares}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
 
