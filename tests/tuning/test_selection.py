@@ -41,6 +41,19 @@ def test_candidates_are_the_best_of_each_approach_within_the_leaders_noise():
         "0.80 leads; 0.79 repeats another; trial 5 is another pairs recipe; 0.65 is beyond the noise")
 
 
+def test_a_recipe_whose_accuracy_interval_overlaps_the_leaders_is_a_candidate():
+    """R8 at 16 per class: a whole fine-tune scored 0.957 on 24 validation examples, the head 0.829; the leader's
+    half-width (0.09 near 1.0) would drop the head, but their intervals overlap: both go to the final choice."""
+    def scored(number, value, depth, low, high):
+        trial = row(number, value, depth, noise=(high - low) / 2)
+        trial["evidence"].update(ci_low=low, ci_high=high, n_val=24)
+        return trial
+
+    whole, head = scored(1, 0.957, "all", 0.79, 0.99), scored(0, 0.829, 0, 0.64, 0.93)
+    far = scored(2, 0.40, 2, 0.22, 0.61)
+    assert [t["number"] for t in candidates([head, whole, far])] == [1, 0], "the head within noise, 0.40 beyond it"
+
+
 def test_validation_is_small_where_its_interval_is_wider_than_a_moves_gain():
     assert validation_is_small(row(0, 0.8, 0, noise=0.15), 26, regression=False)
     assert not validation_is_small(row(0, 0.8, 0, noise=0.02), 2000, regression=False)
