@@ -483,3 +483,5 @@ def test_a_move_too_costly_for_the_time_left_is_cut_to_fit_or_passed_over():
     assert "trainable_layers 0 -> 2" in strategy.passed_over[0]
     _, unlimited = propose(None)
     assert unlimited.recipe == roomy.recipe, "without a time limit nothing is cut"
+    strategy.passed_over = [f"move {i}" for i in range(5)]
+    assert strategy.done_reason().endswith("passed over: move 0; move 1; move 2; and 2 more"), "three named"

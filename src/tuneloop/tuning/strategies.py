@@ -33,6 +33,7 @@ from tuneloop.tuning.policy import (
 )
 from tuneloop.tuning.space import GRIDS, SPACES, params_of, recipe_from_params
 
+SHOWN_PASSED_OVER = 3  # moves a stop reason names; the rest are counted
 STRATEGIES = ("guided", "grid", "random", "bayes")
 GUIDED_PLATEAU = 4  # trials without a gain beyond noise after which the guided search explores, then stops
 PAIRS_SHARE = 0.5  # of the search's time left, the most a trial's contrastive tuning may take
@@ -293,8 +294,10 @@ class GuidedStrategy:
     def done_reason(self) -> str:
         """Why ``propose`` returned None."""
         if self.passed_over:
-            return ("nothing left to try fits in the search's time left; passed over: "
-                    + "; ".join(self.passed_over))
+            shown = self.passed_over[:SHOWN_PASSED_OVER]
+            more = len(self.passed_over) - len(shown)
+            return ("nothing left to try fits in the search's time left; passed over: " + "; ".join(shown)
+                    + (f"; and {more} more" if more else ""))
         return "the strategy has nothing left to try"
 
     def _plateaued(self, history: list[TrialOutcome]) -> bool:
