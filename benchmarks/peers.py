@@ -52,6 +52,13 @@ def cpu_model() -> str:
         return ""
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and the instruction-set flags that decide its fast precisions, for a result to say
+    which kind of CPU measured it."""
+    shown = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in cpu_flags()]
+    return f"{cpu_model() or 'unknown CPU'} ({', '.join(shown) or 'no AVX2'})"
+
+
 def native_bf16() -> bool:
     """bf16 is worth using on a CPU only where it computes it natively (AVX-512 BF16 or AMX); emulated, it is slower
     than fp32."""

@@ -61,6 +61,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peers import cpu_kind
 from torch import nn
 
 from tuneloop.config import Recipe
@@ -354,21 +355,6 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, float | None]:
             for key in KEYS}
 
 
-def cpu_flags() -> str:
-    """The CPU's model name and the instruction-set flags that decide its fast precisions."""
-    name, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", "unknown CPU", platform.machine()):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(shown) or 'no AVX2'})"
-
-
 def default_precisions() -> str:
     return "fp32,bf16" if bf16_is_fast(CPU) else "fp32"
 
@@ -381,7 +367,7 @@ def compare(args: argparse.Namespace) -> None:
           f"batch 16, {args.repeats} repeat(s) per side; modes {', '.join(modes)}; precisions "
           f"{', '.join(precisions)} (tuneloop's auto: {'bf16' if bf16_is_fast(CPU) else 'fp32'})")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {cpu_flags()}, "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {cpu_kind()}, "
           f"native bf16: {bf16_is_fast(CPU)}", flush=True)
     peaks = {precision: matmul_peak(precision) for precision in precisions}
     print("matmul peak (2048x2048, best of 10): " + ", ".join(f"{p} {f / 1e9:.1f} GFLOP/s" for p, f in peaks.items()),
@@ -431,7 +417,7 @@ def compare(args: argparse.Namespace) -> None:
                     "repeats": args.repeats, "precisions": precisions, "modes": modes,
                     "recipes": {mode: bench_recipe(args.epochs, precisions[0], mode).to_dict() for mode in modes}}
         environment = {"torch": torch.__version__, "transformers": transformers.__version__,
-                       "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu_flags(),
+                       "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu_kind(),
                        "native_bf16": bf16_is_fast(CPU), "matmul_peak_flops": peaks}
         shares = {key: {side: m["achieved_flops"] / peaks[key.split()[1]] for side, m in sides.items()
                         if m["achieved_flops"] is not None} for key, sides in medians.items()}
