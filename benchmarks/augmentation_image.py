@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fashion_sample import held_out_scores, image_examples, per_class
+from peers import cpu_kind
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -109,8 +110,9 @@ def main() -> None:
                   f"{statistics.mean(diffs):+.4f} ± {sd(diffs):.4f}, higher in {sum(d > 0 for d in diffs)} "
                   f"of {len(diffs)}")
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                         "results": results}, indent=2))
+        args.json.write_text(json.dumps({
+            "cpu": cpu_kind(), "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from peers import cpu_kind
 from sklearn.datasets import load_breast_cancer, load_wine
 
 from tuneloop import api
@@ -81,8 +82,9 @@ def main() -> None:
     print(f"paired accuracy differences (augmented - none): {[round(d, 4) for d in diffs]}, "
           f"mean {statistics.mean(diffs):+.4f}, augmented higher in {sum(d > 0 for d in diffs)} of {len(diffs)}")
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                         "results": results}, indent=2))
+        args.json.write_text(json.dumps({
+            "cpu": cpu_kind(), "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peers import cpu_kind
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -88,8 +89,9 @@ def main() -> None:
     (plain_acc, plain_f1), (aug_acc, aug_f1) = means.values()
     print(f"augmentation minus none: accuracy {aug_acc - plain_acc:+.4f}, macro-F1 {aug_f1 - plain_f1:+.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                                         "results": results}, indent=2))
+        args.json.write_text(json.dumps({
+            "cpu": cpu_kind(), "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peers import cpu_kind
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -173,7 +174,7 @@ def main() -> None:
         print(f"  {kind:<35}  {summary[kind]['old']:.4f}       {summary[kind]['new']:.4f}       "
               f"{summary['gate_passes'][kind]}/{len(rows)}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+        args.json.write_text(json.dumps({"cpu": cpu_kind(), "args": {k: str(v) for k, v in vars(args).items()},
                                          "base": {"metrics": base.metrics, "seconds": base_seconds},
                                          "drift": checks, "seeds": rows, "summary": summary}, indent=2))
 

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from peers import cpu_kind
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -124,8 +125,9 @@ def main() -> None:
               f"{first['wall_s']:.1f} | {later['wall_s']:.1f} | {uncached['peak_rss_mib']:.0f} | "
               f"{later['peak_rss_mib']:.0f} | {uncached['val_accuracy']:.4f} / {later['val_accuracy']:.4f} |")
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "one")},
-                                         "torch": torch.__version__, "results": results}, indent=2))
+        args.json.write_text(json.dumps({
+            "cpu": cpu_kind(), "settings": {k: v for k, v in vars(args).items() if k not in ("json", "one")},
+            "torch": torch.__version__, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peers import cpu_kind
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
 
 from tuneloop import api
@@ -93,7 +94,7 @@ def main() -> None:
         load_diabetes(as_frame=True, scaled=False).frame.to_csv(root / "diabetes.csv", index=False)
         cases.append(study("table_diabetes_regression", root / "diabetes.csv", None, root / "ws", budget))
     if args.json:
-        args.json.write_text(json.dumps({"trials_per_study": args.trials, "cases": cases}, indent=2))
+        args.json.write_text(json.dumps({"cpu": cpu_kind(), "trials_per_study": args.trials, "cases": cases}, indent=2))
 
 
 if __name__ == "__main__":

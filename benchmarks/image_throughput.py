@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from peers import cpu_kind
 
 from tuneloop.models.image_nets import build_image_network
 from tuneloop.training.device import autocast, pick_device
@@ -72,7 +73,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"device": device.type, "torch": torch.__version__, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({
+            "cpu": cpu_kind(), "device": device.type, "torch": torch.__version__, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
