@@ -149,7 +149,7 @@ def test_int8_is_chosen_only_where_it_agrees_and_is_faster():
 def test_auto_measures_int8_against_fp32_once_for_many_texts_and_says_what_it_chose(run, monkeypatch):
     few = run.predict(TEST_TEXTS)
     assert few.precision == "fp32" and "too few" in few.precision_reason
-    many = [text for _ in range(20) for text in TEST_TEXTS][:api.AUTO_INT8_MIN_TEXTS]
+    many = [text for _ in range(-(-api.AUTO_INT8_MIN_TEXTS // len(TEST_TEXTS))) for text in TEST_TEXTS]
     predictions = run.predict(many)
     assert predictions.precision in ("int8", "fp32")
     assert "sampled texts" in predictions.precision_reason and "agree with fp32" in predictions.precision_reason
