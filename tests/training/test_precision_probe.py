@@ -9,7 +9,7 @@ import torch
 from tests.conftest import sentiment_rows, write_csv
 
 from tuneloop.config import Recipe
-from tuneloop.tasks import training_precision
+from tuneloop.tasks import network_of, training_precision
 from tuneloop.tasks.text import TextTask
 from tuneloop.training import precision_probe
 from tuneloop.training.precision_probe import faster_precision, measured_precision, probe_training_precision
@@ -56,7 +56,7 @@ def test_the_probe_times_a_real_training_step_of_the_tasks_network_without_movin
     recipe = Recipe(batch_size=8, trainable_layers=0)
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    chosen = probe_training_precision(task, recipe, CPU, path)
+    chosen = probe_training_precision(task, recipe, CPU, network_of(task, recipe), path)
     assert torch.equal(torch.random.get_rng_state(), before)
     assert chosen in ("fp32", "bf16")
     [(key, record)] = json.loads(path.read_text()).items()
@@ -73,6 +73,6 @@ def test_auto_measures_only_where_bf16_is_native(task, monkeypatch):
     assert training_precision(task, "auto", CPU, Recipe()) == "fp32"
     assert training_precision(task, "bf16", CPU, Recipe()) == "bf16", "asked for: no measuring"
     monkeypatch.setattr("tuneloop.training.device.bf16_is_fast", lambda device: True)
-    monkeypatch.setattr(precision_probe, "probe_training_precision", lambda task, recipe, device: "fp32")
+    monkeypatch.setattr(precision_probe, "probe_training_precision", lambda task, recipe, device, network: "fp32")
     assert training_precision(task, "auto", CPU, Recipe()) == "fp32"
     assert training_precision(task, "auto", CPU) == "bf16", "no recipe to measure with: the fixed rule"

@@ -131,5 +131,17 @@ def training_precision(task: Any, requested: str, device: torch.device, recipe: 
     if not bf16_is_fast(device):
         return "fp32"
     if recipe is not None and hasattr(task, "prepare"):
-        return probe_training_precision(task, recipe, device)
+        return probe_training_precision(task, recipe, device, network_of(task, recipe))
     return "fp32" if getattr(task, "trains_faster_in_fp32", False) else "bf16"
+
+
+NETWORK_KNOBS = ("max_length", "hidden_layers", "hidden_units", "lora_rank")  # a recipe's knobs that shape it
+
+
+def network_of(task: Any, recipe: Any) -> str:
+    """What a precision measurement holds for: the kind of task, its backbone (for images, at their size and
+    channels), and the recipe's knobs that shape the network."""
+    pixels = getattr(task.train, "pixels", None)
+    shape = f" {tuple(pixels.shape[1:])}" if pixels is not None else ""
+    knobs = ", ".join(f"{k} {getattr(recipe, k)}" for k in NETWORK_KNOBS)
+    return f"{type(task).__name__} {task.backbone}{shape}, {knobs}"

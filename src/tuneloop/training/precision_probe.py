@@ -13,6 +13,7 @@ Where bf16 is not native (an AVX2-only CPU emulates it many times slower) nothin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -39,16 +40,21 @@ def probe_file() -> Path:
     return Path(base) / "tuneloop" / "precision-probe.json"
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+@functools.cache
+def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def probe_key(device: torch.device, network: str, batch_size: int) -> str:
@@ -102,23 +108,12 @@ def measured_precision(key: str, device: torch.device, make_step: Callable[[], C
 
 _chosen: dict[str, str] = {}  # probe key -> precision, for this process
 
-NETWORK_KNOBS = ("max_length", "hidden_layers", "hidden_units", "lora_rank")  # a recipe's knobs that shape it
-
-
-def network_of(task, recipe) -> str:
-    """What the measurement holds for: the kind of task, its network, and the recipe's knobs that shape it."""
-    name = getattr(task, "backbone", None) or getattr(task, "architecture", None) or ""
-    pixels = getattr(getattr(task, "train", None), "pixels", None)  # images: their size and channels
-    shape = f" {tuple(pixels.shape[1:])}" if pixels is not None else ""
-    knobs = ", ".join(f"{k} {getattr(recipe, k)}" for k in NETWORK_KNOBS if hasattr(recipe, k))
-    return f"{type(task).__name__} {name}{shape}, {knobs}"
-
-
-def probe_training_precision(task, recipe, device: torch.device, path: Path | None = None) -> str:
-    """The faster precision for training ``task``'s whole network at ``recipe``'s batch size on ``device``:
-    one of its own batches (the longest), forward, loss, backward and an optimizer step in each precision, on
-    a network built for the probe alone; recorded per machine (``measured_precision``) and in memory."""
-    key = probe_key(device, network_of(task, recipe), recipe.batch_size)
+def probe_training_precision(task, recipe, device: torch.device, network: str, path: Path | None = None) -> str:
+    """The faster precision for training ``task``'s whole network (described by ``network``) at ``recipe``'s
+    batch size on ``device``: one of its own batches (the longest), forward, loss, backward and an optimizer
+    step in each precision, on a network built for the probe alone; recorded per machine
+    (``measured_precision``) and in memory."""
+    key = probe_key(device, network, recipe.batch_size)
     if key not in _chosen:
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the run's own draws are not moved by the probe

@@ -72,11 +72,10 @@ def within_leaders_noise(trial: dict[str, Any], lead: dict[str, Any]) -> bool:
     alone would drop a recipe it does not beat by more than noise (R8, 16 per class: a whole fine-tune 0.957
     on 24 examples, the head 0.829; the head cross-validated scores higher on the test set). Without intervals
     (a regressor): no further below the leader than its half-width."""
-    mine, its = trial.get("evidence") or {}, lead.get("evidence") or {}
-    bounds = (mine.get("ci_low"), mine.get("ci_high"), its.get("ci_low"), its.get("ci_high"))
-    if None not in bounds:
-        return bounds[0] <= bounds[3] and bounds[2] <= bounds[1]
-    return lead["value"] - trial["value"] <= (its.get("ci_half_width") or 0.0)
+    mine, its = holdout_estimate(trial), holdout_estimate(lead)
+    if None not in (mine.low, mine.high, its.low, its.high):
+        return mine.within_noise_of(its)
+    return lead["value"] - trial["value"] <= ((lead.get("evidence") or {}).get("ci_half_width") or 0.0)
 
 
 def folds(labels: Sequence[Any], k: int, seed: int, regression: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
