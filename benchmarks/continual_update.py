@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from peers import cpu_kind
 
-from tuneloop import api
+from tuneloop import api, pipeline
 from tuneloop.config import Recipe
 from tuneloop.continual import versions
 from tuneloop.continual.drift import drift
@@ -49,6 +49,7 @@ from tuneloop.data.demo import reuters_r8, stratified_sample
 from tuneloop.data.text import TextExamples
 from tuneloop.store.registry import Registry
 from tuneloop.store.workspace import Workspace
+from tuneloop.tasks import DataOptions
 
 OLD_TOPICS = ("acq", "crude", "earn", "money-fx", "trade")
 NEW_TOPICS = ("grain", "interest", "ship")
@@ -68,10 +69,10 @@ def naive_update(workspace: Path, production: api.Run, new: TextExamples, seed: 
     splits as adapt (so the gate's holdout is the same), the best epoch chosen on the new validation data."""
     rest, _ = split_off(new, HOLDOUT_FRACTION, seed)
     train, val = split_off(rest, VALIDATION_FRACTION, seed + 1)
-    task = api.load_task(train, val, task="text", text_col=None, label_col=None, model=str(production.path),
-                         val_fraction=VALIDATION_FRACTION, seed=seed, keep_classes=True)
+    read_as = DataOptions(task="text", val_fraction=VALIDATION_FRACTION, seed=seed)
+    task = pipeline.load_task(train, val, read_as, model=str(production.path), keep_classes=True)
     with Workspace.open(workspace) as store:
-        run, _ = api.train_run(store, task, production.recipe.replace(seed=seed))
+        run, _ = pipeline.train_run(store, task, production.recipe.replace(seed=seed))
     return run
 
 

@@ -178,9 +178,9 @@ def main() -> None:
         head = api.fit(image_train, image_val, workspace=workspace, trainable_layers=0, epochs=10, learning_rate=3e-3)
         rows.append(summary(head, "image, head on cached EfficientNet features", "auto"))
         image_run = runs["image-bf16"]
-        again = api.load_run(image_run.id, workspace).predict_images(image_val).labels
+        again = api.load_run(image_run.id, workspace).predict_examples(image_val).labels
         checks["image_reloaded_agreement"] = float(np.mean(
-            [a == b for a, b in zip(image_run.predict_images(image_val).labels, again, strict=True)]))
+            [a == b for a, b in zip(image_run.predict_examples(image_val).labels, again, strict=True)]))
 
         from sklearn.datasets import load_wine
 

@@ -37,11 +37,12 @@ from pathlib import Path
 import torch
 from peers import cpu_kind
 
-from tuneloop import api
+from tuneloop import pipeline
 from tuneloop.config import Recipe
 from tuneloop.data.demo import reuters_r8, stratified_sample
 from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.store.workspace import Workspace
+from tuneloop.tasks.text import TextTask
 
 # name -> recipe changes; the learning rates are in the range each depth trains well at.
 DEPTHS: dict[str, dict] = {
@@ -63,13 +64,13 @@ def one(depth: str, mode: str, train_size: int, val_size: int, epochs: int) -> l
     recipe = Recipe(epochs=epochs, patience=0, **DEPTHS[depth])
     trials = []
     with tempfile.TemporaryDirectory() as root:
-        task = api.TextTask.load(train, val, text_col=None, label_col=None, model=None, val_fraction=0.2,
-                                 seed=recipe.seed)
+        task = TextTask.load(train, val, text_col=None, label_col=None, model=None, val_fraction=0.2,
+                             seed=recipe.seed)
         task.features = FeatureCache(Path(root) / "cache")
         with Workspace.open(root, create=True) as store:
             for number in range(2 if mode == "cached" else 1):
                 started = time.perf_counter()
-                run, _ = api.train_run(store, task, recipe.replace(seed=recipe.seed + number),
+                run, _ = pipeline.train_run(store, task, recipe.replace(seed=recipe.seed + number),
                                        cache_features=mode == "cached")
                 trials.append({"wall_s": time.perf_counter() - started,
                                "samples_per_s": run.metrics["train_samples_per_s"],

@@ -487,6 +487,48 @@ def stored_peer_runs(paths: list[Path], test_size: int) -> dict[tuple[str, str, 
     return runs
 
 
+def paired_with_tuneloop(runs: list[dict[str, Any]], dataset: str, size: str) -> dict[str, dict[str, Any]]:
+    """Per peer, tuneloop's accuracy minus the peer's on the seeds both ran (the same pool and test set each):
+    the mean difference, its 95% t-interval, and how many seeds tuneloop won, tied and lost."""
+    by_seed: dict[str, dict[int, float]] = {}
+    for run in runs:
+        if (run["dataset"], run["size"]) == (dataset, size) and "error" not in run:
+            by_seed.setdefault(run["method"], {})[run["seed"]] = run["accuracy"]
+    ours = by_seed.get("tuneloop", {})
+    paired = {}
+    for method, theirs in by_seed.items():
+        seeds = sorted(set(ours) & set(theirs))
+        if method == "tuneloop" or not seeds:
+            continue
+        differences = [ours[s] - theirs[s] for s in seeds]
+        paired[method] = {"seeds": seeds, "mean": statistics.mean(differences), "ci95": t_interval(differences),
+                          "won": sum(d > 0 for d in differences), "tied": sum(d == 0 for d in differences),
+                          "lost": sum(d < 0 for d in differences)}
+    return paired
+
+
+def summarize_stored(paths: list[Path]) -> None:
+    """The summary tables of stored results, read in order (a later file's run of one dataset, size, seed and
+    method replaces an earlier one's), with tuneloop's paired difference from each peer."""
+    runs: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        cpu = result.get("cpu") or {}
+        print(f"{path.name}: source {result.get('source') or 'unknown'}, CPU {cpu.get('model', 'not recorded')}, "
+              f"native bf16: {cpu.get('native_bf16', 'not recorded')}")
+        for run in result["runs"]:
+            runs[(run["dataset"], run["size"], run["seed"], run["method"])] = run
+    settings = sorted({(d, s) for d, s, _, _ in runs}, key=lambda k: (DATASETS.index(k[0]), SIZES.index(k[1])))
+    for dataset, size in settings:
+        chosen = [r for (d, s, _, _), r in runs.items() if (d, s) == (dataset, size)]
+        methods = [m for m in METHODS if any(r["method"] == m for r in chosen)]
+        print_summary(summarize(chosen, dataset, size, methods))
+        for method, row in paired_with_tuneloop(chosen, dataset, size).items():
+            ci = "n/a" if row["ci95"] is None else f"± {row['ci95']:.4f}"
+            print(f"tuneloop - {method}: {row['mean']:+.4f} {ci} over {len(row['seeds'])} paired seeds "
+                  f"(won {row['won']}, tied {row['tied']}, lost {row['lost']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=comma_list(DATASETS, "--datasets"), default=list(DATASETS),
@@ -508,7 +550,14 @@ def main() -> None:
                         help="take the peers' runs from these stored results (same dataset, size and seed: the same "
                              "pool and test set) instead of running them again; tuneloop still runs, on the stored "
                              "best peer's time. The output names the stored file and its source")
+    parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: print the summaries of these stored results (a later file's run of one "
+                             "setting, seed and method replaces an earlier one's), with tuneloop's paired "
+                             "difference from each peer")
     args = parser.parse_args()
+    if args.summarize:
+        summarize_stored(args.summarize)
+        return
     if args.test_size < 10:
         parser.error(f"The '--test-size' option must be at least 10. Got {args.test_size} instead.")
     if args.setfit_max_steps < 0:

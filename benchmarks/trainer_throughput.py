@@ -18,7 +18,7 @@ Modes (``--modes``):
   training (tuneloop's ``evaluate``, Trainer's ``predict``), as inference samples/s.
 - ``top2`` (lr 1e-4) and ``head`` (the head alone, lr 8e-3): the layers below are frozen. Trainer freezes
   them (``requires_grad`` off) and still runs them every step; tuneloop computes their output once and
-  trains on it (``api.train_run`` with its feature cache, as a trial of a study does). tuneloop's timed region
+  trains on it (``pipeline.train_run`` with its feature cache, as a trial of a study does). tuneloop's timed region
   there is the whole run: computing the cache, building the network, training, saving the model.
 
 Per side it reports training samples/s (train examples x epochs / wall seconds of the training call,
@@ -64,12 +64,14 @@ import torch.nn.functional as F
 from peers import cpu_kind
 from torch import nn
 
+from tuneloop import pipeline
 from tuneloop.config import Recipe
 from tuneloop.data.batches import Encoded
 from tuneloop.data.demo import reuters_r8, stratified_sample
 from tuneloop.data.text import check_validation_labels, class_names
 from tuneloop.models import get_adapter
 from tuneloop.models.hf_text import TextClassifier, default_backbone
+from tuneloop.tasks.text import TextTask
 from tuneloop.training.device import bf16_is_fast
 from tuneloop.training.loop import EVAL_BATCH, evaluate, train
 from tuneloop.training.metrics import classification_metrics
@@ -170,18 +172,17 @@ def run_tuneloop(setup: Setup) -> dict[str, Any]:
 
 def run_tuneloop_cached(train_size: int, val_size: int, recipe: Recipe) -> dict[str, Any]:
     """A trial as a study runs it: the frozen layers' output computed once, then training on it."""
-    from tuneloop import api
     from tuneloop.data.feature_cache import FeatureCache
     from tuneloop.store.workspace import Workspace
 
     train_examples, val_examples = samples(train_size, val_size)
     with tempfile.TemporaryDirectory(prefix="tuneloop-bench-") as root:
-        task = api.TextTask.load(train_examples, val_examples, text_col=None, label_col=None, model=None,
-                                 val_fraction=0.2, seed=SEED)
+        task = TextTask.load(train_examples, val_examples, text_col=None, label_col=None, model=None,
+                             val_fraction=0.2, seed=SEED)
         task.features = FeatureCache(Path(root) / "cache")
         with Workspace.open(root, create=True) as store:
             started = time.perf_counter()
-            run, result = api.train_run(store, task, recipe, cache_features=True)
+            run, result = pipeline.train_run(store, task, recipe, cache_features=True)
             seconds = time.perf_counter() - started
     return {"seconds": seconds, "epochs_run": len(result.history), "train_examples": len(train_examples),
             "epoch_val_macro_f1": [round(e.val_macro_f1, 4) for e in result.history],

@@ -106,3 +106,12 @@ def run_tuneloop(*args) -> subprocess.CompletedProcess:
         except SystemExit as exc:  # argparse's usage errors
             code = exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess(["tuneloop", *argv], code, out.getvalue(), err.getvalue())
+
+
+def use_text_grid(monkeypatch, grid: dict) -> None:
+    """Grid searches over texts walk ``grid`` instead of the text family's own (fewer points: a faster test)."""
+    import dataclasses
+
+    from tuneloop.tasks.text import TEXT_FAMILY, TextTask
+
+    monkeypatch.setattr(TextTask, "family", dataclasses.replace(TEXT_FAMILY, grid=grid))

@@ -28,3 +28,29 @@ def test_modality_as_requested_and_a_bad_request_is_an_error(tmp_path):
     assert modality_of(path, "auto", text_col="text") == "text"
     with pytest.raises(ConfigError, match="'task'"):
         modality_of(path, "images")
+
+
+def test_a_knob_the_kind_of_data_does_not_read_is_refused_and_named():
+    from tuneloop.config import Recipe
+    from tuneloop.tasks import TASKS, check_knobs
+
+    for task in TASKS.values():
+        check_knobs(task, Recipe())  # the defaults are never refused
+    with pytest.raises(ConfigError) as refused:
+        check_knobs(TASKS["tabular"], Recipe(lora_rank=4, trainable_layers=2, learning_rate=1e-3))
+    problems = refused.value.problems
+    assert len(problems) == 2, "the rate applies to every kind; LoRA and the depth do not apply to a table"
+    assert problems[0].startswith("The 'lora_rank' parameter does not apply to tabular data")
+    assert "it applies to text" in problems[0] and "Got 4" in problems[0]
+    assert "it applies to text and image" in problems[1] or "it applies to image and text" in problems[1]
+    check_knobs(TASKS["image"], Recipe(trainable_layers=2, mixup=0.2))
+
+
+def test_the_command_line_refuses_lora_on_a_table_before_writing_anything(tmp_path):
+    from tests.conftest import run_tuneloop
+
+    rows = [[str(i), str(i % 3), "ab"[i % 2]] for i in range(30)]
+    path = write_csv(tmp_path / "t.csv", ["x", "z", "label"], rows)
+    done = run_tuneloop("fit", str(path), "--lora-rank", "4", "--workspace", str(tmp_path / "ws"), "--quiet")
+    assert done.returncode == 2 and "'lora_rank' parameter does not apply to tabular data" in done.stderr
+    assert not (tmp_path / "ws").exists()

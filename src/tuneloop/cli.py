@@ -14,39 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import cli_registry
-from tuneloop.config import INITS, METRICS, PRECISIONS, SCHEDULES, UNFREEZING, Recipe
+from tuneloop.config import KNOBS, PRECISIONS, Recipe
 from tuneloop.errors import ConfigError, TuneloopError
-from tuneloop.tasks import MODALITIES
+from tuneloop.tasks import modalities
 
-CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS, "metric": METRICS, "unfreezing": UNFREEZING,
-           "init": INITS}
 SHORT_FLAGS = {"learning_rate": ["--lr"]}
-RECIPE_HELP = {
-    "learning_rate": "peak learning rate", "epochs": "maximum number of epochs",
-    "batch_size": "training batch size", "weight_decay": "AdamW weight decay",
-    "dropout": "dropout on the encoder's hidden states", "attention_dropout": "dropout on the attention weights",
-    "head_dropout": "dropout on the text vector before the head", "label_smoothing": "label smoothing of the loss",
-    "warmup_ratio": "share of steps spent warming up the learning rate", "schedule": "learning-rate decay",
-    "trainable_layers": "encoder layers trained from the top: 0 = head only, 'all' = full fine-tune",
-    "max_length": "tokens kept per text", "grad_clip": "gradient norm clip (0 = off)",
-    "l2sp": "pull of the encoder toward its pretrained weights, L2-SP (0 = off)",
-    "layer_lr_decay": "each lower layer's learning rate is the one above times this (1 = same for all)",
-    "unfreezing": "gradual: head alone in epoch 1, then one more layer each epoch",
-    "lora_rank": "rank of LoRA adapters trained instead of the layers' weights (0 = off)",
-    "lora_alpha": "LoRA scaling numerator (the update is scaled by alpha / rank)",
-    "lora_dropout": "dropout on the LoRA adapters' input",
-    "lora_targets": "LoRA modules: attention, all-linear, or comma-separated module names",
-    "augment": "strength of training-data augmentation, drawn afresh each epoch (0 = off, at most 1)",
-    "mixup": "share of training batches mixed with each other, inputs and labels (images, tables; 0 = off)",
-    "init": "pretrained weights, or scratch: random weights (a base to fine-tune later)",
-    "hidden_layers": "tables: hidden layers of the MLP; small-cnn: its stages",
-    "hidden_units": "tables: units per hidden layer of the MLP; small-cnn: channels of its last stage",
-    "patience": "epochs without gain before stopping early (0 = off)",
-    "metric": "validation metric for early stopping and the best epoch (auto: macro_f1, or rmse for regression)",
-    "precision": "auto uses bf16 where the CPU or GPU computes it natively", "seed": "random seed",
-    "contrastive": "texts: tune the encoder on this many pairs per example first (SetFit; 0 = off)",
-    "init_seed": "seed of the head's initial weights (-1: the seed)",
-}
 
 
 def _trainable_layers(value: str) -> int | str:
@@ -66,8 +38,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         kind = {"int": int, "float": float, "str": str}.get(str(f.type), None)
         if f.name == "trainable_layers":
             kind = _trainable_layers
+        declared = KNOBS[f.name]
         group.add_argument(flag, *SHORT_FLAGS.get(f.name, []), dest=f.name, type=kind or str, default=None,
-                           choices=CHOICES.get(f.name), help=f"{RECIPE_HELP.get(f.name, '')} [{f.default}]")
+                           choices=declared.choices, help=f"{declared.help} [{f.default}]")
 
 
 def _keep_models(text: str) -> int | None:
@@ -106,7 +79,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _training_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", choices=MODALITIES, default="auto",
+    parser.add_argument("--task", choices=modalities(), default="auto",
                         help="text (fine-tune an encoder), tabular (an MLP on the other columns) or image; auto: "
                              "image for a folder or a table of image paths, text when a text column is found [auto]")
     parser.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
@@ -20,6 +21,71 @@ LOWER_IS_BETTER = ("loss", "mae", "rmse")
 INITS = ("pretrained", "scratch")
 UNFREEZING = ("none", "gradual")
 LORA_TARGETS = ("attention", "all-linear")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _layers(value: Any) -> bool:
+    return value == "all" or (_is_int(value) and value >= 0)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One recipe knob, declared once: what the command line's help says, the values it accepts (a range, its
+    ends open or closed, integers only; or choices; or a check of its own with the words for it), and a note on
+    what its special values mean. Validation, the command line's flags, and the policy's rounding read it; which
+    kinds of data a knob applies to, each kind says (``tasks.Task.knobs``)."""
+
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    choices: tuple[str, ...] | None = None
+    note: str = ""
+    shown_high: str | None = None  # the upper end as the message writes it (2**32)
+    check: Callable[[Any], bool] | None = None
+    words: str | None = None
+
+    def valid(self, value: Any) -> bool:
+        if self.check is not None:
+            return self.check(value)
+        if self.choices is not None:
+            return value in self.choices
+        if not (_is_int(value) if self.integer else _is_number(value)):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    @property
+    def expected(self) -> str:
+        """What the knob accepts, as an error message says it: "a float in the range (0, 1]", "one of ..."."""
+        if self.words is not None:
+            return self.words
+        if self.choices is not None:
+            return f"one of {', '.join(self.choices)}"
+        kind = "an int" if self.integer else "a float"
+        if self.high is None:
+            range_ = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            high = self.shown_high or f"{self.high:g}"
+            range_ = (f"{kind} in the range {'(' if self.low_open else '['}{self.low:g}, {high}"
+                      f"{')' if self.high_open else ']'}")
+        return f"{range_} ({self.note})" if self.note else range_
+
+
+def knob(default: Any, help: str, *, valid: Callable[[Any], bool] | None = None, expected: str | None = None,
+         **declared: Any) -> Any:
+    """A recipe field with its declaration (``Knob``) in its metadata."""
+    return field(default=default, metadata={"knob": Knob(help, check=valid, words=expected, **declared)})
 
 
 @dataclass(frozen=True)
@@ -49,111 +115,80 @@ class Recipe:
     of the layer above times this factor (discriminative learning rates; 1.0 = one rate for all).
     """
 
-    learning_rate: float = 5e-5
-    epochs: int = 3
-    batch_size: int = 16
-    weight_decay: float = 0.01
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    head_dropout: float = 0.1
-    label_smoothing: float = 0.0
-    warmup_ratio: float = 0.06
-    schedule: str = "linear"
-    trainable_layers: int | str = "all"
-    max_length: int = 128
-    grad_clip: float = 1.0
-    l2sp: float = 0.0
-    layer_lr_decay: float = 1.0
-    unfreezing: str = "none"
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lora_targets: str = "attention"
-    augment: float = 0.0
-    mixup: float = 0.0
-    init: str = "pretrained"
-    hidden_layers: int = 2
-    hidden_units: int = 256
-    patience: int = 2
-    metric: str = "auto"
-    precision: str = "auto"
-    contrastive: int = 0
-    seed: int = 42
-    init_seed: int = -1
+    learning_rate: float = knob(5e-5, "peak learning rate", low=0, high=1, low_open=True)
+    epochs: int = knob(3, "maximum number of epochs", low=1, high=1000, integer=True)
+    batch_size: int = knob(16, "training batch size", low=1, high=4096, integer=True)
+    weight_decay: float = knob(0.01, "AdamW weight decay", low=0, high=1)
+    dropout: float = knob(0.1, "dropout on the encoder's hidden states (tables: after each hidden layer)", low=0,
+                          high=1, high_open=True)
+    attention_dropout: float = knob(0.1, "dropout on the attention weights", low=0, high=1, high_open=True)
+    head_dropout: float = knob(0.1, "dropout on the text vector before the head", low=0, high=1, high_open=True)
+    label_smoothing: float = knob(0.0, "label smoothing of the loss", low=0, high=1, high_open=True)
+    warmup_ratio: float = knob(0.06, "share of steps spent warming up the learning rate", low=0, high=1,
+                               high_open=True)
+    schedule: str = knob("linear", "learning-rate decay", choices=SCHEDULES)
+    trainable_layers: int | str = knob("all", "encoder layers trained from the top: 0 = head only, 'all' = full "
+                                       "fine-tune", valid=_layers, expected="'all' or an int >= 0")
+    max_length: int = knob(128, "tokens kept per text", low=8, high=8192, integer=True)
+    grad_clip: float = knob(1.0, "gradient norm clip (0 = off)", low=0, note="0 turns it off")
+    l2sp: float = knob(0.0, "pull of the encoder toward its pretrained weights, L2-SP (0 = off)", low=0, high=100,
+                       note="0 turns it off")
+    layer_lr_decay: float = knob(1.0, "each lower layer's learning rate is the one above times this (1 = same for "
+                                 "all)", low=0, high=1, low_open=True, note="1 gives every layer the same rate")
+    unfreezing: str = knob("none", "gradual: head alone in epoch 1, then one more layer each epoch",
+                           choices=UNFREEZING)
+    lora_rank: int = knob(0, "rank of LoRA adapters trained instead of the layers' weights (0 = off)", low=0,
+                          high=1024, integer=True, note="0 turns LoRA off")
+    lora_alpha: float = knob(16.0, "LoRA scaling numerator (the update is scaled by alpha / rank)", low=0,
+                             low_open=True)
+    lora_dropout: float = knob(0.05, "dropout on the LoRA adapters' input", low=0, high=1, high_open=True)
+    lora_targets: str = knob("attention", "LoRA modules: attention, all-linear, or comma-separated module names",
+                             valid=lambda v: isinstance(v, str) and bool(v.strip()),
+                             expected=f"one of {', '.join(LORA_TARGETS)} or comma-separated module names")
+    augment: float = knob(0.0, "strength of training-data augmentation, drawn afresh each epoch (0 = off, at most 1)",
+                          low=0, high=1, note="0 = off")
+    mixup: float = knob(0.0, "share of training batches mixed with each other, inputs and labels (images, tables; "
+                        "0 = off)", low=0, high=1, note="the share of batches mixed; 0 = off")
+    init: str = knob("pretrained", "pretrained weights, or scratch: random weights (a base to fine-tune later)",
+                     choices=INITS)
+    hidden_layers: int = knob(2, "tables: hidden layers of the MLP; small-cnn: its stages", low=0, high=16,
+                              integer=True, note="0 is a linear model")
+    hidden_units: int = knob(256, "tables: units per hidden layer of the MLP; small-cnn: channels of its last stage",
+                             low=1, high=8192, integer=True)
+    patience: int = knob(2, "epochs without gain before stopping early (0 = off)", low=0, integer=True,
+                         note="0 turns early stopping off")
+    metric: str = knob("auto", "validation metric for early stopping and the best epoch (auto: macro_f1, or rmse "
+                       "for regression)", choices=METRICS)
+    precision: str = knob("auto", "auto uses bf16 where the CPU or GPU computes it natively", choices=PRECISIONS)
+    contrastive: int = knob(0, "texts: tune the encoder on this many pairs per example first (SetFit; 0 = off)",
+                            low=0, high=1000, integer=True, note="pairs per training example; 0 turns it off")
+    seed: int = knob(42, "random seed", low=0, high=2**32, high_open=True, integer=True, shown_high="2**32")
+    init_seed: int = knob(-1, "seed of the head's initial weights (-1: the seed)",
+                          valid=lambda v: _is_int(v) and -1 <= v < 2**32,
+                          expected="-1 (the same as seed) or an int in the range [0, 2**32)")
 
     def problems(self) -> list[str]:
         """Every invalid value, each named with its allowed range and the value received."""
-        found: list[str] = []
-
-        def check(name: str, ok: bool, expected: str) -> None:
-            if not ok:
-                found.append(f"The '{name}' parameter must be {expected}. Got {getattr(self, name)!r} instead.")
-
-        def is_number(value: Any) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        check("learning_rate", is_number(self.learning_rate) and 0 < self.learning_rate <= 1,
-              "a float in the range (0, 1]")
-        check("epochs", is_int(self.epochs) and 1 <= self.epochs <= 1000, "an int in the range [1, 1000]")
-        check("batch_size", is_int(self.batch_size) and 1 <= self.batch_size <= 4096,
-              "an int in the range [1, 4096]")
-        check("weight_decay", is_number(self.weight_decay) and 0 <= self.weight_decay <= 1,
-              "a float in the range [0, 1]")
-        for name in ("dropout", "attention_dropout", "head_dropout", "lora_dropout"):
-            check(name, is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1, "a float in the range [0, 1)")
-        check("label_smoothing", is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-              "a float in the range [0, 1)")
-        check("warmup_ratio", is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
-              "a float in the range [0, 1)")
-        check("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
-        check("trainable_layers",
-              self.trainable_layers == "all" or (is_int(self.trainable_layers) and self.trainable_layers >= 0),
-              "'all' or an int >= 0")
-        check("max_length", is_int(self.max_length) and 8 <= self.max_length <= 8192,
-              "an int in the range [8, 8192]")
-        check("grad_clip", is_number(self.grad_clip) and self.grad_clip >= 0, "a float >= 0 (0 turns it off)")
-        check("l2sp", is_number(self.l2sp) and 0 <= self.l2sp <= 100, "a float in the range [0, 100] (0 turns it off)")
-        check("layer_lr_decay", is_number(self.layer_lr_decay) and 0 < self.layer_lr_decay <= 1,
-              "a float in the range (0, 1] (1 gives every layer the same rate)")
-        check("unfreezing", self.unfreezing in UNFREEZING, f"one of {', '.join(UNFREEZING)}")
-        check("lora_rank", is_int(self.lora_rank) and 0 <= self.lora_rank <= 1024,
-              "an int in the range [0, 1024] (0 turns LoRA off)")
-        check("augment", is_number(self.augment) and 0 <= self.augment <= 1, "a float in the range [0, 1] (0 = off)")
-        check("mixup", is_number(self.mixup) and 0 <= self.mixup <= 1,
-              "a float in the range [0, 1] (the share of batches mixed; 0 = off)")
-        check("init", self.init in INITS, f"one of {', '.join(INITS)}")
-        check("hidden_layers", is_int(self.hidden_layers) and 0 <= self.hidden_layers <= 16,
-              "an int in the range [0, 16] (0 is a linear model)")
-        check("hidden_units", is_int(self.hidden_units) and 1 <= self.hidden_units <= 8192,
-              "an int in the range [1, 8192]")
-        check("lora_alpha", is_number(self.lora_alpha) and self.lora_alpha > 0, "a float > 0")
-        check("lora_targets", isinstance(self.lora_targets, str) and bool(self.lora_targets.strip()),
-              f"one of {', '.join(LORA_TARGETS)} or comma-separated module names")
+        found = [f"The '{name}' parameter must be {declared.expected}. Got {getattr(self, name)!r} instead."
+                 for name, declared in KNOBS.items() if not declared.valid(getattr(self, name))]
         frozen = self.trainable_layers == 0
-        if frozen and is_int(self.lora_rank) and self.lora_rank > 0:
+        if frozen and _is_int(self.lora_rank) and self.lora_rank > 0:
             found.append("LoRA (lora_rank > 0) adapts encoder layers, but trainable_layers is 0 (the head alone). "
                          "Set trainable_layers to a number of layers or 'all', or lora_rank to 0.")
         if frozen and self.unfreezing == "gradual":
             found.append("Gradual unfreezing needs layers to unfreeze, but trainable_layers is 0 (the head alone). "
                          "Set trainable_layers to a number of layers or 'all', or unfreezing to 'none'.")
-        check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0 (0 turns early stopping off)")
-        check("metric", self.metric in METRICS, f"one of {', '.join(METRICS)}")
-        check("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
-        check("contrastive", is_int(self.contrastive) and 0 <= self.contrastive <= 1000,
-              "an int in the range [0, 1000] (pairs per training example; 0 turns it off)")
-        if is_int(self.contrastive) and self.contrastive > 0 and self.init == "scratch":
+        if _is_int(self.contrastive) and self.contrastive > 0 and self.init == "scratch":
             found.append("Contrastive tuning (contrastive > 0) tunes a pretrained encoder, but init is 'scratch'. "
                          "Set init to 'pretrained', or contrastive to 0.")
-        if is_int(self.contrastive) and self.contrastive > 0 and is_int(self.lora_rank) and self.lora_rank > 0:
+        if _is_int(self.contrastive) and self.contrastive > 0 and _is_int(self.lora_rank) and self.lora_rank > 0:
             found.append("Contrastive tuning (contrastive > 0) tunes the encoder's own weights; it does not combine "
                          "with LoRA (lora_rank > 0). Set one of them to 0.")
-        check("seed", is_int(self.seed) and 0 <= self.seed < 2**32, "an int in the range [0, 2**32)")
-        check("init_seed", is_int(self.init_seed) and -1 <= self.init_seed < 2**32,
-              "-1 (the same as seed) or an int in the range [0, 2**32)")
         return found
+
+    def changed(self) -> dict[str, Any]:
+        """The knobs set to something other than their default."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
     def validate(self) -> Recipe:
         """Return self if every value is valid, else raise one ConfigError listing all problems."""
@@ -200,3 +235,7 @@ class Recipe:
     @classmethod
     def from_yaml(cls, text: str) -> Recipe:
         return cls.from_dict(yaml.safe_load(text) or {})
+
+
+KNOBS: dict[str, Knob] = {f.name: f.metadata["knob"] for f in fields(Recipe)}
+INTEGER_KNOBS = frozenset(name for name, declared in KNOBS.items() if declared.integer)

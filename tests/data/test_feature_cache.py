@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import torch
-from tests.conftest import sentiment_rows, write_csv
+from tests.conftest import sentiment_rows, use_text_grid, write_csv
 
 from tuneloop import api
 from tuneloop.config import Recipe
 from tuneloop.data.feature_cache import FeatureCache, feature_key
-from tuneloop.tuning.space import GRIDS
+from tuneloop.tasks.text import TextTask
 
 
 def test_computed_once_then_reused_from_memory_and_disk(tmp_path):
@@ -55,7 +55,7 @@ def test_key_changes_with_everything_the_vectors_depend_on(tiny_model, tmp_path)
 
 def test_trials_at_one_depth_share_one_cache_and_other_depths_have_their_own(tiny_model, toy_csv, workspace,
                                                                              monkeypatch, tmp_path):
-    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0, 2], "lr_multiplier": [1.0, 3.0]})
+    use_text_grid(monkeypatch, {"trainable_layers": [0, 2], "lr_multiplier": [1.0, 3.0]})
     base = Recipe(epochs=2, batch_size=8, patience=0)
     result = api.tune(toy_csv, model=str(tiny_model), workspace=workspace, recipe=base, budget="4trials",
                       strategy="grid", prune="none", seed_check=False, refit=False, keep_models=None)
@@ -72,8 +72,8 @@ def test_trials_at_one_depth_share_one_cache_and_other_depths_have_their_own(tin
     # scratch on the validation texts gives the accuracy recorded during training.
     head_only = next(t for t in result.trials if t.recipe.trainable_layers == 0)
     run = api.load_run(head_only.run_id, workspace)
-    task = api.TextTask.load(toy_csv, None, text_col=None, label_col=None, model=str(tiny_model), val_fraction=0.2,
-                             seed=base.seed)
+    task = TextTask.load(toy_csv, None, text_col=None, label_col=None, model=str(tiny_model), val_fraction=0.2,
+                         seed=base.seed)
     predicted = run.predict_texts(task.val.texts).labels
     accuracy = sum(p == t for p, t in zip(predicted, task.val.labels, strict=True)) / len(task.val)
     assert accuracy == run.metrics["val_accuracy"]

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tests.conftest import sentiment_rows
 from tests.training.test_loop import Boom
 
-from tuneloop import api
+from tuneloop import api, pipeline
 from tuneloop.config import Recipe
 from tuneloop.data.pairs import draw_pairs
 from tuneloop.data.text import TextExamples
@@ -59,13 +59,13 @@ def test_a_run_killed_after_its_pairs_resumes_as_if_uninterrupted(tiny_model, tm
                              val_fraction=0.2, seed=0)
 
     with Workspace.open(tmp_path / "a", create=True) as store:
-        straight, _ = api.train_run(store, task(), RECIPE)
+        straight, _ = pipeline.train_run(store, task(), RECIPE)
     checkpoint = EpochCheckpoint(tmp_path / "ckpt")
     with Workspace.open(tmp_path / "b", create=True) as store:
         with pytest.raises(RuntimeError, match="killed"):
-            api.train_run(store, task(), RECIPE, [Boom(at_epoch=2)], checkpoint)
+            pipeline.train_run(store, task(), RECIPE, [Boom(at_epoch=2)], checkpoint)
         assert (tmp_path / "ckpt" / "pairs").is_dir(), "the pairs phase was checkpointed apart"
-        resumed, result = api.train_run(store, task(), RECIPE, [], checkpoint)
+        resumed, result = pipeline.train_run(store, task(), RECIPE, [], checkpoint)
     assert result.resumed_from_epoch == 1
     same = ("train_loss", "val_loss", "val_accuracy")
     assert [[e[k] for k in same] for e in resumed.history] == [[e[k] for k in same] for e in straight.history]
@@ -81,9 +81,9 @@ def test_a_later_trial_with_the_same_pairs_starts_from_the_kept_encoder_with_the
     shared = task()
     other_head = RECIPE.replace(head_dropout=0.3, learning_rate=1e-3)
     with Workspace.open(tmp_path / "a", create=True) as store:
-        first, _ = api.train_run(store, shared, RECIPE)
-        kept, _ = api.train_run(store, shared, other_head)
-        fresh, _ = api.train_run(store, task(), other_head)
+        first, _ = pipeline.train_run(store, shared, RECIPE)
+        kept, _ = pipeline.train_run(store, shared, other_head)
+        fresh, _ = pipeline.train_run(store, task(), other_head)
     assert first.metrics["pairs_seconds"] > 0 and kept.metrics["pairs_seconds"] == 0, "no second tuning"
     same = ("train_loss", "val_loss", "val_accuracy")
     assert [[e[k] for k in same] for e in kept.history] == [[e[k] for k in same] for e in fresh.history]

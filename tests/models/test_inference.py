@@ -15,6 +15,7 @@ from tuneloop.cli import main
 from tuneloop.errors import ConfigError, ModelError
 from tuneloop.models import get_adapter
 from tuneloop.models.quantize import agreement, agreement_sample, int8_is_the_faster_match, quantize_int8
+from tuneloop.tasks.text import AUTO_INT8_MIN_TEXTS, TextTask
 from tuneloop.training.device import bf16_is_fast
 from tuneloop.training.loop import predict_probabilities
 
@@ -105,7 +106,7 @@ class Contrary(nn.Module):
 
 
 def test_low_agreement_warns_with_the_number(run, monkeypatch):
-    monkeypatch.setattr("tuneloop.api.quantize_int8", lambda model, device: Contrary(model))
+    monkeypatch.setattr("tuneloop.run.quantize_int8", lambda model, device: Contrary(model))
     with pytest.warns(UserWarning, match=r"int8 predictions agree with fp32 on \d+\.\d% of 60 sampled texts"):
         predictions = run.predict(TEST_TEXTS, precision="int8")
     assert predictions.agreement_with_fp32 < 0.1
@@ -117,7 +118,7 @@ def test_int8_on_a_gpu_is_refused_with_a_clear_error(run, monkeypatch):
         quantize_int8(model, "cuda")
     with pytest.raises(ModelError, match="CPU only; got device meta"):
         quantize_int8(nn.Linear(4, 2, device="meta"))
-    monkeypatch.setattr("tuneloop.api.pick_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr("tuneloop.run.pick_device", lambda: torch.device("cuda"))
     with pytest.raises(ModelError, match="CPU only"):
         run.predict(TEST_TEXTS, precision="int8")
 
@@ -149,7 +150,7 @@ def test_int8_is_chosen_only_where_it_agrees_and_is_faster():
 def test_auto_measures_int8_against_fp32_once_for_many_texts_and_says_what_it_chose(run, monkeypatch):
     few = run.predict(TEST_TEXTS)
     assert few.precision == "fp32" and "too few" in few.precision_reason
-    many = [text for _ in range(-(-api.AUTO_INT8_MIN_TEXTS // len(TEST_TEXTS))) for text in TEST_TEXTS]
+    many = [text for _ in range(-(-AUTO_INT8_MIN_TEXTS // len(TEST_TEXTS))) for text in TEST_TEXTS]
     predictions = run.predict(many)
     assert predictions.precision in ("int8", "fp32")
     assert "sampled texts" in predictions.precision_reason and "agree with fp32" in predictions.precision_reason
@@ -159,12 +160,12 @@ def test_auto_measures_int8_against_fp32_once_for_many_texts_and_says_what_it_ch
 
     def measured_again(*args):
         raise AssertionError("measured again")
-    monkeypatch.setattr(api.Run, "_measure_int8", measured_again)
+    monkeypatch.setattr(TextTask, "measure_int8", measured_again)
     assert run.predict(many).precision == predictions.precision
 
 
 def test_auto_on_a_cpu_with_native_bf16_predicts_in_bf16(run, monkeypatch):
-    monkeypatch.setattr(api, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr("tuneloop.tasks.text.bf16_is_fast", lambda device: True)
     monkeypatch.setattr("tuneloop.training.device.bf16_is_fast", lambda device: True)
     predictions = run.predict(TEST_TEXTS)
     assert predictions.precision == "bf16" and "on this CPU" in predictions.precision_reason

@@ -11,6 +11,7 @@ from tests.training.test_loop import toy_sets
 from tuneloop import api
 from tuneloop.config import Recipe
 from tuneloop.models import get_adapter
+from tuneloop.tasks.text import TextTask
 from tuneloop.training.loop import Callback, train
 
 CPU = torch.device("cpu")
@@ -144,8 +145,8 @@ def test_top_k_trial_trains_on_cached_states_and_its_saved_model_scores_the_same
     run = api.fit(toy_csv, model=str(tiny_model), workspace=workspace, epochs=2, trainable_layers=1,
                   learning_rate=1e-3, batch_size=8)
     assert run.metrics["cached_inputs"] == "layer-1"
-    task = api.TextTask.load(toy_csv, None, text_col=None, label_col=None, model=str(tiny_model),
-                             val_fraction=0.2, seed=run.recipe.seed)
+    task = TextTask.load(toy_csv, None, text_col=None, label_col=None, model=str(tiny_model),
+                         val_fraction=0.2, seed=run.recipe.seed)
     reloaded = api.load_run(run.id, workspace)
     predicted = reloaded.predict_texts(task.val.texts).labels
     accuracy = sum(p == t for p, t in zip(predicted, task.val.labels, strict=True)) / len(task.val)

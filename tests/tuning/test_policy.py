@@ -3,9 +3,28 @@
 import pytest
 
 from tuneloop.config import Recipe
+from tuneloop.tasks.image import IMAGE_FAMILY, IMAGE_SCRATCH_FAMILY
+from tuneloop.tasks.table import TABLE_FAMILY
+from tuneloop.tasks.text import TEXT_FAMILY
 from tuneloop.training.loop import EpochRecord
+from tuneloop.tuning import policy
 from tuneloop.tuning.diagnose import LABELS, Diagnosis, diagnose
-from tuneloop.tuning.policy import MAX_EPOCHS, MIN_LEARNING_RATE, RULES, learning_rate_cap, next_recipe, recipe_key
+from tuneloop.tuning.policy import MAX_EPOCHS, MIN_LEARNING_RATE, TEXT_RULES, learning_rate_cap, recipe_key
+
+FAMILIES = {"image": IMAGE_FAMILY, "image-scratch": IMAGE_SCRATCH_FAMILY, "tabular": TABLE_FAMILY}
+
+
+def next_recipe(diagnosis, recipe, tried, **options):
+    """The policy's next move, for a text encoder unless ``family`` says otherwise."""
+    return policy.next_recipe(diagnosis, recipe, tried, **{"family": TEXT_FAMILY, **options})
+
+
+def explore(recipe, tried, **options):
+    return policy.explore(recipe, tried, **{"family": TEXT_FAMILY, **options})
+
+
+def untried(recipe, tried, **options):
+    return policy.untried(recipe, tried, **{"family": TEXT_FAMILY, **options})
 
 
 def diagnosis(label: str, finding: str = "what the curves showed", best_epoch: int = 2) -> Diagnosis:
@@ -30,7 +49,7 @@ def walk(label: str, recipe: Recipe, num_layers: int | None = 6, best_epoch: int
 
 
 def test_rules_cover_every_diagnosis_label():
-    assert set(RULES) == set(LABELS)
+    assert set(TEXT_RULES) == set(LABELS)
 
 
 # -- the first move of each rule ------------------------------------------------------------------------------
@@ -260,7 +279,7 @@ def test_unknown_label_is_refused():
 def walk_table(label: str, recipe: Recipe) -> list:
     tried, decisions = [], []
     while (decision := next_recipe(diagnosis(label, best_epoch=2), recipe, tried, num_layers=None,
-                                   modality="tabular")) is not None:
+                                   family=TABLE_FAMILY)) is not None:
         decisions.append(decision)
         tried.append(decision.recipe)
         assert len(decisions) < 50
@@ -281,7 +300,7 @@ def test_an_overfitting_table_is_regularized_then_made_smaller():
     assert {"hidden_layers": (2, 1)} in [d.changes for d in decisions]
 
 
-@pytest.mark.parametrize("label", sorted(RULES))
+@pytest.mark.parametrize("label", sorted(TEXT_RULES))
 def test_a_table_never_gets_encoder_moves(label):
     decisions = walk_table(label, Recipe(hidden_layers=2, hidden_units=256, epochs=30, grad_clip=0.0))
     moved = {knob for d in decisions for knob in d.changes}
@@ -299,7 +318,7 @@ def test_an_overfitting_table_is_also_offered_mixup_after_augmentation():
 def walk_family(label: str, recipe: Recipe, family: str, num_layers: int | None = None) -> list:
     tried, decisions = [], []
     while (decision := next_recipe(diagnosis(label, best_epoch=2), recipe, tried, num_layers=num_layers,
-                                   modality=family)) is not None:
+                                   family=FAMILIES[family])) is not None:
         decisions.append(decision)
         tried.append(decision.recipe)
         assert len(decisions) < 50
@@ -330,7 +349,7 @@ def test_a_pretrained_image_body_is_unfrozen_and_augmented_only_where_layers_tra
 
 
 def first_in(label: str, recipe: Recipe, family: str):
-    decision = next_recipe(diagnosis(label), recipe, (), num_layers=18, modality=family)
+    decision = next_recipe(diagnosis(label), recipe, (), num_layers=18, family=FAMILIES[family])
     assert decision is not None
     return decision
 
@@ -386,8 +405,6 @@ def test_few_examples_per_class_make_pairs_the_first_move_for_texts():
 
 
 def test_exploring_tries_the_larger_moves_once_each():
-    from tuneloop.tuning.policy import explore, untried
-
     best = Recipe(trainable_layers=0, learning_rate=2e-3, epochs=5)
     tried: list[Recipe] = []
     seen = []
@@ -420,7 +437,7 @@ def test_pairs_are_sized_to_the_time_left_and_skipped_where_too_few_fit():
 def test_a_guided_strategy_names_what_it_has_not_tried():
     from tuneloop.tuning.strategies import DataFacts, GuidedStrategy, TrialOutcome
 
-    strategy = GuidedStrategy(6, "text", DataFacts(6, train_size=100, examples_per_class=50))
+    strategy = GuidedStrategy(6, TEXT_FAMILY, DataFacts(6, train_size=100, examples_per_class=50))
     head = Recipe(trainable_layers=0, learning_rate=2e-3)
     history = [TrialOutcome(head, "completed", 0.8, diagnosis("good_fit"), 0)]
     assert strategy.untried(history)[:2] == ["the whole encoder", "few examples per class: tune the encoder on pairs "
@@ -466,7 +483,7 @@ def test_a_move_too_costly_for_the_time_left_is_cut_to_fit_or_passed_over():
     history = [TrialOutcome(head, "completed", 0.8, diagnosis("good_fit"), 0)]
 
     def propose(seconds_left):
-        strategy = GuidedStrategy(6, "text", facts)
+        strategy = GuidedStrategy(6, TEXT_FAMILY, facts)
         study = optuna.create_study(direction="maximize")
         return strategy, strategy.propose(study, Recipe(), history, None, seconds_left)
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import optuna
 import pytest
-from tests.conftest import kill_when, sentiment_rows, write_csv
+from tests.conftest import kill_when, sentiment_rows, use_text_grid, write_csv
 
 from tuneloop import api
 from tuneloop.config import Recipe
@@ -20,7 +20,6 @@ from tuneloop.errors import ConfigError
 from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import EpochRecord, StopTraining
 from tuneloop.tuning.policy import recipe_key
-from tuneloop.tuning.space import GRIDS
 from tuneloop.tuning.study import Budget, _ReportToOptuna, _StudyDriver
 
 
@@ -142,7 +141,7 @@ def test_recipes_within_noise_are_trained_on_every_example_and_handed_back_as_an
     examples, and the study hands back their average, which reloads, predicts and registers like any run."""
     from tuneloop.continual.versions import register
 
-    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0, "all"], "lr_multiplier": [1.0]})
+    use_text_grid(monkeypatch, {"trainable_layers": [0, "all"], "lr_multiplier": [1.0]})
     result = tune(tiny_model, toy_csv, workspace, budget="2trials", refit=True, strategy="grid", prune="none")
     refits = [t for t in result.trials if t.kind == "refit"]
     (ensemble,) = [t for t in result.trials if t.kind == "ensemble"]
@@ -169,7 +168,7 @@ def test_without_the_leaders_final_fit_its_own_model_leads_the_ensemble(tiny_mod
     """Where the chosen recipe's fit on every example would not fit in the budget left, the chosen trial's own
     model (trained on the training examples) is averaged with the final fits of the recipes within noise of it
     that do fit: a hedge, not a bet on a choice made on 16 validation examples."""
-    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0, "all"], "lr_multiplier": [1.0]})
+    use_text_grid(monkeypatch, {"trainable_layers": [0, "all"], "lr_multiplier": [1.0]})
     asked: list[int] = []
     final_fit = _StudyDriver._final_fit
 
@@ -199,7 +198,7 @@ def test_target_stops_the_study(tiny_model, toy_csv, workspace):
 
 
 def test_grid_stops_when_exhausted(tiny_model, toy_csv, workspace, monkeypatch):
-    monkeypatch.setitem(GRIDS, "text", {"trainable_layers": [0], "lr_multiplier": [1.0, 3.0]})
+    use_text_grid(monkeypatch, {"trainable_layers": [0], "lr_multiplier": [1.0, 3.0]})
     result = tune(tiny_model, toy_csv, workspace, budget="10trials", strategy="grid", prune="none")
     assert len(result.trials) == 2 and "nothing left" in result.stop_reason
     assert [t.reason for t in result.trials] == ["grid point 1 of 2", "grid point 2 of 2"]

@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.api import Predictions
 from tuneloop.continual.samples import Examples, class_labels, load_examples
 from tuneloop.continual.scoring import embeddings, example_scores, is_regressor, predict_examples, read_like
 from tuneloop.continual.stats import TestResult, chi_squared_homogeneity, mmd_permutation_test, two_proportion_test
 from tuneloop.continual.versions import GATE_NEW, GATE_OLD, holdout_trained_on, version_run
-from tuneloop.data.tabular import TableExamples
 from tuneloop.errors import DataError
+from tuneloop.run import Predictions
 from tuneloop.store.registry import Registry, parse_reference
 from tuneloop.store.workspace import Workspace
+from tuneloop.tasks import DataOptions
 
 ALPHA = 0.01  # a test's p-value below this is evidence of a shift
 CONFIDENCE_DROP = 0.05  # mean top-class probability lower than the baseline's by this much is worth saying
@@ -75,7 +75,7 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
     with Workspace.open(workspace) as store:
         version = Registry(store).get(reference, number)
         run = version_run(store, version)
-        options = version.lineage.get("data_options", {})
+        options = DataOptions.from_dict(version.lineage.get("data_options"))
         new = _read(run, data, options, labelled, text_col, label_col, image_col)
         replay = load_examples(version.folder, "replay")
         reference, caveat = baseline(version)
@@ -126,7 +126,7 @@ def verdict_for(evidence: list[Evidence], new_classes: list[str], ref: str, has_
                      f"again to see whether {ref} does worse, or update it with tuneloop adapt {name} DATA.")
 
 
-def _read(run, data: Any, options: dict, labelled: bool | None, text_col, label_col, image_col) -> Examples:
+def _read(run, data: Any, options: DataOptions, labelled: bool | None, text_col, label_col, image_col) -> Examples:
     if labelled is not None:
         return read_like(run, data, options, labelled=labelled, text_col=text_col, label_col=label_col,
                          image_col=image_col)
@@ -139,7 +139,7 @@ def _read(run, data: Any, options: dict, labelled: bool | None, text_col, label_
 
 
 def _has_labels(examples: Examples) -> bool:
-    return (examples.targets if isinstance(examples, TableExamples) else examples.labels) is not None
+    return examples.has_labels
 
 
 def baseline(version) -> tuple[Examples, str]:

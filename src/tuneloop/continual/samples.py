@@ -5,33 +5,21 @@ judges updates on). Texts, table rows and images alike; saved exactly (JSON, and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
-from tuneloop.data.images import ImageExamples
-from tuneloop.data.tabular import TableExamples, target_labels
-from tuneloop.data.text import TextExamples
+from tuneloop.data import Examples
+from tuneloop.data import load_examples as read_saved
 from tuneloop.errors import ModelError
 
-Examples = TextExamples | TableExamples | ImageExamples
 REPLAY_SIZE = 2000  # examples of training data a version keeps for replay
 HOLDOUT_SIZE = 2000  # examples of validation data it keeps for the gate
 
 
 def class_labels(examples: Examples, classification: bool = True) -> list[str] | None:
     """Each example's class name, or None for a regressor's numeric targets (nothing to stratify by)."""
-    if not classification:
-        return None
-    if isinstance(examples, TableExamples):
-        return target_labels(examples)
-    if examples.labels is None:
-        raise ValueError(f"{examples.source}: the examples have no labels.")
-    return list(examples.labels)
+    return examples.class_labels() if classification else None
 
 
 def stratified_indices(labels: list[str] | None, n: int, limit: int, seed: int) -> np.ndarray:
@@ -91,58 +79,17 @@ def concat(first: Examples, second: Examples) -> Examples:
     """The examples of ``first`` then ``second`` (of the same kind), as one set."""
     if type(first) is not type(second):
         raise TypeError(f"Cannot join {type(first).__name__} with {type(second).__name__}.")
-    source = first.source if first.source == second.source else f"{first.source} + {second.source}"
-    if isinstance(first, TextExamples):
-        return TextExamples(first.texts + second.texts, _joined(first.labels, second.labels),
-                            first.locations + second.locations, source)
-    if isinstance(first, ImageExamples):
-        if first.pixels.shape[1:] != second.pixels.shape[1:]:
-            raise ValueError(f"Images of {tuple(first.pixels.shape[1:])} and {tuple(second.pixels.shape[1:])} "
-                             "cannot be joined; resize them to one size first.")
-        return ImageExamples(torch.cat([first.pixels, second.pixels]), _joined(first.labels, second.labels),
-                             first.locations + second.locations, source)
-    missing = sorted(set(first.columns) ^ set(second.columns))
-    if missing:
-        raise ValueError(f"{second.source}: the columns differ from {first.source}'s: {', '.join(missing)}.")
-    columns = {name: list(values) + list(second.columns[name]) for name, values in first.columns.items()}
-    return TableExamples(columns, _joined(first.targets, second.targets), first.locations + second.locations,
-                         source, first.target_column)
-
-
-def _joined(first: list | None, second: list | None) -> list | None:
-    return None if first is None or second is None else list(first) + list(second)
+    return first.concat(second)
 
 
 def save_examples(examples: Examples, folder: Path, stem: str) -> None:
     """Write ``stem``.json (and for images ``stem``.safetensors with the pixels) into ``folder``."""
-    meta: dict[str, Any] = {"locations": examples.locations, "source": examples.source}
-    if isinstance(examples, TextExamples):
-        meta.update(kind="text", texts=examples.texts, labels=examples.labels)
-    elif isinstance(examples, ImageExamples):
-        meta.update(kind="image", labels=examples.labels)
-        save_file({"pixels": examples.pixels.contiguous()}, str(folder / f"{stem}.safetensors"))
-    else:
-        meta.update(kind="table", columns={k: [_plain(v) for v in vs] for k, vs in examples.columns.items()},
-                    targets=None if examples.targets is None else [_plain(v) for v in examples.targets],
-                    target_column=examples.target_column)
-    (folder / f"{stem}.json").write_text(json.dumps(meta))
+    examples.save(folder, stem)
 
 
 def load_examples(folder: Path, stem: str) -> Examples:
     """The examples ``save_examples`` wrote."""
     try:
-        meta = json.loads((folder / f"{stem}.json").read_text())
-        if meta["kind"] == "text":
-            return TextExamples(meta["texts"], meta["labels"], meta["locations"], meta["source"])
-        if meta["kind"] == "image":
-            pixels = load_file(str(folder / f"{stem}.safetensors"))["pixels"]
-            return ImageExamples(pixels, meta["labels"], meta["locations"], meta["source"])
-        return TableExamples(meta["columns"], meta["targets"], meta["locations"], meta["source"],
-                             meta["target_column"])
+        return read_saved(folder, stem)
     except (OSError, KeyError, ValueError) as error:
         raise ModelError(f"{folder}: the kept {stem} examples are not readable ({error}).") from error
-
-
-def _plain(value: Any) -> Any:
-    """A cell as JSON keeps it: numpy scalars become Python numbers."""
-    return value.item() if isinstance(value, np.generic) else value

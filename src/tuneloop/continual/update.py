@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.api import Run, load_task, train_run
 from tuneloop.config import Recipe
 from tuneloop.continual.gate import DEFAULT_TOLERANCE, GateDecision
 from tuneloop.continual.policy import UpdateKnobs, UpdateOutcome, best_outcome, first_knobs, next_knobs
@@ -37,11 +36,13 @@ from tuneloop.continual.samples import (
 )
 from tuneloop.continual.scoring import example_scores, is_regressor, read_like
 from tuneloop.continual.versions import GATE_NEW, GATE_OLD, gate_decision, version_run
-from tuneloop.data.feature_cache import FeatureCache
 from tuneloop.errors import ConfigError, DataError
 from tuneloop.models.ensemble import lead_member
+from tuneloop.pipeline import load_task, train_run
+from tuneloop.run import Run
 from tuneloop.store.registry import ModelVersion, Registry, parse_reference
 from tuneloop.store.workspace import Workspace
+from tuneloop.tasks import DataOptions
 from tuneloop.training.loop import Callback
 from tuneloop.tuning.study import Budget, new_study_id
 
@@ -130,7 +131,7 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
         registry = Registry(store)
         parent = registry.get(reference_name, number)
         production = version_run(store, parent)
-        options = parent.lineage.get("data_options", {})
+        options = DataOptions.from_dict(parent.lineage.get("data_options"))
         new = read_like(production, data, options, text_col=text_col, label_col=label_col, image_col=image_col)
         classification = not is_regressor(production)
         parts = UpdateData.split(new, load_examples(parent.folder, "replay"), load_examples(parent.folder, "holdout"),
@@ -158,7 +159,7 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
     return AdaptResult(version, parent, promoted, decision, trials, study_id, new_classes)
 
 
-def _search(store: Workspace, parent: ModelVersion, production: Run, options: dict, parts: UpdateData,
+def _search(store: Workspace, parent: ModelVersion, production: Run, options: DataOptions, parts: UpdateData,
             knobs: UpdateKnobs, limits: Budget, tolerance: float, seed: int, callbacks: Sequence[Callback]
             ) -> tuple[str, list[UpdateTrial], list[Run], float]:
     """The update's trials, each scored against production on new and old validation data, the policy
@@ -208,7 +209,7 @@ def _search(store: Workspace, parent: ModelVersion, production: Run, options: di
 
 
 def _register_update(store: Workspace, registry: Registry, parent: ModelVersion, chosen: Run, trial: UpdateTrial,
-                     study_id: str, new: Examples, new_classes: list[str], parts: UpdateData, options: dict,
+                     study_id: str, new: Examples, new_classes: list[str], parts: UpdateData, options: DataOptions,
                      replay_size: int, holdout_size: int, seed: int, classification: bool) -> ModelVersion:
     """The chosen trial's model as a candidate version, with its lineage and its own kept samples: replay of
     the old sample and the new training data, a holdout joining the old and new ones, and the gate's two."""
@@ -217,7 +218,7 @@ def _register_update(store: Workspace, registry: Registry, parent: ModelVersion,
                "study": study_id, "train_source": f"{new.source} + replay of {parent.ref}",
                "train_fingerprint": record.train_fingerprint, "val_fingerprint": record.val_fingerprint,
                "new_data": new.source, "new_fingerprint": new.fingerprint(), "new_classes": new_classes,
-               "knobs": trial.knobs.__dict__, "recipe": chosen.recipe.to_dict(), "data_options": options}
+               "knobs": trial.knobs.__dict__, "recipe": chosen.recipe.to_dict(), "data_options": options.to_dict()}
 
     def fill(folder: Path) -> None:
         save_examples(bounded_sample(concat(parts.replay, parts.new_rest), replay_size, seed, classification),
@@ -231,7 +232,7 @@ def _register_update(store: Workspace, registry: Registry, parent: ModelVersion,
                              parent=parent.version, fill=fill)
 
 
-def _train_update(store: Workspace, production: Run, options: dict, parts: UpdateData, recipe: Recipe,
+def _train_update(store: Workspace, production: Run, options: DataOptions, parts: UpdateData, recipe: Recipe,
                   replay_ratio: float, callbacks: Sequence[Callback]) -> tuple[Run, bool]:
     """One trial: the production model (an ensemble's lead member) fine-tuned by ``recipe`` on the new training
     data and its share of replay, with the best epoch chosen on new and old validation data together."""
@@ -241,11 +242,10 @@ def _train_update(store: Workspace, production: Run, options: dict, parts: Updat
     if wanted:
         train = concat(train, bounded_sample(parts.replay, min(wanted, len(parts.replay)), recipe.seed,
                                              classification))
-    task = load_task(train, concat(parts.new_val, parts.old_val), task=options.get("task", "auto"), text_col=None,
-                     label_col=None, model=str(lead_member(production.path)), val_fraction=VALIDATION_FRACTION,
-                     seed=recipe.seed, keep_classes=classification)
-    if hasattr(task, "features"):  # the frozen part's outputs, shared across trials and later updates
-        task.features = FeatureCache(store.root / "cache")
+    read_as = DataOptions(task=options.task, val_fraction=VALIDATION_FRACTION, seed=recipe.seed)
+    task = load_task(train, concat(parts.new_val, parts.old_val), read_as, model=str(lead_member(production.path)),
+                     keep_classes=classification)
+    task.cache_in(store.root / "cache")  # the frozen part's outputs, shared across trials and later updates
     run, result = train_run(store, task, recipe, callbacks)
     return run, result.best_epoch == len(result.history)
 

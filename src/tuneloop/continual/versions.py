@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.api import Run, task_of_run
 from tuneloop.continual.gate import DEFAULT_TOLERANCE, GateDecision, decide
 from tuneloop.continual.samples import (
     HOLDOUT_SIZE,
@@ -27,6 +26,8 @@ from tuneloop.continual.samples import (
 )
 from tuneloop.continual.scoring import example_scores, is_regressor
 from tuneloop.errors import ConfigError, DataError, RunNotFoundError, TuneloopError
+from tuneloop.pipeline import task_of_run
+from tuneloop.run import Run
 from tuneloop.store.registry import ModelVersion, Registry, parse_reference
 from tuneloop.store.workspace import RunRecord, Workspace
 

@@ -33,10 +33,12 @@ from typing import TypeVar
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
 
+from tuneloop.data import ClassLabels, saved_as, write_meta
 from tuneloop.data.batches import Batch, _labels
 from tuneloop.data.files import SUFFIXES, Table, as_text, read_table
-from tuneloop.data.text import LABEL_COLUMNS, MAX_LISTED, find_column
+from tuneloop.data.text import LABEL_COLUMNS, MAX_LISTED, find_column, joined_source
 from tuneloop.errors import ConfigError, DataError
 
 IMAGE_COLUMNS = ("image", "path", "file", "filename", "image_path", "filepath")
@@ -50,8 +52,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+@saved_as("image")
 @dataclass(frozen=True)
-class ImageExamples:
+class ImageExamples(ClassLabels):
     """Images resized to one square size and (optionally) their labels, each with where it came from."""
 
     pixels: torch.Tensor  # uint8, images x channels x size x size
@@ -72,6 +75,25 @@ class ImageExamples:
         labels = None if self.labels is None or other.labels is None else [*self.labels, *other.labels]
         return ImageExamples(torch.cat([self.pixels, other.pixels]), labels, [*self.locations, *other.locations],
                              self.source)
+
+    def concat(self, other: ImageExamples) -> ImageExamples:
+        """These images, then ``other``'s, as one set (of both sources); both must be of one size."""
+        if self.pixels.shape[1:] != other.pixels.shape[1:]:
+            raise ValueError(f"Images of {tuple(self.pixels.shape[1:])} and {tuple(other.pixels.shape[1:])} "
+                             "cannot be joined; resize them to one size first.")
+        joined = self.joined(other)
+        return ImageExamples(joined.pixels, joined.labels, joined.locations, joined_source(self, other))
+
+    def save(self, folder: Path, stem: str) -> None:
+        """``stem``.json (labels, where each image came from) and ``stem``.safetensors (the pixels)."""
+        save_file({"pixels": self.pixels.contiguous()}, str(folder / f"{stem}.safetensors"))
+        write_meta(folder, stem, {"kind": self.saved_name, "labels": self.labels, "locations": self.locations,
+                                  "source": self.source})
+
+    @classmethod
+    def load_saved(cls, folder: Path, stem: str, meta: dict) -> ImageExamples:
+        pixels = load_file(str(folder / f"{stem}.safetensors"))["pixels"]
+        return cls(pixels, meta["labels"], meta["locations"], meta["source"])
 
     def fingerprint(self) -> str:
         """A short hash of the pixels, their shape and the labels, so a run records exactly which data it saw."""

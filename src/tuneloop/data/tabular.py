@@ -30,8 +30,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from tuneloop.data import saved_as, write_meta
 from tuneloop.data.files import as_text, read_table
-from tuneloop.data.text import MAX_LISTED, TextExamples, find_column, stratified_split
+from tuneloop.data.text import MAX_LISTED, TextExamples, find_column, joined_source, stratified_split
 from tuneloop.errors import ConfigError, DataError, ModelError
 
 Task = Literal["classification", "regression"]
@@ -86,6 +87,7 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
 
 
+@saved_as("table")
 @dataclass(frozen=True)
 class TableExamples:
     """The feature columns of a table (raw cells), the targets, and where each row is in the source file."""
@@ -117,6 +119,34 @@ class TableExamples:
                    for name, values in self.columns.items()}
         targets = None if self.targets is None or other.targets is None else [*self.targets, *other.targets]
         return TableExamples(columns, targets, [*self.locations, *other.locations], self.source, self.target_column)
+
+    def concat(self, other: TableExamples) -> TableExamples:
+        """These rows, then ``other``'s, as one set (of both sources); both must have the same columns."""
+        missing = sorted(set(self.columns) ^ set(other.columns))
+        if missing:
+            raise ValueError(f"{other.source}: the columns differ from {self.source}'s: {', '.join(missing)}.")
+        joined = self.joined(other)
+        return TableExamples(joined.columns, joined.targets, joined.locations, joined_source(self, other),
+                             self.target_column)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.targets is not None
+
+    def class_labels(self) -> list[str]:
+        """Each row's target as a class name (ValueError where the rows were read without targets)."""
+        return target_labels(self)
+
+    def save(self, folder: Path, stem: str) -> None:
+        """``stem``.json in ``folder``: the cells, the targets, and where each row came from."""
+        write_meta(folder, stem, {"kind": self.saved_name, "locations": self.locations, "source": self.source,
+                                  "columns": {k: [_plain(v) for v in vs] for k, vs in self.columns.items()},
+                                  "targets": None if self.targets is None else [_plain(v) for v in self.targets],
+                                  "target_column": self.target_column})
+
+    @classmethod
+    def load_saved(cls, folder: Path, stem: str, meta: dict) -> TableExamples:
+        return cls(meta["columns"], meta["targets"], meta["locations"], meta["source"], meta["target_column"])
 
     def fingerprint(self) -> str:
         """A short hash of the column names, the cells and the targets, so a run records which data it saw."""
@@ -518,3 +548,8 @@ def split_table(examples: TableExamples, val_fraction: float, seed: int,
     order = np.random.default_rng(seed).permutation(len(examples))
     n_val = min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))
     return examples.subset(sorted(order[n_val:].tolist())), examples.subset(sorted(order[:n_val].tolist()))
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON keeps it: numpy scalars become Python numbers."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneloop.data import ClassLabels, saved_as, write_meta
 from tuneloop.data.files import Table, as_text, read_table
 from tuneloop.errors import DataError
 
@@ -18,8 +20,9 @@ LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y", "sentime
 MAX_LISTED = 5
 
 
+@saved_as("text")
 @dataclass(frozen=True)
-class TextExamples:
+class TextExamples(ClassLabels):
     """Texts and (optionally) their labels, each with its place in the source file for error messages."""
 
     texts: list[str]
@@ -40,6 +43,19 @@ class TextExamples:
         labels = None if self.labels is None or other.labels is None else [*self.labels, *other.labels]
         return TextExamples([*self.texts, *other.texts], labels, [*self.locations, *other.locations], self.source)
 
+    def concat(self, other: TextExamples) -> TextExamples:
+        """These examples, then ``other``'s, as one set (of both sources)."""
+        return dataclasses.replace(self.joined(other), source=joined_source(self, other))
+
+    def save(self, folder: Path, stem: str) -> None:
+        """``stem``.json in ``folder``: the texts, labels and where each came from."""
+        write_meta(folder, stem, {"kind": self.saved_name, "texts": self.texts, "labels": self.labels,
+                                  "locations": self.locations, "source": self.source})
+
+    @classmethod
+    def load_saved(cls, folder: Path, stem: str, meta: dict) -> TextExamples:
+        return cls(meta["texts"], meta["labels"], meta["locations"], meta["source"])
+
     def fingerprint(self) -> str:
         """A short hash of the texts and labels, so a run records exactly which data it saw."""
         digest = hashlib.sha256()
@@ -47,6 +63,12 @@ class TextExamples:
             digest.update(text.encode())
             digest.update(b"\x1f" + (self.labels[i] if self.labels else "").encode() + b"\x1e")
         return digest.hexdigest()[:16]
+
+
+
+def joined_source(first, second) -> str:
+    """The source of two sets of examples joined: one where they share it, else both."""
+    return first.source if first.source == second.source else f"{first.source} + {second.source}"
 
 
 def find_column(table: Table, wanted: str | None, common: tuple[str, ...], role: str, flag: str) -> str:

@@ -51,8 +51,6 @@ MIN_OPTUNA_TRIALS = 4  # fewer completed trials with sampled parameters tell an 
 KNOBS = [f.name for f in fields(Recipe)]
 BEST_COLOR = "#d62728"
 # Other trials cycle through tab10 without its red, so only the best trial is ever drawn red.
-DEFAULT_MODELS = {"text": "packaged all-MiniLM-L6-v2", "tabular": "an MLP trained from scratch",
-                  "image": "efficientnet-lite0 (ImageNet weights)"}
 TRIAL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
@@ -225,7 +223,7 @@ def header_section(study: StudyRecord) -> str:
         ("Time spent", _duration(row["spent_seconds"])), ("Budget", options.get("budget")),
         ("Data", options.get("data")), ("Validation", options.get("val") or
                                         f"stratified {options.get('val_fraction')} of the data"),
-        ("Model", options.get("model") or DEFAULT_MODELS.get(options.get("task", "text"), "")),
+        ("Model", options.get("model") or _default_model(options.get("task", "text"))),
         ("Started", row["created_at"]),
         ("Seed check", seed_verdict(groups) if groups else "not run"),
         ("Final model", row.get("choice") or "the best trial"),
@@ -550,15 +548,22 @@ def importance_section(study: StudyRecord) -> str:
             + "</section>")
 
 
+def _default_model(modality: str) -> str:
+    """What a study of this kind of data trains where no model was named."""
+    from tuneloop.tasks import TASKS
+
+    return TASKS[modality].default_model if modality in TASKS else ""
+
+
 def _best_on_validation(study: StudyRecord, best: dict[str, Any]) -> tuple[Any, Any]:
     """The study's validation split rebuilt from its stored options, and the best run."""
-    from tuneloop.api import load_run, load_task
+    from tuneloop.pipeline import load_task
+    from tuneloop.run import load_run
+    from tuneloop.tasks import DataOptions
 
     options = study.row["options"]
-    task = load_task(options["data"], options["val"], task=options.get("task", "text"),
-                     text_col=options["text_col"], label_col=options["label_col"], model=options["model"],
-                     val_fraction=options["val_fraction"], seed=Recipe.from_dict(options["recipe"]).seed,
-                     image_col=options.get("image_col"), image_size=options.get("image_size"))
+    read_as = DataOptions.from_dict(options, seed=Recipe.from_dict(options["recipe"]).seed)
+    task = load_task(options["data"], options["val"], read_as, model=options["model"])
     return task, load_run(best["run_id"], study.root)
 
 
@@ -571,10 +576,7 @@ def _validation_confusion(task: Any, run: Any) -> tuple[np.ndarray, list[str], s
     if unknown:
         raise DataError(f"the validation data now has labels the model never saw: {', '.join(unknown)}")
     true = np.array([index[label] for label in task.val_labels])
-    if run.adapter != "hf_text":
-        predicted = run.predict(task.val, precision=run.recipe.precision).probabilities.argmax(1)
-    else:
-        predicted = run.predict_texts(task.val.texts, run.recipe.precision).probabilities.argmax(1)
+    predicted = run.task.predict(run, task.val, run.recipe.precision).probabilities.argmax(1)
     k = len(run.classes)
     accuracy = classification_metrics(true, predicted, k)["accuracy"]
     recorded = run.metrics.get("val_accuracy")

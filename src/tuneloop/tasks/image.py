@@ -15,24 +15,48 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuneloop.config import Recipe
+from tuneloop.config import PRECISIONS, Recipe
 from tuneloop.data.augment_image import AugmentedImages
 from tuneloop.data.batches import Features
 from tuneloop.data.feature_cache import FeatureCache, feature_key
-from tuneloop.data.images import ImageExamples, Pixels, load_image_examples
+from tuneloop.data.images import ImageExamples, Pixels, load_image_examples, names_images
 from tuneloop.data.text import check_validation_labels, class_names, stratified_split
 from tuneloop.errors import ConfigError, ModelError
 from tuneloop.models import get_adapter
 from tuneloop.models.image_nets import ADAPTER_FILE, ARCHITECTURES, ImagePreprocessing, build_image_network
-from tuneloop.tasks import Prepared, classes_keeping
-from tuneloop.training.device import autocast
+from tuneloop.tasks import (
+    COMMON_KNOBS,
+    DataOptions,
+    DataSource,
+    Predictions,
+    Prepared,
+    class_ids,
+    classes_keeping,
+    fewest_per_class,
+    majority_rate,
+    register,
+)
+from tuneloop.training.device import autocast, pick_device, resolve_precision
+from tuneloop.training.loop import predict_probabilities
 from tuneloop.training.objective import CLASSIFICATION
+from tuneloop.tuning.family import Family, first_head, small_network
+from tuneloop.tuning.policy import IMAGE_EXPLORE, IMAGE_RULES, IMAGE_SCRATCH_EXPLORE, IMAGE_SCRATCH_RULES
+from tuneloop.tuning.space import (
+    CNN_GRID,
+    CNN_SPACE,
+    IMAGE_GRID,
+    IMAGE_SPACE,
+    image_learning_rate,
+    scratch_learning_rate,
+)
+from tuneloop.tuning.strategies import DataFacts
 
 KIND = "image-classification"
 DEFAULT_ARCHITECTURE = "efficientnet-lite0"
@@ -41,6 +65,13 @@ CNN_MAX_STAGES = 8
 FEATURE_BATCH = 64
 
 
+IMAGE_FAMILY = Family("image", IMAGE_RULES, IMAGE_EXPLORE, IMAGE_SPACE, IMAGE_GRID, image_learning_rate, first_head,
+                      "start with the cheapest capacity: the head alone on the frozen image body")
+IMAGE_SCRATCH_FAMILY = Family("image-scratch", IMAGE_SCRATCH_RULES, IMAGE_SCRATCH_EXPLORE, CNN_SPACE, CNN_GRID,
+                              scratch_learning_rate, small_network(2),
+                              "start with the cheapest capacity: a CNN of two stages, 32 and 64 channels")
+
+@register
 @dataclass
 class ImageTask:
     """Checked training and validation images with their classes, and the network they train."""
@@ -51,10 +82,35 @@ class ImageTask:
     architecture: str  # efficientnet-lite0, small-cnn, or a previous image run's model folder
     saved_architecture: str | None = None  # the network of that saved run, read once when loading
     keep_classes: bool = False  # an update of that saved run: its classes stay, its head grows to new ones
+    modality = "image"
+    claim_order = 0  # first: a table naming image files is images, whatever its other columns hold
+    default_model = "efficientnet-lite0 (ImageNet weights)"  # what it trains where no model is named
+    knobs = COMMON_KNOBS | {"trainable_layers", "l2sp", "layer_lr_decay", "mixup", "hidden_layers",
+                            "hidden_units", "init"}
     adapter_name = "image_net"
     kind = KIND
     objective = CLASSIFICATION
     features: FeatureCache = field(default_factory=FeatureCache)  # the frozen body's pooled outputs
+    data_options: DataOptions | None = None  # how the data was read and split (set by pipeline.load_task)
+
+    @classmethod
+    def claims(cls, source: DataSource) -> bool:
+        """Images in memory, a folder (of class folders of images), or a table whose path column (``image_col``,
+        or a common name) names image files; not where a text column is named."""
+        options = source.options
+        if options.image_col is not None or isinstance(source.data, ImageExamples) or source.is_folder:
+            return True
+        return options.text_col is None and source.table is not None and names_images(source.table)
+
+    @classmethod
+    def read(cls, data: Any, val: Any, options: DataOptions, *, model: str | None = None,
+             keep_classes: bool = False) -> ImageTask:
+        size = options.image_size
+        if size is not None and not (isinstance(size, int) and 8 <= size <= 1024):
+            raise ConfigError([f"The 'image_size' parameter must be an int in the range [8, 1024]. "
+                               f"Got {size!r} instead."])
+        return cls.load(data, val, model=model, label_col=options.label_col, val_fraction=options.val_fraction,
+                        seed=options.seed, image_size=size, image_col=options.image_col, keep_classes=keep_classes)
 
     @classmethod
     def load(cls, data: str | os.PathLike | ImageExamples, val: str | os.PathLike | ImageExamples | None, *,
@@ -91,16 +147,65 @@ class ImageTask:
             check_validation_labels(val_examples, classes)
         return cls(train, val_examples, classes, architecture, saved_architecture, keep_classes)
 
+    # -- a saved run of this kind, on new images ------------------------------------------------------------
+
+    @classmethod
+    def read_like(cls, run: Any, data: Any, options: DataOptions, *, labelled: bool) -> ImageExamples:
+        """Images of a folder or a table of paths, resized and converted as the run's training images were."""
+        if isinstance(data, ImageExamples):
+            return data
+        if not isinstance(data, (str, os.PathLike)):
+            raise ConfigError([f"run {run.id} classifies images: give it a folder of images or a table of paths."])
+        _, preprocessing = run.model()
+        return load_image_examples(data, size=preprocessing.size, channels=preprocessing.channels,
+                                   labelled=labelled, path_col=options.image_col, label_col=options.label_col)
+
+    @classmethod
+    def truth(cls, run: Any, images: ImageExamples) -> np.ndarray:
+        """The class ids of the images' labels (a label the run does not know is an error naming it)."""
+        return class_ids(images, run.classes)
+
+    @classmethod
+    def predict(cls, run: Any, images: ImageExamples, precision: str = "auto") -> Predictions:
+        """Labels and class probabilities for images (resized to the run's size where made at another)."""
+        if precision not in PRECISIONS:
+            raise ConfigError([f"The 'precision' parameter of an image model must be one of {', '.join(PRECISIONS)}. "
+                               f"Got {precision!r} instead."])
+        model, preprocessing = run.model()
+        images = resized(images, preprocessing.size)
+        device = pick_device()
+        probabilities = predict_probabilities(model, Pixels(images.pixels, None), device,
+                                              resolve_precision(precision, device))
+        return Predictions([run.classes[i] for i in probabilities.argmax(1)], probabilities, run.classes)
+
+    @classmethod
+    def choose_precision(cls, run: Any, images: ImageExamples) -> None:
+        """Nothing to measure: "auto" is what it means on the device."""
+        return None
+
+    @classmethod
+    def output_columns(cls, data: Any, images: ImageExamples) -> dict[str, list]:
+        """Each image's path, to write its predictions next to."""
+        return {"image": images.locations}
+
+    @classmethod
+    def embed(cls, run: Any, images: ImageExamples) -> np.ndarray:
+        """The body's pooled features of each image (what the head reads)."""
+        model, preprocessing = run.model()
+        device = pick_device()
+        pixels = resized(images, preprocessing.size).pixels
+        return pooled_features(model, Pixels(pixels, None), device, resolve_precision("auto", device)).numpy()
+
     @property
     def backbone(self) -> str:
         """What the run records as its backbone: the architecture, or the run folder it starts from."""
         return self.architecture
 
     @property
-    def family(self) -> str:
-        """The guided policy's rule table: "image" for a pretrained body to unfreeze (EfficientNet, or a saved
-        run), "image-scratch" for a fresh small CNN, whose capacity is its width and depth."""
-        return "image-scratch" if self.architecture == "small-cnn" else "image"
+    def family(self) -> Family:
+        """The guided policy's rule table and the search space: a pretrained body to unfreeze (EfficientNet,
+        or a saved run), or a fresh small CNN, whose capacity is its width and depth."""
+        return IMAGE_SCRATCH_FAMILY if self.architecture == "small-cnn" else IMAGE_FAMILY
 
     def pool(self) -> ImageExamples:
         """Every labelled image: the training ones, then the validation ones."""
@@ -129,6 +234,18 @@ class ImageTask:
         if self.architecture == "small-cnn" and self.saved_architecture is None:
             return base.replace(learning_rate=2e-3, epochs=40, patience=8)
         return base
+
+    def facts(self) -> DataFacts:
+        """What the guided search sizes its moves by: the body's layer groups, the examples, the rarest class's."""
+        return DataFacts(self.num_layers, len(self.train), fewest_per_class(self.train.labels), None, len(self.val))
+
+    def cache_in(self, folder: Path) -> None:
+        """Keep the frozen body's pooled outputs in ``folder`` (a workspace's cache), shared with later trials."""
+        self.features = FeatureCache(folder)
+
+    def baseline(self) -> dict[str, float]:
+        """What a model that learned nothing scores on the validation images."""
+        return majority_rate(self.val_labels)
 
     @property
     def num_layers(self) -> int | None:

@@ -4,21 +4,27 @@ outputs of frozen encoder layers cached across epochs and trials."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tuneloop.config import Recipe
+from tuneloop.config import PRECISIONS, Recipe
 from tuneloop.data.augment_text import SynonymTable, TextAugmenter
 from tuneloop.data.batches import Encoded, Features, PerEpoch, TokenStates
 from tuneloop.data.feature_cache import FeatureCache, feature_key
+from tuneloop.data.files import read_table
 from tuneloop.data.pairs import MAX_VAL_PAIRS, VAL_PAIRS_PER_EXAMPLE, TextPairs
 from tuneloop.data.text import (
+    TEXT_COLUMNS,
     TextExamples,
     check_validation_labels,
     class_names,
@@ -28,11 +34,53 @@ from tuneloop.data.text import (
 from tuneloop.errors import ConfigError
 from tuneloop.models import get_adapter
 from tuneloop.models.hf_text import HeadOnly, PairSimilarity, TopLayers, default_backbone
-from tuneloop.tasks import Phase, Prepared, classes_keeping, saved_classes
-from tuneloop.training.device import pick_device, resolve_precision
+from tuneloop.models.quantize import (
+    MIN_AGREEMENT,
+    agreement,
+    agreement_sample,
+    int8_is_the_faster_match,
+)
+from tuneloop.tasks import (
+    COMMON_KNOBS,
+    DataOptions,
+    DataSource,
+    Phase,
+    Predictions,
+    Prepared,
+    class_ids,
+    classes_keeping,
+    fewest_per_class,
+    holds_prose,
+    majority_rate,
+    register,
+    saved_classes,
+)
+from tuneloop.training.device import bf16_is_fast, pick_device, resolve_precision
+from tuneloop.training.loop import predict_probabilities
 from tuneloop.training.objective import CLASSIFICATION, PAIRS
+from tuneloop.tuning.family import Family, first_head
+from tuneloop.tuning.policy import TEXT_EXPLORE, TEXT_RULES
+from tuneloop.tuning.space import TEXT_GRID, TEXT_SPACE, text_learning_rate
+from tuneloop.tuning.strategies import DataFacts
 
 KIND = "text-classification"
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: dynamically quantized linear layers, on the CPU
+# Fewer texts than this: measuring int8 against fp32 (256 sampled texts in each) costs more than int8 can save.
+# On a 2-core AVX2 CPU a MiniLM head's int8 took 0.72x fp32's time (and agreed on 94.5%: fp32 was kept), so
+# the measurement repays itself from a few thousand texts.
+AUTO_INT8_MIN_TEXTS = 5000
+
+
+def encoder_layers(backbone: str) -> int | None:
+    """The layers of a Hugging Face encoder folder (its config's ``num_hidden_layers``; None where unreadable)."""
+    try:
+        return int(json.loads((Path(backbone) / "config.json").read_text()).get("num_hidden_layers"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+TEXT_FAMILY = Family("text", TEXT_RULES, TEXT_EXPLORE, TEXT_SPACE, TEXT_GRID, text_learning_rate, first_head,
+                     "start with the cheapest capacity: the head alone on the frozen encoder", adapters=True)
 # Contrastive tuning as SetFit does it by default: the whole encoder, AdamW at 2e-5 with a tenth of the steps
 # warming up, batches of 16 pairs, one pass over the pairs.
 PAIRS_LEARNING_RATE = 2e-5
@@ -74,6 +122,7 @@ class AugmentedTexts(PerEpoch):
         return self.encode(self.augmenter.augment(self.texts, np.random.default_rng([self.seed, epoch])))
 
 
+@register
 @dataclass
 class TextTask:
     """Checked training and validation texts with their classes; tokenized once per tokenizer length."""
@@ -82,10 +131,16 @@ class TextTask:
     val: TextExamples
     classes: list[str]
     backbone: str
+    modality = "text"
+    claim_order = 1  # after images (a table of image paths may have a caption column), before tables
+    default_model = "packaged all-MiniLM-L6-v2"  # what it trains where no model is named
+    knobs = COMMON_KNOBS | {"attention_dropout", "head_dropout", "trainable_layers", "max_length", "l2sp",
+                            "layer_lr_decay", "unfreezing", "lora_rank", "lora_alpha", "lora_dropout",
+                            "lora_targets", "init", "contrastive"}
     kind = KIND
     adapter_name = "hf_text"
     objective = CLASSIFICATION
-    family = "text"  # the guided policy's rule table and the search space
+    family = TEXT_FAMILY  # the guided policy's rule table and the search space
     starts_pretrained = True  # runs of one recipe start from the same encoder: their weights can be averaged
     features: FeatureCache = field(default_factory=FeatureCache)  # frozen-encoder vectors, see cached_features
     start_classes: list[str] | None = None  # where the backbone is a saved run's classifier: its classes
@@ -97,6 +152,28 @@ class TextTask:
     _tuned: tuple[tuple, dict[str, torch.Tensor]] | None = field(default=None, repr=False)  # see _after_pairs
     _encoded: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
     _synonyms: SynonymTable | None = field(default=None, repr=False)
+    data_options: DataOptions | None = None  # how the data was read and split (set by pipeline.load_task)
+
+    @classmethod
+    def claims(cls, source: DataSource) -> bool:
+        """Texts in memory or a list of texts; a file with a text column named by ``text_col``, named as text
+        usually is ('text', 'review_text', ...: ``TEXT_COLUMNS``), or holding sentences."""
+        data = source.data
+        if isinstance(data, TextExamples) or source.options.text_col is not None:
+            return True
+        if not source.is_path:
+            return isinstance(data, Sequence) and bool(data) and all(isinstance(x, str) for x in data)
+        columns = source.table.columns if source.table is not None else {}
+        named = any(set(re.split(r"[^a-z0-9]+", name.lower())) & set(TEXT_COLUMNS) for name in columns)
+        return named or any(holds_prose(values) for values in columns.values())
+
+    @classmethod
+    def read(cls, data: Any, val: Any, options: DataOptions, *, model: str | None = None,
+             keep_classes: bool = False) -> TextTask:
+        task = cls.load(data, val, text_col=options.text_col, label_col=options.label_col, model=model,
+                        val_fraction=options.val_fraction, seed=options.seed, keep_classes=keep_classes)
+        get_adapter(cls.adapter_name).check_backbone(task.backbone)
+        return task
 
     @classmethod
     def load(cls, data: str | os.PathLike | TextExamples, val: str | os.PathLike | TextExamples | None, *,
@@ -236,6 +313,136 @@ class TextTask:
         network.head.requires_grad_(False)  # no gradient reaches it from pairs
         phase = Phase(PairSimilarity(network), pairs, val_pairs, pairs_recipe(recipe), PAIRS, then)
         return Prepared(network, tokenizer, network, None, None, first_phase=phase)
+
+    def facts(self) -> DataFacts:
+        """What the guided search sizes its moves by: the encoder's depth, the examples, the rarest class's,
+        and what reading a text and a pair of contrastive tuning cost (measured on first use)."""
+        return DataFacts(encoder_layers(self.backbone), len(self.train), fewest_per_class(self.train.labels),
+                         self.pair_seconds, len(self.val), self.text_seconds)
+
+    def cache_in(self, folder: Path) -> None:
+        """Keep frozen-encoder outputs in ``folder`` (a workspace's cache), shared with later trials and studies."""
+        self.features = FeatureCache(folder)
+
+    def baseline(self) -> dict[str, float]:
+        """What a model that learned nothing scores on the validation texts."""
+        return majority_rate(self.val_labels)
+
+    # -- a saved run of this kind, on new texts -------------------------------------------------------------
+
+    @classmethod
+    def read_like(cls, run: Any, data: Any, options: DataOptions, *, labelled: bool) -> TextExamples:
+        """New texts read as the run's training texts were: a file's text (and label) column, texts in memory,
+        or a list of texts."""
+        if isinstance(data, TextExamples):
+            return data
+        if not isinstance(data, (str, os.PathLike)):
+            texts = list(data)
+            return TextExamples(texts, None, [f"text {i + 1}" for i in range(len(texts))], "texts given")
+        return load_text_examples(data, options.text_col, options.label_col, labelled=labelled)
+
+    @classmethod
+    def truth(cls, run: Any, examples: TextExamples) -> np.ndarray:
+        """The class ids of the texts' labels (a label the run does not know is an error naming it)."""
+        return class_ids(examples, run.classes)
+
+    @classmethod
+    def predict(cls, run: Any, examples: TextExamples, precision: str = "auto") -> Predictions:
+        return cls.predict_texts(run, examples.texts, precision)
+
+    @classmethod
+    def output_columns(cls, data: Any, examples: TextExamples) -> dict[str, list]:
+        """The rows of the file predicted, to write its predictions next to."""
+        return dict(read_table(data).columns)
+
+    @classmethod
+    def embed(cls, run: Any, examples: TextExamples) -> np.ndarray:
+        """The run's pooled vector of each text (what its head reads)."""
+        model, tokenizer = run.model()
+        device = pick_device()
+        adapter = get_adapter(cls.adapter_name)
+        encoded = adapter.encode(tokenizer, examples.texts, None, run.recipe)
+        return adapter.embed_all(model, encoded, device, resolve_precision("auto", device)).numpy()
+
+    @classmethod
+    def predict_texts(cls, run: Any, texts: Sequence[str], precision: str = "auto") -> Predictions:
+        """Labels and class probabilities; with precision 'int8' also how often its labels agree with fp32."""
+        if precision not in INFERENCE_PRECISIONS:
+            raise ConfigError([f"The 'precision' parameter must be one of {', '.join(INFERENCE_PRECISIONS)}. "
+                               f"Got {precision!r} instead."])
+        if run.task is not cls:
+            raise ConfigError([f"run {run.id} is a {run.adapter} model, not a text classifier: predict a data "
+                               "file or folder with it."])
+        texts = list(texts)
+        model, tokenizer = run.model()
+        encoded = get_adapter(cls.adapter_name).encode(tokenizer, texts, None, run.recipe)
+        if precision == "int8":
+            probabilities = predict_probabilities(run.int8_model(), encoded, torch.device("cpu"), "fp32")
+            if "int8_agreement" not in run.memo:
+                run.memo["int8_agreement"] = cls.int8_check(run, texts, probabilities)
+            return Predictions([run.classes[i] for i in probabilities.argmax(1)], probabilities, run.classes,
+                               run.memo["int8_agreement"])
+        device = pick_device()
+        probabilities = predict_probabilities(model, encoded, device, resolve_precision(precision, device))
+        return Predictions([run.classes[i] for i in probabilities.argmax(1)], probabilities, run.classes)
+
+    @classmethod
+    def int8_check(cls, run: Any, texts: list[str], int8_probabilities: np.ndarray) -> float:
+        """How often int8 and fp32 pick the same label, on a sample of the first texts predicted with int8;
+        a warning where it is below MIN_AGREEMENT. Once per run: the quantized weights do not change."""
+        model, tokenizer = run.model()
+        sample = agreement_sample(len(texts))
+        encoded = get_adapter(cls.adapter_name).encode(tokenizer, [texts[i] for i in sample], None, run.recipe)
+        reference = predict_probabilities(model, encoded, torch.device("cpu"), "fp32")
+        share = agreement(reference, int8_probabilities[sample])
+        if share < MIN_AGREEMENT:
+            warnings.warn(f"int8 predictions agree with fp32 on {share:.1%} of {len(sample)} sampled texts (below "
+                          f"{MIN_AGREEMENT:.0%}); predict with precision 'fp32' or 'bf16' where labels matter.",
+                          stacklevel=4)
+        return share
+
+    @classmethod
+    def choose_precision(cls, run: Any, examples: TextExamples) -> tuple[str, str]:
+        """What "auto" predicts the texts in, and why. Where the device computes bf16 natively, bf16 (a GPU
+        without it: fp32). On a CPU without it, for at least AUTO_INT8_MIN_TEXTS texts, int8 where on a sample
+        its labels agree with fp32's on at least MIN_AGREEMENT and it runs faster, else fp32; measured once
+        per run (the weights do not change)."""
+        texts = examples.texts
+        device = pick_device()
+        if device.type != "cpu" or bf16_is_fast(device):
+            chosen = resolve_precision("auto", device)
+            return chosen, f"{chosen}, what 'auto' means on this {device.type.upper()}"
+        if len(texts) < AUTO_INT8_MIN_TEXTS:
+            return "fp32", (f"fp32: this CPU has no native bf16, and {len(texts)} texts are too few to repay "
+                            f"measuring int8 against fp32 (from {AUTO_INT8_MIN_TEXTS})")
+        if "auto_precision" not in run.memo:
+            run.memo["auto_precision"] = cls.measure_int8(run, texts)
+        return run.memo["auto_precision"]
+
+    @classmethod
+    def measure_int8(cls, run: Any, texts: list[str]) -> tuple[str, str]:
+        """fp32 and int8 on the same sample of ``texts``: their agreement and their seconds, each after a warm-up."""
+        model, tokenizer = run.model()
+        sample = agreement_sample(len(texts))
+        encode = get_adapter(cls.adapter_name).encode
+        encoded = encode(tokenizer, [texts[i] for i in sample], None, run.recipe)
+        warm_up = encode(tokenizer, [texts[i] for i in sample[:8]], None, run.recipe)
+        cpu = torch.device("cpu")
+        seconds, outputs = {}, {}
+        for name, network in (("fp32", model), ("int8", run.int8_model())):
+            predict_probabilities(network, warm_up, cpu, "fp32")
+            started = time.perf_counter()
+            outputs[name] = predict_probabilities(network, encoded, cpu, "fp32")
+            seconds[name] = time.perf_counter() - started
+        share = agreement(outputs["fp32"], outputs["int8"])
+        run.memo["int8_agreement"] = share
+        measured = (f"on {len(sample)} sampled texts int8's labels agree with fp32's on {share:.1%} and it took "
+                    f"{seconds['int8'] / seconds['fp32']:.2f}x fp32's time")
+        if int8_is_the_faster_match(share, seconds["fp32"], seconds["int8"]):
+            return "int8", f"int8: this CPU has no native bf16; {measured}"
+        return "fp32", f"fp32: this CPU has no native bf16; {measured} (int8 needs {MIN_AGREEMENT:.0%} and less time)"
+
+    # -- what a trial's time is estimated from ---------------------------------------------------------------
 
     def text_seconds(self) -> float:
         """Seconds the whole encoder takes to read one training text for inference (in batches, as the feature

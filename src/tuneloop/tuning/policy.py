@@ -1,10 +1,12 @@
 """The policy: a diagnosis and the recipe it was read from -> the next recipe to try, with a one-line reason.
 
-A rule table (``RULES``) lists for each diagnosis the moves to try, in order. ``next_recipe`` walks them and
-takes the first that changes the recipe into a valid one not run before, one move (one knob) at a time, so
-each trial answers one question and its reason can say which. A move whose trial changed no validation
-prediction (no effect) is taken once more, further, before the table moves on. ``explore`` proposes the
-larger moves left untried once the search stops gaining (``EXPLORE``). Pure: no I/O, no randomness, no torch.
+A rule table lists for each diagnosis the moves to try, in order: ``TEXT_RULES`` for a pretrained encoder,
+``TABLE_RULES``, ``IMAGE_RULES`` and ``IMAGE_SCRATCH_RULES``; each task's family (``tuning.family``) names its
+own. ``next_recipe`` walks it and takes the first move that changes the recipe into a valid one not run
+before, one move (one knob) at a time, so each trial answers one question and its reason can say which. A move
+whose trial changed no validation prediction (no effect) is taken once more, further, before the table moves
+on. ``explore`` proposes the family's larger moves left untried once the search stops gaining. Pure: no I/O,
+no randomness, no torch.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tuneloop.config import Recipe
+from tuneloop.config import INTEGER_KNOBS, Recipe
 from tuneloop.tuning.diagnose import Diagnosis
+
+if TYPE_CHECKING:
+    from tuneloop.tuning.family import Family
 
 MIN_LEARNING_RATE = 1e-7
 MAX_EPOCHS = 20
 DEEPER_STEPS = (2, 4)  # trainable_layers climbs 0 -> 2 -> 4 -> "all"
-INTEGER_KNOBS = frozenset({"epochs", "batch_size", "max_length", "patience", "hidden_units", "hidden_layers"})
 TABLE_MAX_EPOCHS = 200  # an MLP epoch over a table takes milliseconds
 TABLE_MAX_RATE = 3e-2
 MAX_HIDDEN_UNITS = 2048
@@ -360,7 +364,7 @@ _TEXT_EXPLOIT = (_PAIRS, *_EXPLOIT)
 _TEXT_NOISY = (Move("trainable_layers", Deepest(), "validation too small for small steps: the whole encoder"),
                _PAIRS, *_EXPLOIT)
 
-RULES: dict[str, tuple[Move, ...]] = {
+TEXT_RULES: dict[str, tuple[Move, ...]] = {
     "overfitting": (
         Move("weight_decay", Felt(total=0.1, first=0.05, high=1.0), "more weight decay"),
         _PAIRS,
@@ -430,7 +434,7 @@ TABLE_RULES: dict[str, tuple[Move, ...]] = {
         Move("weight_decay", Scale(1 / 5, zero_below=1e-3), "less weight decay"),
         Move("dropout", Step(-0.1), "less dropout"),
     ),
-    "diverged": RULES["diverged"],
+    "diverged": TEXT_RULES["diverged"],
     "too_slow": (
         Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "higher learning rate"),
         Move("epochs", Scale(2, high=TABLE_MAX_EPOCHS), "more epochs"),
@@ -467,8 +471,8 @@ IMAGE_RULES: dict[str, tuple[Move, ...]] = {
         Move("dropout", Step(-0.1), "less dropout before the head"),
         Move("augment", Step(-0.2), "less augmentation"),
     ),
-    "diverged": RULES["diverged"],
-    "too_slow": RULES["too_slow"],
+    "diverged": TEXT_RULES["diverged"],
+    "too_slow": TEXT_RULES["too_slow"],
     "good_fit": _EXPLOIT,
     "noisy_validation": _EXPLOIT,
 }
@@ -501,7 +505,7 @@ IMAGE_SCRATCH_RULES: dict[str, tuple[Move, ...]] = {
         Move("augment", Step(-0.2), "less augmentation"),
         Move("dropout", Step(-0.1), "less dropout"),
     ),
-    "diverged": RULES["diverged"],
+    "diverged": TEXT_RULES["diverged"],
     "too_slow": (
         Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "higher learning rate"),
         Move("epochs", Scale(2, high=CNN_MAX_EPOCHS), "more epochs"),
@@ -511,25 +515,21 @@ IMAGE_SCRATCH_RULES: dict[str, tuple[Move, ...]] = {
     "noisy_validation": _CNN_EXPLOIT,
 }
 
-RULES_BY_MODALITY = {"text": RULES, "tabular": TABLE_RULES, "image": IMAGE_RULES, "image-scratch": IMAGE_SCRATCH_RULES}
-
 # The larger moves a search tries, from its best recipe, once it stops gaining while much of its budget is
 # left: capacity the rule tables only reach step by step, longer training, higher rates, and pairs where
 # examples are few. A search stops on a plateau only when these are tried, or its budget is nearly spent.
 _LONGER = Move("epochs", Scale(2, high=MAX_EPOCHS), "longer training")
 _FASTER = Move("learning_rate", Scale(2, high=learning_rate_cap), "a higher learning rate")
-EXPLORE: dict[str, tuple[Move, ...]] = {
-    "text": (Move("trainable_layers", Deepest(), "the whole encoder"), _PAIRS, _LONGER, _FASTER),
-    "image": (Move("trainable_layers", Deepest(), "the whole network"), _LONGER, _FASTER),
-    "tabular": (Move("hidden_units", Scale(4, high=MAX_HIDDEN_UNITS), "a much wider MLP"),
-                Move("hidden_layers", Step(+2, high=MAX_HIDDEN_LAYERS), "a much deeper MLP"),
-                Move("epochs", Scale(2, high=TABLE_MAX_EPOCHS), "longer training"),
-                Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "a higher learning rate")),
-    "image-scratch": (Move("hidden_units", Scale(4, high=CNN_MAX_WIDTH), "a much wider CNN"),
-                      Move("hidden_layers", Step(+2, high=CNN_MAX_STAGES), "a much deeper CNN"),
-                      Move("epochs", Scale(2, high=CNN_MAX_EPOCHS), "longer training"),
-                      Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "a higher learning rate")),
-}
+TEXT_EXPLORE = (Move("trainable_layers", Deepest(), "the whole encoder"), _PAIRS, _LONGER, _FASTER)
+IMAGE_EXPLORE = (Move("trainable_layers", Deepest(), "the whole network"), _LONGER, _FASTER)
+TABLE_EXPLORE = (Move("hidden_units", Scale(4, high=MAX_HIDDEN_UNITS), "a much wider MLP"),
+                 Move("hidden_layers", Step(+2, high=MAX_HIDDEN_LAYERS), "a much deeper MLP"),
+                 Move("epochs", Scale(2, high=TABLE_MAX_EPOCHS), "longer training"),
+                 Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "a higher learning rate"))
+IMAGE_SCRATCH_EXPLORE = (Move("hidden_units", Scale(4, high=CNN_MAX_WIDTH), "a much wider CNN"),
+                         Move("hidden_layers", Step(+2, high=CNN_MAX_STAGES), "a much deeper CNN"),
+                         Move("epochs", Scale(2, high=CNN_MAX_EPOCHS), "longer training"),
+                         Move("learning_rate", Scale(2, high=TABLE_MAX_RATE), "a higher learning rate"))
 
 
 RecipeKey = tuple[tuple[str, Any], ...]
@@ -565,15 +565,16 @@ class Decision:
 
 
 def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | Hashable], *,
-                num_layers: int | None, modality: str = "text", train_size: int | None = None,
+                num_layers: int | None, family: Family, train_size: int | None = None,
                 examples_per_class: int | None = None, ineffective: Sequence[Recipe] = (),
                 pairs_affordable: int | None = None) -> Decision | None:
-    """The first move of ``RULES[diagnosis.label]`` that yields a valid recipe not yet run, or None.
+    """The first move of the family's rule table for ``diagnosis.label`` that yields a valid recipe not yet run,
+    or None.
 
     ``tried`` holds recipes already run, or their ``recipe_key``s; ``recipe`` itself counts as run. Seeds are
     ignored in that comparison, so a reseeded copy of a run recipe is not proposed either. ``num_layers`` is
-    the backbone's depth, needed to halve ``trainable_layers="all"``; ``modality`` picks the rule table
-    (``RULES`` for texts, ``TABLE_RULES`` for tables, ``IMAGE_RULES`` for a pretrained image body,
+    the backbone's depth, needed to halve ``trainable_layers="all"``; ``family`` holds the rule table (a
+    task's: ``TEXT_RULES`` for texts, ``TABLE_RULES`` for tables, ``IMAGE_RULES`` for a pretrained image body,
     ``IMAGE_SCRATCH_RULES`` for the small CNN). ``train_size``, ``examples_per_class`` and
     ``pairs_affordable`` (pairs per example that the time left allows) size the moves that depend on them.
     None means nothing is left to try.
@@ -582,9 +583,9 @@ def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | H
     that made each is taken once more, from it, further (weight decay x5 again, say); a knob whose second
     step changed nothing either is left, and the table goes on.
     """
-    rules = RULES_BY_MODALITY[modality]
+    rules = family.rules
     if diagnosis.label not in rules:
-        raise ValueError(f"The 'diagnosis.label' must be one of {', '.join(RULES)}. Got {diagnosis.label!r} instead.")
+        raise ValueError(f"The 'diagnosis.label' must be one of {', '.join(rules)}. Got {diagnosis.label!r} instead.")
     seen = _seen(recipe, tried)
     best_epoch = diagnosis.evidence.get("best_epoch")
     context = Context(best_epoch if isinstance(best_epoch, int) else None, num_layers, train_size,
@@ -605,27 +606,27 @@ def next_recipe(diagnosis: Diagnosis, recipe: Recipe, tried: Iterable[Recipe | H
     return None
 
 
-def explore(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, modality: str = "text",
+def explore(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, family: Family,
             train_size: int | None = None, examples_per_class: int | None = None,
             pairs_affordable: int | None = None) -> Decision | None:
-    """The first of ``EXPLORE[modality]``'s larger moves that makes ``recipe`` (the best so far) into a valid
+    """The first of the family's larger moves (``family.explore``) that makes ``recipe`` (the best so far) into a valid
     recipe not yet run, or None when every one is tried."""
     seen = _seen(recipe, tried)
     context = Context(None, num_layers, train_size, examples_per_class, pairs_affordable)
-    for move in EXPLORE[modality]:
+    for move in family.explore:
         decision = _decide(move, recipe, context, seen, "no gain beyond validation noise for a while")
         if decision is not None:
             return decision
     return None
 
 
-def untried(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, modality: str = "text",
+def untried(recipe: Recipe, tried: Iterable[Recipe | Hashable], *, num_layers: int | None, family: Family,
             train_size: int | None = None, examples_per_class: int | None = None,
             pairs_affordable: int | None = None) -> list[str]:
-    """What ``EXPLORE`` would still try from ``recipe``, in words."""
+    """What ``explore`` would still try from ``recipe``, in words."""
     seen = _seen(recipe, tried)
     context = Context(None, num_layers, train_size, examples_per_class, pairs_affordable)
-    return [move.reason for move in EXPLORE[modality] if _decide(move, recipe, context, seen, "") is not None]
+    return [move.reason for move in family.explore if _decide(move, recipe, context, seen, "") is not None]
 
 
 def _decide(move: Move, recipe: Recipe, context: Context, seen: set, why: str) -> Decision | None:

@@ -1,4 +1,5 @@
-"""The search space of the sampler strategies, and how sampled parameters become a Recipe.
+"""The search spaces of the sampler strategies (each task's family names its own), and how sampled parameters
+become a Recipe.
 
 The learning rate is searched as a multiple of a base rate that depends on how much of the network
 trains: a fresh head alone wants rates around 1e-3, a full fine-tune of a pretrained encoder around 5e-5.
@@ -11,24 +12,34 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tuneloop.config import Recipe
+from tuneloop.config import KNOBS, Recipe
+from tuneloop.tuning.family import Family
 
 DEPTHS = (0, 2, 4, "all")
 
 
-def base_learning_rate(trainable_layers: int | str, lora_rank: int = 0, modality: str = "text") -> float:
-    if modality in ("tabular", "image-scratch"):  # an MLP or a small CNN from scratch
-        return 1e-3
+def text_learning_rate(trainable_layers: int | str, lora_rank: int = 0) -> float:
+    """A pretrained encoder's: a fresh head alone, adapters (they start at zero), the top layers, all of them."""
     if trainable_layers == 0:
         return 2e-3
-    if modality == "image":  # a convolutional body with BatchNorm takes more than a transformer
-        return 1e-4 if trainable_layers == "all" else 2e-4
     if lora_rank > 0:  # low-rank adapters start at zero and want rates near a head's
         return 5e-4
     return 5e-5 if trainable_layers == "all" else 1e-4
 
 
-SAMPLED_SPACE: dict[str, BaseDistribution] = {
+def image_learning_rate(trainable_layers: int | str, lora_rank: int = 0) -> float:
+    """A pretrained convolutional body's: with BatchNorm it takes more than a transformer."""
+    if trainable_layers == 0:
+        return 2e-3
+    return 1e-4 if trainable_layers == "all" else 2e-4
+
+
+def scratch_learning_rate(trainable_layers: int | str, lora_rank: int = 0) -> float:
+    """A network from random weights (an MLP, a small CNN): every layer trains at one rate."""
+    return 1e-3
+
+
+TEXT_SPACE: dict[str, BaseDistribution] = {
     "trainable_layers": CategoricalDistribution(DEPTHS),
     "lora_rank": CategoricalDistribution((0, 4, 16)),  # ignored (0) where the head alone trains
     "lr_multiplier": FloatDistribution(0.1, 10.0, log=True),
@@ -40,7 +51,7 @@ SAMPLED_SPACE: dict[str, BaseDistribution] = {
     "batch_size": CategoricalDistribution((8, 16, 32)),
 }
 
-GRID: dict[str, list[Any]] = {
+TEXT_GRID: dict[str, list[Any]] = {
     "trainable_layers": [0, 2, "all"],
     "lr_multiplier": [0.3, 1.0, 3.0],
 }
@@ -98,33 +109,26 @@ CNN_GRID: dict[str, list[Any]] = {
     "lr_multiplier": [0.3, 1.0, 3.0],
 }
 
-SPACES = {"text": SAMPLED_SPACE, "tabular": TABLE_SPACE, "image": IMAGE_SPACE, "image-scratch": CNN_SPACE}
-GRIDS = {"text": GRID, "tabular": TABLE_GRID, "image": IMAGE_GRID, "image-scratch": CNN_GRID}
 
-
-def sampled_space(modality: str = "text") -> dict[str, BaseDistribution]:
-    return SPACES[modality]
-
-
-def recipe_from_params(base: Recipe, params: dict[str, Any], modality: str = "text") -> Recipe:
+def recipe_from_params(base: Recipe, params: dict[str, Any], family: Family) -> Recipe:
     """``base`` with the sampled knobs set; knobs not sampled keep the base's values."""
     values = {k: v for k, v in params.items() if k != "lr_multiplier"}
     depth = values.get("trainable_layers", base.trainable_layers)
-    if depth == 0 and modality == "text":
+    if depth == 0 and family.adapters:
         values["lora_rank"] = 0  # LoRA adapts encoder layers; a head-only trial has none
     rank = values.get("lora_rank", base.lora_rank)
+    for name, value in values.items():  # a sampled float knob to 4 decimals, an integer one as it is
+        if isinstance(value, float) and not KNOBS[name].integer:
+            values[name] = round(value, 4)
     if "lr_multiplier" in params:
-        rate = base_learning_rate(depth, rank, modality) * params["lr_multiplier"]
+        rate = family.base_learning_rate(depth, rank) * params["lr_multiplier"]
         values["learning_rate"] = float(f"{rate:.4g}")
-    for name in ("weight_decay", "dropout", "label_smoothing", "warmup_ratio", "augment", "mixup"):
-        if name in values:
-            values[name] = round(float(values[name]), 4)
     return base.replace(**values)
 
 
-def params_of(recipe: Recipe, modality: str = "text") -> dict[str, Any]:
+def params_of(recipe: Recipe, family: Family) -> dict[str, Any]:
     """The recipe as sampler parameters (used to re-queue an interrupted trial's parameters)."""
-    params = {name: getattr(recipe, name) for name in sampled_space(modality) if name != "lr_multiplier"}
-    base_rate = base_learning_rate(recipe.trainable_layers, recipe.lora_rank, modality)
+    params = {name: getattr(recipe, name) for name in family.space if name != "lr_multiplier"}
+    base_rate = family.base_learning_rate(recipe.trainable_layers, recipe.lora_rank)
     params["lr_multiplier"] = float(f"{recipe.learning_rate / base_rate:.4g}")
     return params

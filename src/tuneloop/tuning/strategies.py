@@ -3,16 +3,16 @@ told its result), so pruning and the stored search state work the same for all o
 
 - ``guided``: ours. Starts from the cheapest capacity (a head on the frozen encoder) and asks the policy
   what to change, reading the diagnosis of the best trial so far; once it stops gaining, the larger moves it
-  has not tried (``policy.EXPLORE``). It stops on a plateau of ``plateau`` trials without a gain.
-- ``grid``, ``random``, ``bayes`` (TPE): Optuna's samplers over ``space.SAMPLED_SPACE`` / ``space.GRID``
-  (each task family has its own: tables, images on a pretrained body, a small CNN from scratch).
+  has not tried (its family's ``explore``). It stops on a plateau of ``plateau`` trials without a gain.
+- ``grid``, ``random``, ``bayes`` (TPE): Optuna's samplers over the family's space or grid (each task's
+  family has its own: a pretrained encoder, tables, images on a pretrained body, a small CNN from scratch).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -20,18 +20,16 @@ import optuna
 
 from tuneloop.config import Recipe
 from tuneloop.tuning.diagnose import Diagnosis
+from tuneloop.tuning.family import Family
 from tuneloop.tuning.policy import (
     FEW_PER_CLASS,
-    MAX_HEAD_EPOCHS,
-    MIN_HEAD_STEPS,
     Decision,
-    epochs_for_steps,
     explore,
     next_recipe,
     recipe_key,
     untried,
 )
-from tuneloop.tuning.space import GRIDS, SPACES, params_of, recipe_from_params
+from tuneloop.tuning.space import params_of, recipe_from_params
 
 SHOWN_PASSED_OVER = 3  # moves a stop reason names; the rest are counted
 STRATEGIES = ("guided", "grid", "random", "bayes")
@@ -201,10 +199,10 @@ def _ask_fixed(study: optuna.Study, recipe: Recipe, reason: str, parent: int | N
 class GuidedStrategy:
     name = "guided"
 
-    def __init__(self, num_layers: int | None, modality: str = "text", facts: DataFacts | None = None,
+    def __init__(self, num_layers: int | None, family: Family, facts: DataFacts | None = None,
                  plateau: int = GUIDED_PLATEAU):
         self.facts = facts or DataFacts(num_layers)
-        self.num_layers, self.modality, self.plateau = self.facts.num_layers, modality, plateau
+        self.num_layers, self.family, self.plateau = self.facts.num_layers, family, plateau
         self.first_learning_rate = 2e-3  # a head's usual rate; the study driver's caller may set it from lr-find
         self.first_note = ""
         self.passed_over: list[str] = []  # moves the last proposal passed over as too costly for the time left
@@ -214,25 +212,12 @@ class GuidedStrategy:
         return optuna.samplers.RandomSampler(seed=seed)  # never asked to sample: every trial is fixed
 
     def first_recipe(self, base: Recipe) -> Recipe:
-        """The cheapest capacity first: the head alone on the frozen encoder (or image body), at a head's
-        learning rate, for at least MIN_HEAD_STEPS steps; for a table, a small MLP (one layer of 64 units); for
-        the small CNN, two stages of up to 64 channels."""
-        if self.modality == "tabular":
-            return base.replace(hidden_layers=1, hidden_units=64, learning_rate=self.first_learning_rate,
-                                epochs=max(base.epochs, 30), patience=max(base.patience, 5))
-        if self.modality == "image-scratch":
-            return base.replace(hidden_layers=2, hidden_units=64, learning_rate=self.first_learning_rate,
-                                epochs=max(base.epochs, 30), patience=max(base.patience, 5))
-        head = base.replace(trainable_layers=0, learning_rate=self.first_learning_rate, epochs=max(base.epochs, 5))
-        return head.replace(epochs=epochs_for_steps(head, self.facts.train_size, MIN_HEAD_STEPS, MAX_HEAD_EPOCHS))
+        """The cheapest capacity first, as the family says (the head alone on a frozen encoder or image body, a
+        small MLP, a small CNN), at the first learning rate (a head's usual, or the range test's)."""
+        return self.family.first_recipe(base, self.first_learning_rate, self.facts.train_size)
 
     def first_reason(self) -> str:
-        if self.modality == "tabular":
-            return "start with the cheapest capacity: an MLP of one layer of 64 units" + self.first_note
-        if self.modality == "image-scratch":
-            return "start with the cheapest capacity: a CNN of two stages, 32 and 64 channels" + self.first_note
-        body = "image body" if self.modality == "image" else "encoder"
-        return f"start with the cheapest capacity: the head alone on the frozen {body}" + self.first_note
+        return self.family.first_reason + self.first_note
 
     def propose(self, study, base, history, retry, seconds_left=None):
         if retry is not None:
@@ -240,7 +225,7 @@ class GuidedStrategy:
         if not history:
             return _ask_fixed(study, self.first_recipe(base), self.first_reason())
         tried = [t.recipe for t in history]
-        options = {**self.facts.policy_options(seconds_left), "modality": self.modality}
+        options = {**self.facts.policy_options(seconds_left), "family": self.family}
         best = best_outcome(history)
         if best is None:  # every trial so far failed: calm the first recipe down
             last = history[-1]
@@ -308,7 +293,7 @@ class GuidedStrategy:
         if best is None:
             return []
         return untried(best.recipe, [t.recipe for t in history], **self.facts.policy_options(),
-                       modality=self.modality)
+                       family=self.family)
 
 
 class SamplerStrategy:
@@ -318,8 +303,8 @@ class SamplerStrategy:
     inside ``tell``, which only works under ``study.optimize``, not in an ask/tell loop the caller owns).
     """
 
-    def __init__(self, name: str, modality: str = "text", plateau: int = 0):
-        self.name, self.modality, self.plateau = name, modality, plateau
+    def __init__(self, name: str, family: Family, plateau: int = 0):
+        self.name, self.family, self.plateau = name, family, plateau
 
     def untried(self, history: list[TrialOutcome]) -> list[str]:
         return []  # a sampler has no notion of a move left untried: its plateau (if asked for) ends the study
@@ -332,25 +317,25 @@ class SamplerStrategy:
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
         return optuna.samplers.RandomSampler(seed=seed)
 
-    def grid(self) -> dict[str, list[Any]]:
-        return GRIDS[self.modality]
+    def grid(self) -> Mapping[str, Sequence[Any]]:
+        return self.family.grid
 
     def space(self) -> dict[str, Any]:
         if self.name == "grid":
             return {name: optuna.distributions.CategoricalDistribution(values) for name, values in self.grid().items()}
-        return SPACES[self.modality]
+        return dict(self.family.space)
 
     def propose(self, study, base, history, retry, seconds_left=None):
         space = self.space()
         reason = f"{self.name} sample"
         if retry is not None:
-            study.enqueue_trial({k: v for k, v in params_of(retry, self.modality).items() if k in space})
+            study.enqueue_trial({k: v for k, v in params_of(retry, self.family).items() if k in space})
             reason = "re-run of an interrupted trial"
         elif self.name == "grid":
             tried = {recipe_key(t.recipe) for t in history}
             points = grid_points(self.grid())
             untried = [params for params in points
-                       if recipe_key(recipe_from_params(base, params, self.modality)) not in tried]
+                       if recipe_key(recipe_from_params(base, params, self.family)) not in tried]
             if not untried:
                 return None
             study.enqueue_trial(untried[0])
@@ -358,7 +343,7 @@ class SamplerStrategy:
         tried = {recipe_key(t.recipe) for t in history}
         for _ in range(MAX_REDRAWS):
             trial = study.ask(space)
-            recipe = recipe_from_params(base, trial.params, self.modality)
+            recipe = recipe_from_params(base, trial.params, self.family)
             if retry is not None or recipe_key(recipe) not in tried:
                 trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
                 return Proposal(trial, recipe, reason)
@@ -367,20 +352,19 @@ class SamplerStrategy:
         return None
 
 
-def grid_points(grid: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
-    grid = GRIDS["text"] if grid is None else grid
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     names = list(grid)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def make_strategy(name: str, num_layers: int | None, modality: str = "text", facts: DataFacts | None = None,
+def make_strategy(name: str, num_layers: int | None, family: Family, facts: DataFacts | None = None,
                   plateau: int | None = None) -> Strategy:
     """``plateau``: trials without a gain beyond validation noise that end the study (0: never); None takes
     the strategy's own default (the guided search's GUIDED_PLATEAU; a sampler runs every trial asked for)."""
     if name == "guided":
-        return GuidedStrategy(num_layers, modality, facts, GUIDED_PLATEAU if plateau is None else plateau)
+        return GuidedStrategy(num_layers, family, facts, GUIDED_PLATEAU if plateau is None else plateau)
     if name in STRATEGIES:
-        return SamplerStrategy(name, modality, plateau or 0)
+        return SamplerStrategy(name, family, plateau or 0)
     raise ValueError(f"The 'strategy' parameter must be one of {', '.join(STRATEGIES)}. Got {name!r} instead.")
 
 

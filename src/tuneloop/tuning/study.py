@@ -254,7 +254,7 @@ class FinalSteps:
     - ``soup(run_ids, recipe)`` -> (run, validation predictions): the runs' weights averaged;
     - ``ensemble(run_ids, estimate)`` -> run: the runs' models predicting together (their predictions
       averaged), recorded with ``estimate`` as its scores;
-    - ``cross_validate(recipe, folds)`` -> an ``api.CrossValidation`` or None: the recipe by k-fold
+    - ``cross_validate(recipe, folds)`` -> a ``pipeline.CrossValidation`` or None: the recipe by k-fold
       cross-validation over every labelled example;
     - ``refit(recipe, estimate, callbacks, checkpoint_name)`` -> run: the recipe trained on every labelled
       example, recorded with ``estimate`` as its scores;

@@ -1,0 +1,161 @@
+"""Every registered kind of data passes the same checks (as scikit-learn's ``check_estimator`` holds every estimator
+to one contract): told apart from the others; one epoch, saved, loaded again, predicts the same; a killed fit
+resumes and ends as an uninterrupted one; bad input exits with status 2 naming the file, row and column and
+leaves nothing behind; register -> drift -> adapt -> gate runs. A new kind brings a case here or does not ship.
+
+Data: the tiny random BERT of conftest.py on toy sentences; scikit-learn's bundled wine table and 8x8 digits
+(BSD-licensed with scikit-learn; from the UCI repository), the digits as PNG files in class folders.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tests.conftest import run_tuneloop, sentiment_rows, write_csv
+
+from tuneloop import api
+from tuneloop.continual.drift import drift
+from tuneloop.continual.update import adapt
+from tuneloop.continual.versions import promote, register
+from tuneloop.data.images import write_image_folder
+from tuneloop.tasks import TASKS, modality_of
+from tuneloop.training.loop import Callback
+
+sklearn_datasets = pytest.importorskip("sklearn.datasets")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind's data: labelled training data, new labelled data of the same kind, a file with one bad cell and
+    the words its error must contain (file, row, column), and what ``fit`` is given."""
+
+    modality: str
+    data: Path
+    new: Path
+    bad: Path
+    bad_where: str
+    fit: dict[str, Any]
+    cli: list[str]
+
+
+def text_case(root: Path, tiny_model: Path) -> Case:
+    data = write_csv(root / "train.csv", ["text", "label"], sentiment_rows(24))
+    new = write_csv(root / "new.csv", ["text", "label"], sentiment_rows(8, seed=1))
+    bad = write_csv(root / "bad.csv", ["text", "label"], sentiment_rows(3) + [["some words", ""]])
+    model = {"model": str(tiny_model), "batch_size": 8, "learning_rate": 2e-3}
+    return Case("text", data, new, bad, "bad.csv, line 8, column 'label'", model,
+                ["--model", str(tiny_model)])
+
+
+def table_case(root: Path, tiny_model: Path) -> Case:
+    frame = sklearn_datasets.load_wine(as_frame=True).frame.sample(frac=1, random_state=0)
+    frame["target"] = frame["target"].map({0: "a", 1: "b", 2: "c"})
+    frame.iloc[:100].to_csv(root / "train.csv", index=False)
+    frame.iloc[100:].to_csv(root / "new.csv", index=False)
+    bad = frame.iloc[:6].copy()
+    bad["target"] = bad["target"].astype(object)
+    bad.iloc[1, bad.columns.get_loc("target")] = None
+    bad.to_csv(root / "bad.csv", index=False)
+    return Case("tabular", root / "train.csv", root / "new.csv", root / "bad.csv",
+                "bad.csv, line 3, column 'target'", {"learning_rate": 1e-3, "batch_size": 16}, [])
+
+
+def image_case(root: Path, tiny_model: Path) -> Case:
+    digits = sklearn_datasets.load_digits()
+    keep = [i for i in range(400) if digits.target[i] < 3]
+    pixels = (digits.images[keep] * 255 / 16).round().astype(np.uint8)
+    labels = [f"d{digits.target[i]}" for i in keep]
+    write_image_folder(pixels[:90], labels[:90], root / "train")
+    write_image_folder(pixels[90:], labels[90:], root / "new")
+    images = sorted((root / "train").rglob("*.png"))[:4]
+    with (root / "bad.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows([[str(p), p.parent.name] for p in images[:2]] + [[str(root / "gone.png"), "d0"]])
+    small_cnn = {"model": "small-cnn", "hidden_layers": 1, "hidden_units": 8, "learning_rate": 3e-3,
+                 "batch_size": 16}
+    return Case("image", root / "train", root / "new", root / "bad.csv", "bad.csv, line 4, column 'path'",
+                small_cnn, ["--model", "small-cnn"])
+
+
+CASES: dict[str, Callable[[Path, Path], Case]] = {"text": text_case, "tabular": table_case, "image": image_case}
+
+
+def test_every_registered_kind_of_data_has_a_case():
+    assert set(CASES) == set(TASKS), "a new kind of data brings its case to this test"
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory, tiny_model) -> Case:
+    return CASES[request.param](tmp_path_factory.mktemp(request.param), tiny_model)
+
+
+class KillAt(Callback):
+    """Stops training like Ctrl-C at the end of epoch ``epoch``, before that epoch is saved."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, record, is_best: bool) -> None:
+        if record.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def fit(case: Case, workspace: Path, epochs: int, **options) -> api.Run:
+    return api.fit(case.data, workspace=workspace, epochs=epochs, patience=0, **case.fit, **options)
+
+
+def test_the_kind_is_told_from_the_data(case):
+    assert modality_of(case.data) == case.modality
+
+
+def test_one_epoch_saved_and_loaded_again_predicts_the_same(case, tmp_path):
+    run = fit(case, tmp_path / "ws", epochs=1)
+    assert run.task.modality == case.modality and run.task is TASKS[case.modality]
+    fresh = run.predict(case.new)
+    again = api.load_run(run.id, tmp_path / "ws").predict(case.new)
+    assert fresh.labels == again.labels
+    np.testing.assert_allclose(fresh.probabilities, again.probabilities, atol=1e-5)
+    report = api.evaluate(run.id, case.new, workspace=tmp_path / "ws")
+    assert report.n == len(fresh.labels) and 0.0 <= report.metrics["accuracy"] <= 1.0
+    out = tmp_path / "predicted.csv"
+    api.predict_file(run.id, case.new, out, workspace=tmp_path / "ws")
+    assert [row["predicted_label"] for row in csv.DictReader(out.open())] == fresh.labels
+
+
+def test_a_killed_fit_resumes_and_ends_as_an_uninterrupted_one(case, tmp_path):
+    straight = fit(case, tmp_path / "straight", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(case, tmp_path / "ws", epochs=3, callbacks=[KillAt(2)])
+    killed = next(r for r in api.runs(tmp_path / "ws") if r.status == "interrupted")
+    resumed = api.resume_fit(killed.id, workspace=tmp_path / "ws")
+    assert resumed.metrics["resumed_from_epoch"] == 1 and resumed.metrics["resumes_run"] == killed.id
+    assert resumed.metrics["val_loss"] == pytest.approx(straight.metrics["val_loss"], rel=1e-6)
+    assert resumed.predict(case.new).labels == straight.predict(case.new).labels
+
+
+def test_bad_input_exits_2_naming_file_row_and_column_and_writes_nothing(case, tmp_path):
+    workspace = tmp_path / "ws"
+    done = run_tuneloop("fit", str(case.bad), "--workspace", str(workspace), "--epochs", "1", "--quiet", *case.cli)
+    assert done.returncode == 2, done.stderr
+    assert case.bad_where in done.stderr and "Traceback" not in done.stderr
+    assert not workspace.exists()
+
+
+def test_register_drift_adapt_and_the_gate_run(case, tmp_path):
+    workspace = tmp_path / "ws"
+    run = fit(case, workspace, epochs=2)
+    version = register("m", run.id, workspace=workspace)
+    promote(f"m:{version.version}", workspace=workspace)
+    report = drift("m", case.new, workspace=workspace)
+    assert report.verdict and {e.name for e in report.evidence} >= {"inputs"}
+    result = adapt("m", case.new, workspace=workspace, budget="1trials", epochs=1)
+    assert result.parent.version == version.version and result.version.version == version.version + 1
+    assert result.decision.checks and all(check.summary for check in result.decision.checks), "the gate says why"
+    assert result.promoted == result.decision.promote
