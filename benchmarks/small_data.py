@@ -507,26 +507,37 @@ def paired_with_tuneloop(runs: list[dict[str, Any]], dataset: str, size: str) ->
     return paired
 
 
-def summarize_stored(paths: list[Path]) -> None:
+def summarize_stored(paths: list[Path], out: Path | None) -> None:
     """The summary tables of stored results, read in order (a later file's run of one dataset, size, seed and
-    method replaces an earlier one's), with tuneloop's paired difference from each peer."""
+    method replaces an earlier one's), with tuneloop's paired difference from each peer; written to ``out`` too."""
     runs: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+    sources = []
     for path in paths:
         result = json.loads(path.read_text())
         cpu = result.get("cpu") or {}
+        sources.append({"file": path.name, "source": result.get("source"), "cpu": cpu})
         print(f"{path.name}: source {result.get('source') or 'unknown'}, CPU {cpu.get('model', 'not recorded')}, "
               f"native bf16: {cpu.get('native_bf16', 'not recorded')}")
         for run in result["runs"]:
-            runs[(run["dataset"], run["size"], run["seed"], run["method"])] = run
+            kept = {k: v for k, v in run.items() if k != "details"}  # the trials stay in their own file
+            runs[(run["dataset"], run["size"], run["seed"], run["method"])] = {**kept, "from_file": path.name}
     settings = sorted({(d, s) for d, s, _, _ in runs}, key=lambda k: (DATASETS.index(k[0]), SIZES.index(k[1])))
+    record: dict[str, Any] = {"summarized": sources, "source": source_state(), "runs": list(runs.values()),
+                              "summaries": [], "paired": []}
     for dataset, size in settings:
         chosen = [r for (d, s, _, _), r in runs.items() if (d, s) == (dataset, size)]
         methods = [m for m in METHODS if any(r["method"] == m for r in chosen)]
-        print_summary(summarize(chosen, dataset, size, methods))
+        summary = summarize(chosen, dataset, size, methods)
+        record["summaries"].append(summary)
+        print_summary(summary)
         for method, row in paired_with_tuneloop(chosen, dataset, size).items():
+            record["paired"].append({"dataset": dataset, "size": size, "peer": method, **row})
             ci = "n/a" if row["ci95"] is None else f"± {row['ci95']:.4f}"
             print(f"tuneloop - {method}: {row['mean']:+.4f} {ci} over {len(row['seeds'])} paired seeds "
                   f"(won {row['won']}, tied {row['tied']}, lost {row['lost']})")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2, default=str))
 
 
 def main() -> None:
@@ -553,10 +564,10 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                         help="run nothing: print the summaries of these stored results (a later file's run of one "
                              "setting, seed and method replaces an earlier one's), with tuneloop's paired "
-                             "difference from each peer")
+                             "difference from each peer; --json writes them")
     args = parser.parse_args()
     if args.summarize:
-        summarize_stored(args.summarize)
+        summarize_stored(args.summarize, args.json)
         return
     if args.test_size < 10:
         parser.error(f"The '--test-size' option must be at least 10. Got {args.test_size} instead.")
