@@ -25,7 +25,7 @@ benchmarks: $(VENV)/.installed    ## rerun every benchmark the README shows, rew
 
 install: $(VENV)/.installed
 
-peers: $(VENV)/.installed         ## SetFit, a peer for benchmarks/small_data.py only
+peers: $(VENV)/.installed         ## SetFit and NeuralForecast, peers for benchmarks/small_data.py and forecast.py only
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[peers]"
 
 fashion-mnist:                    ## the Debian package with Fashion-MNIST, for benchmarks/scratch_then_finetune.py

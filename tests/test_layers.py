@@ -35,7 +35,8 @@ def test_no_module_under_the_face_imports_it():
 # A kind of data lives in its own module of tasks/ (and its examples in data/, its networks in models/); the rest of
 # the library reaches it through the Task protocol and the registries, never by asking which kind it has.
 KIND_FOLDERS = ("tasks/", "data/", "models/")
-KIND_CLASSES = {"TextTask", "TableTask", "ImageTask", "TextExamples", "TableExamples", "ImageExamples"}
+KIND_CLASSES = {"TextTask", "TableTask", "ImageTask", "SeriesTask", "TextExamples", "TableExamples", "ImageExamples",
+                "SeriesExamples"}
 
 
 def kind_names() -> set[str]:

@@ -45,7 +45,9 @@ from tuneloop.training.loop import Callback
 def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None = None,
         label_col: str | None = None, image_col: str | None = None, image_size: int | None = None,
         model: str | None = None, recipe: Recipe | None = None, workspace: str | os.PathLike | None = None,
-        val_fraction: float = 0.2, callbacks: Sequence[Callback] = (), **recipe_changes: Any) -> Run:
+        val_fraction: float = 0.2, callbacks: Sequence[Callback] = (), time_col: str | None = None,
+        series_col: str | None = None, horizon: int | None = None, season: int | None = None,
+        **recipe_changes: Any) -> Run:
     """Train a model on ``data`` and save it as a run in the workspace: a fine-tuned text encoder for texts,
     an MLP for table rows (a classifier, or a regressor of a numeric target), an image network for images
     (``task`` "text", "tabular" or "image"; "auto" tells by the data: a folder is images).
@@ -54,14 +56,21 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
     or a previous image run's folder (fine-tuned, with a new head for other classes); ``image_size`` is the
     side images are resized to; ``image_col`` names a table's column of image paths.
 
-    ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out.
+    For series (a time column and values: ``task`` "series"), ``horizon`` is the points forecast ahead (a
+    season by default), ``time_col`` and ``series_col`` name the time and, in long format, the series-id
+    columns, and ``season`` the points in a season (from the frequency by default); ``model`` may be a saved
+    forecaster's folder to fine-tune (a base trained on many series).
+
+    ``val`` is a separate validation file; without it a stratified ``val_fraction`` of ``data`` is held out
+    (of series: each series' last ``val_fraction``).
     ``label_col`` names the label (or, for tables, target) column. Recipe values come from ``recipe`` (by
     default, the kind of data's own defaults: an MLP and a small CNN from scratch train longer and faster than
     a fine-tune) and then ``recipe_changes`` (e.g. ``epochs=2``).
     """
     check_options((recipe or Recipe()).replace(**recipe_changes), val_fraction)
     seed = recipe_changes.get("seed", (recipe or Recipe()).seed)
-    read_as = DataOptions(task, text_col, label_col, image_col, image_size, val_fraction, seed)
+    read_as = DataOptions(task, text_col, label_col, image_col, image_size, val_fraction, seed, time_col=time_col,
+                          series_col=series_col, horizon=horizon, season=season)
     task = load_task(data, val, read_as, model=model)
     base = recipe if recipe is not None else task.default_recipe(Recipe())
     check_knobs(type(task), base.replace(**recipe_changes))  # a knob this kind of data ignores is refused
@@ -188,7 +197,7 @@ def predict_file(run: str | Run, data: str | os.PathLike, output: str | os.PathL
     predictions = run.predict_examples(examples, precision)
     columns = run.task.output_columns(data, examples)
     if predictions.values is not None:
-        columns["predicted_value"] = [float(v) for v in predictions.values]
+        columns["predicted_value"] = [float(v) for v in np.ravel(predictions.values)]  # a forecast's, step by step
         write_table(output, columns)
         return predictions
     columns["predicted_label"] = predictions.labels
@@ -285,7 +294,9 @@ def tune(data: str | os.PathLike | Examples | None = None,
          image_size: int | None = None, model: str | None = None,
          recipe: Recipe | None = None, workspace: str | os.PathLike | None = None, val_fraction: float = 0.2,
          name: str | None = None, resume: str | None = None, seed_check: bool = True, plateau: int | None = None,
-         refit: bool = True, keep_models: int | None = 3, callbacks: Sequence[Any] = ()) -> TuneResult:
+         refit: bool = True, keep_models: int | None = 3, callbacks: Sequence[Any] = (),
+         time_col: str | None = None, series_col: str | None = None, horizon: int | None = None,
+         season: int | None = None) -> TuneResult:
     """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
 
     ``budget`` is wall time from this call (reading the data, the range test and building caches count) or a
@@ -332,8 +343,9 @@ def tune(data: str | os.PathLike | Examples | None = None,
                    "strategy": strategy, "target": target, "prune": prune, "text_col": text_col,
                    "label_col": label_col, "image_col": image_col, "image_size": image_size, "model": model,
                    "recipe": base.to_dict(), "val_fraction": val_fraction, "plateau": plateau, "refit": refit,
-                   "seed_check": seed_check, "keep_models": keep_models,
-                   "task": modality_of(data, task, text_col, image_col)}
+                   "seed_check": seed_check, "keep_models": keep_models, "time_col": time_col,
+                   "series_col": series_col, "horizon": horizon, "season": season,
+                   "task": modality_of(data, task, text_col, image_col, time_col)}
         if _in_memory(data) or _in_memory(val):
             options["data"], options["val"] = data, val  # in-memory examples: not resumable from the CLI
         spent_before = 0.0
@@ -397,7 +409,8 @@ def _as_path(value: Any) -> Any:
 def lr_find(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None = None,
             label_col: str | None = None, image_col: str | None = None, image_size: int | None = None,
             model: str | None = None, recipe: Recipe | None = None, val_fraction: float = 0.2,
-            plot: str | os.PathLike | None = None, **recipe_changes: Any):
+            plot: str | os.PathLike | None = None, time_col: str | None = None, series_col: str | None = None,
+            horizon: int | None = None, season: int | None = None, **recipe_changes: Any):
     """The learning-rate range test for ``recipe`` on the training data; writes nothing but ``plot``.
 
     Frozen layers run once: a head-only recipe sweeps over cached encoder (or image body) vectors, so it
@@ -408,7 +421,8 @@ def lr_find(data: Any, val: Any = None, *, task: str = "auto", text_col: str | N
 
     recipe = (recipe or Recipe()).replace(**recipe_changes)
     check_options(recipe, val_fraction)
-    read_as = DataOptions(task, text_col, label_col, image_col, image_size, val_fraction, recipe.seed)
+    read_as = DataOptions(task, text_col, label_col, image_col, image_size, val_fraction, recipe.seed,
+                          time_col=time_col, series_col=series_col, horizon=horizon, season=season)
     task = load_task(data, val, read_as, model=model)
     check_knobs(type(task), recipe)
     finding = range_test(task, recipe, find_learning_rate)

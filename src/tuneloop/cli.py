@@ -92,6 +92,13 @@ def _training_data(parser: argparse.ArgumentParser) -> None:
                                              "path, file, ...]")
     parser.add_argument("--image-size", type=int, metavar="PX",
                         help="images: the side they are resized to [their most common size; >= 64 for EfficientNet]")
+    parser.add_argument("--time-col", help="series: the time column [found by name: time, date, year, ...]")
+    parser.add_argument("--series-col", help="series in long format: the series-id column [found by name: series, "
+                                              "id, symbol, ...]")
+    parser.add_argument("--horizon", type=int, metavar="H", help="series: points forecast ahead [a season; or a "
+                                                                 "tenth of the series, at most 10]")
+    parser.add_argument("--season", type=int, metavar="M", help="series: points in a season, for seasonal-naive "
+                                                                "and MASE [from the frequency: 12 for months, ...]")
     parser.add_argument("--model", metavar="PATH",
                         help="texts: a local Hugging Face model folder [packaged all-MiniLM-L6-v2]; images: "
                              "efficientnet-lite0 [default], small-cnn; any kind: a saved run's model folder "
@@ -227,7 +234,11 @@ def _callbacks(args: argparse.Namespace) -> list:
 
 
 def scores_in_words(metrics: dict[str, Any], prefix: str = "val_") -> str:
-    """A classifier's accuracy and macro-F1, or a regressor's RMSE, MAE and R², as one phrase."""
+    """A classifier's accuracy and macro-F1, a regressor's RMSE, MAE and R², or a forecaster's MASE, sMAPE, MAE
+    and RMSE, as one phrase."""
+    if f"{prefix}mase" in metrics:
+        return (f"MASE {metrics[f'{prefix}mase']:.4f}, sMAPE {metrics[f'{prefix}smape']:.2f}%, "
+                f"MAE {metrics[f'{prefix}mae']:.4g}, RMSE {metrics[f'{prefix}rmse']:.4g}")
     if f"{prefix}rmse" in metrics:
         return (f"RMSE {metrics[f'{prefix}rmse']:.4g}, MAE {metrics[f'{prefix}mae']:.4g}, "
                 f"R² {metrics[f'{prefix}r2']:.4f}")
@@ -235,9 +246,18 @@ def scores_in_words(metrics: dict[str, Any], prefix: str = "val_") -> str:
     return f"accuracy {metrics[f'{prefix}accuracy']:.4f}, macro-F1 {metrics[f'{prefix}macro_f1']:.4f}{auc}"
 
 
+def baseline_in_words(metrics: dict[str, Any]) -> str:
+    """What a model that learned nothing scores, as a run's metrics record it."""
+    if "seasonal_naive_mase" in metrics:
+        return (f"seasonal naive: MASE {metrics['seasonal_naive_mase']:.4f}, "
+                f"sMAPE {metrics['seasonal_naive_smape']:.2f}%")
+    if "mean_predictor_rmse" in metrics:
+        return f"predicting the mean: RMSE {metrics['mean_predictor_rmse']:.4g}"
+    return f"majority class {metrics['majority_class_rate']:.4f}"
+
+
 def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:
-    baseline = (f"predicting the mean: RMSE {metrics['mean_predictor_rmse']:.4g}" if "mean_predictor_rmse" in metrics
-                else f"majority class {metrics['majority_class_rate']:.4f}")
+    baseline = baseline_in_words(metrics)
     if metrics.get("soup_of"):
         how = f"the weight average of {len(metrics['soup_of'])} runs, val"
     elif metrics.get("estimated_by"):
@@ -265,11 +285,16 @@ def cmd_fit(args: argparse.Namespace) -> None:
         run = api.fit(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
                       image_col=args.image_col, image_size=args.image_size, model=args.model, recipe=recipe,
                       workspace=args.workspace, val_fraction=args.val_fraction, callbacks=_callbacks(args),
-                      **changes)
+                      **_series_options(args), **changes)
     _emit(args, {"run": run.id, "path": str(run.path), "metrics": run.metrics, "recipe": run.recipe.to_dict(),
                  "history": run.history})
     if not args.json:
         print(_fit_summary(run.metrics, run.id, str(run.path)))
+
+
+def _series_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"time_col": args.time_col, "series_col": args.series_col, "horizon": args.horizon,
+            "season": args.season}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -281,7 +306,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if not args.json:
         from tuneloop.report.console import confusion_table, stdout
 
-        print(f"{report.n} examples: {scores_in_words(report.metrics, prefix='')}")
+        naive = (f" ({baseline_in_words(report.metrics)})" if "seasonal_naive_mase" in report.metrics else "")
+        print(f"{report.n} examples: {scores_in_words(report.metrics, prefix='')}{naive}")
         if report.agreement_with_fp32 is not None:
             print(f"int8 labels agree with fp32 on {report.agreement_with_fp32:.1%} of the sampled texts.")
         if not args.quiet and report.confusion is not None:
@@ -297,10 +323,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
                                    image_col=args.image_col, workspace=args.workspace, precision=args.precision)
     if predictions.values is not None:
         values = predictions.values
-        _emit(args, {"output": str(args.output), "n": len(values), "mean": float(values.mean()),
+        _emit(args, {"output": str(args.output), "n": int(values.size), "mean": float(values.mean()),
                      "min": float(values.min()), "max": float(values.max())})
         if not args.json:
-            print(f"Wrote {len(values)} predicted values to {args.output}: mean {values.mean():.4g}, "
+            what = (f"{values.shape[1]} forecast points for each of {len(values)} series" if values.ndim == 2
+                    else f"{len(values)} predicted values")
+            print(f"Wrote {what} to {args.output}: mean {values.mean():.4g}, "
                   f"range {values.min():.4g} to {values.max():.4g}")
         return
     counts = dict(Counter(predictions.labels).most_common())
@@ -333,7 +361,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
                       name=args.name, resume=args.resume, seed_check=args.seed_check, plateau=args.plateau,
                       refit=args.refit, keep_models=args.keep_models,
-                      callbacks=callbacks)
+                      callbacks=callbacks, **_series_options(args))
     payload = result.to_dict()
     _emit(args, payload)
     if args.json:
@@ -415,7 +443,8 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
     finding = api.lr_find(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
                           image_col=args.image_col, image_size=args.image_size, model=args.model,
-                          recipe=_recipe_from(args), val_fraction=args.val_fraction, plot=args.plot)
+                          recipe=_recipe_from(args), val_fraction=args.val_fraction, plot=args.plot,
+                          **_series_options(args))
     _emit(args, {"suggestion": finding.suggestion, "reason": finding.reason,
                  "learning_rates": finding.learning_rates, "losses": finding.losses, "plot": args.plot})
     if not args.json:

@@ -16,8 +16,14 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
-METRICS = ("auto", *CLASSIFICATION_METRICS, *REGRESSION_METRICS, "loss")
-LOWER_IS_BETTER = ("loss", "mae", "rmse")
+FORECAST_METRICS = ("mase", "smape", *REGRESSION_METRICS)
+METRICS = ("auto", *CLASSIFICATION_METRICS, *FORECAST_METRICS, "loss")
+LOWER_IS_BETTER = ("loss", "mae", "rmse", "mase", "smape")
+# What each objective (``training.objective``) reports, and the metric its "auto" stands for.
+OBJECTIVE_METRICS = {"classification": CLASSIFICATION_METRICS, "pairs": CLASSIFICATION_METRICS,
+                     "regression": REGRESSION_METRICS, "forecast": FORECAST_METRICS}
+AUTO_METRIC = {"classification": "macro_f1", "pairs": "macro_f1", "regression": "rmse", "forecast": "mase"}
+FORECASTERS = ("dlinear", "nbeats", "patchtst")
 INITS = ("pretrained", "scratch")
 UNFREEZING = ("none", "gradual")
 LORA_TARGETS = ("attention", "all-linear")
@@ -157,9 +163,13 @@ class Recipe:
                              low=1, high=8192, integer=True)
     patience: int = knob(2, "epochs without gain before stopping early (0 = off)", low=0, integer=True,
                          note="0 turns early stopping off")
-    metric: str = knob("auto", "validation metric for early stopping and the best epoch (auto: macro_f1, or rmse "
-                       "for regression)", choices=METRICS)
+    metric: str = knob("auto", "validation metric for early stopping and the best epoch (auto: macro_f1, rmse "
+                       "for regression, mase for forecasts)", choices=METRICS)
     precision: str = knob("auto", "auto uses bf16 where the CPU or GPU computes it natively", choices=PRECISIONS)
+    context: int = knob(0, "series: past points each forecast reads (0: four horizons, at least two seasons)",
+                        low=0, high=10000, integer=True, note="0 chooses it from the horizon and the season")
+    forecaster: str = knob("dlinear", "series: the network, dlinear (linear on trend and remainder), nbeats (an MLP) "
+                           "or patchtst (a transformer over patches)", choices=FORECASTERS)
     contrastive: int = knob(0, "texts: tune the encoder on this many pairs per example first (SetFit; 0 = off)",
                             low=0, high=1000, integer=True, note="pairs per training example; 0 turns it off")
     seed: int = knob(42, "random seed", low=0, high=2**32, high_open=True, integer=True, shown_high="2**32")
@@ -198,16 +208,14 @@ class Recipe:
         return self
 
     def for_objective(self, objective: str) -> Recipe:
-        """This recipe with metric "auto" made concrete for "classification" or "regression"; a ConfigError
-        where the metric does not apply to it (accuracy of a regressor, R² of a classifier)."""
-        wrong = REGRESSION_METRICS if objective == "classification" else CLASSIFICATION_METRICS
-        if self.metric in wrong:
-            allowed = [m for m in METRICS if m not in wrong]
-            raise ConfigError([f"The 'metric' parameter of a {objective} task must be one of {', '.join(allowed)}. "
-                               f"Got {self.metric!r} instead."])
-        if self.metric != "auto":
-            return self
-        return self.replace(metric="macro_f1" if objective == "classification" else "rmse")
+        """This recipe with metric "auto" made concrete for the objective ("classification", "regression",
+        "forecast"); a ConfigError where the metric does not apply to it (accuracy of a regressor, R² of a
+        classifier)."""
+        reported = OBJECTIVE_METRICS[objective]
+        if self.metric not in ("auto", "loss", *reported):
+            raise ConfigError([f"The 'metric' parameter of a {objective} task must be one of "
+                               f"{', '.join(('auto', *reported, 'loss'))}. Got {self.metric!r} instead."])
+        return self.replace(metric=AUTO_METRIC[objective]) if self.metric == "auto" else self
 
     @property
     def weights_seed(self) -> int:

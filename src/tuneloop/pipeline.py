@@ -175,7 +175,7 @@ def cross_validate(task: Any, recipe: Recipe, k: int, seed: int, callbacks: Sequ
     from tuneloop.tuning.selection import folds
 
     recipe = recipe.for_objective(task.objective.name).replace(patience=0)  # every epoch of every fold
-    regression = task.objective.name == "regression"
+    regression = task.objective.predicts_values
     splits = folds(task.pool_labels(), k, seed, regression=regression)
     if not splits:
         return None
@@ -271,7 +271,7 @@ def ensemble_run(store: Workspace, task: Any, run_ids: Sequence[str], estimate: 
     lead = members[0]
     everything = task.fold(np.arange(len(task.train) + len(task.val)))
     metrics = {**estimate, "ensemble_of": list(run_ids), "refit_on": len(everything.train), "seconds": 0.0}
-    average = "values" if task.objective.name == "regression" else "probabilities"
+    average = "values" if task.objective.predicts_values else "probabilities"
     run_id = store.start_run(task=everything.kind, adapter=lead.adapter, backbone=everything.backbone,
                              train_source=task.train.source, val_source=f"{task.val.source} (trained on too)",
                              train_fingerprint=task.train.fingerprint(),  # as read: so it can be read again

@@ -25,7 +25,6 @@ from tuneloop.store.workspace import Workspace
 from tuneloop.tasks import LABELS_FILE, DataOptions, Predictions, Task, task_saved_with
 from tuneloop.training.device import pick_device
 from tuneloop.training.metrics import classification_metrics, confusion_matrix, roc_auc
-from tuneloop.training.objective import regression_metrics
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
@@ -139,12 +138,12 @@ class Run:
     def evaluate(self, data: Any, *, text_col: str | None = None, label_col: str | None = None,
                  image_col: str | None = None, precision: str = "auto") -> EvaluationReport:
         """Scores on labelled data: accuracy, macro-F1, ROC AUC and the confusion matrix, or a regressor's MAE,
-        RMSE and R²."""
+        RMSE and R², or a forecaster's MASE, sMAPE, MAE and RMSE with the seasonal-naive forecast's."""
         examples = self.read(data, labelled=True, text_col=text_col, label_col=label_col, image_col=image_col)
         true = self.task.truth(self, examples)  # a class the run does not know is an error naming it
         predictions = self.task.predict(self, examples, precision)
-        if predictions.values is not None:
-            return EvaluationReport(regression_metrics(true=true, predicted=predictions.values), None, [], len(true))
+        if predictions.values is not None:  # a regressor's or forecaster's scores, as its kind computes them
+            return EvaluationReport(self.task.scores(self, examples, predictions.values), None, [], len(true))
         predicted = predictions.probabilities.argmax(1)
         k = len(self.classes)
         metrics: dict[str, Any] = classification_metrics(true, predicted, k)

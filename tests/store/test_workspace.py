@@ -65,7 +65,7 @@ def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
 
     old = SCHEMA.replace("val_accuracy REAL,", "val_accuracy REAL NOT NULL,").replace(
         "val_macro_f1 REAL,", "val_macro_f1 REAL NOT NULL,").replace(
-        "    val_mae REAL,\n    val_rmse REAL,\n    val_r2 REAL,\n", "").replace(
+        "    val_mae REAL,\n    val_rmse REAL,\n    val_r2 REAL,\n    val_mase REAL,\n    val_smape REAL,\n", "").replace(
         "    pid INTEGER NOT NULL,\n    data_options TEXT\n", "    pid INTEGER NOT NULL\n").split(
         "CREATE TABLE IF NOT EXISTS registry_versions")[0]
     db = sqlite3.connect(tmp_path / "tuneloop.db")
@@ -80,13 +80,14 @@ def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
     with Workspace.open(tmp_path) as ws:
         assert ws.epochs("r1") == [{"run_id": "r1", "epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9,
                                     "val_macro_f1": 0.8, "learning_rate": 1e-3, "train_samples_per_s": 10.0,
-                                    "seconds": 1.0, "val_mae": None, "val_rmse": None, "val_r2": None}]
+                                    "seconds": 1.0, "val_mae": None, "val_rmse": None, "val_r2": None, "val_mase": None,
+                                    "val_smape": None}]
         ws.record_epoch("r1", {"epoch": 2, "train_loss": 0.3, "val_loss": 0.2, "val_accuracy": None,
                                "val_macro_f1": None, "learning_rate": 1e-3, "train_samples_per_s": 10.0,
                                "seconds": 1.0, "val_mae": 1.5, "val_rmse": 2.0, "val_r2": 0.6})
         assert ws.epochs("r1")[1]["val_r2"] == 0.6
     db = sqlite3.connect(tmp_path / "tuneloop.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 6
     assert "process" in {row[1] for row in db.execute("PRAGMA table_info(runs)")}
 
 

@@ -84,7 +84,7 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
         has_labels = _has_labels(new)
         if has_labels:
             if regression:
-                evidence.append(_target_shift(replay, new, seed))
+                evidence.append(_target_shift(run, replay, new, seed))
             else:
                 labels_test = chi_squared_homogeneity(Counter(class_labels(replay)), Counter(class_labels(new)))
                 new_classes = sorted(set(class_labels(new)) - set(run.classes))
@@ -170,9 +170,9 @@ def _label_evidence(test: TestResult, new_classes: list[str]) -> Evidence:
                     test.statistic, test.p_value, {"shares": shares, "new_classes": new_classes})
 
 
-def _target_shift(replay: Examples, new: Examples, seed: int) -> Evidence:
-    old = np.asarray(replay.targets, dtype=np.float64)
-    now = np.asarray(new.targets, dtype=np.float64)
+def _target_shift(run, replay: Examples, new: Examples, seed: int) -> Evidence:
+    old = np.asarray(run.task.truth(run, replay), dtype=np.float64)
+    now = np.asarray(run.task.truth(run, new), dtype=np.float64)
     test = mmd_permutation_test(old, now, seed=seed)
     shifted = bool(test.p_value < ALPHA)
     return Evidence("labels", shifted, f"target values {'moved' if shifted else 'match'}: mean {old.mean():.4g} -> "

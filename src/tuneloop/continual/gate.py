@@ -55,10 +55,12 @@ class GateDecision:
 
 def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate: np.ndarray,
            old_production: np.ndarray, *, tolerance: float = DEFAULT_TOLERANCE, regression: bool = False,
-           seed: int = 0, new_chance: np.ndarray | None = None) -> GateDecision:
+           seed: int = 0, new_chance: np.ndarray | None = None, error: str = "mean absolute error",
+           naive: str = "always answering the median") -> GateDecision:
     """The gate's decision from each model's per-example scores on the new holdout and on the old one (and
-    a constant answer's scores on the new holdout, ``new_chance``)."""
-    what = "mean absolute error" if regression else "accuracy"
+    a naive answer's scores on the new holdout, ``new_chance``). A regressor's scores are negative errors:
+    ``error`` names them and ``naive`` the answer that scored ``new_chance``."""
+    what = error if regression else "accuracy"
     gain = paired_bootstrap(new_candidate, new_production, seed=seed, confidence=CONFIDENCE)
     beats_noise = bool(gain.low > 0)
     new_numbers = {"n": gain.n, "candidate": _shown(new_candidate, regression),
@@ -100,8 +102,9 @@ def decide(new_candidate: np.ndarray, new_production: np.ndarray, old_candidate:
         chance = _shown(new_chance, regression)
         checks.append(GateCheck(
             "better than chance", bool(learned.low > 0),
-            f"new holdout: {what} {new_numbers['candidate']:.4f} against {chance:.4f} for always answering "
-            f"{'the median' if regression else 'the most common class'} ({CONFIDENCE:.0%} CI of the difference "
+            f"new holdout: {what} {new_numbers['candidate']:.4f} against {chance:.4f} for "
+            f"{naive if regression else 'always answering the most common class'} "
+            f"({CONFIDENCE:.0%} CI of the difference "
             f"{learned.low:+.4f} to {learned.high:+.4f})"
             + ("" if learned.low > 0 else ": the update learned nothing beyond the label shares"),
             {"chance": chance, **_interval(learned.to_dict())}))

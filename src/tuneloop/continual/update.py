@@ -171,7 +171,9 @@ def _search(store: Workspace, parent: ModelVersion, production: Run, options: Da
     # The policy reads the tolerance in score units, as the gate does: accuracy points, or for a regressor
     # a share of production's mean absolute error.
     allowed = tolerance if classification else tolerance * abs(baseline_old)
-    metric = production.recipe.for_objective("classification" if classification else "regression").metric
+    metric = production.recipe.metric  # made concrete for its objective when the run was trained
+    if metric == "auto":
+        metric = production.recipe.for_objective("classification" if classification else "regression").metric
     study_id = new_study_id()
     store.create_study(study_id, "adapt", metric, {"name": parent.name, "parent": parent.version,
                                                    "data": parts.new_rest.source, "budget": str(limits),

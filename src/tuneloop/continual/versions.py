@@ -148,17 +148,18 @@ def holdout_caveat(candidate: ModelVersion) -> str:
 def gate_decision(candidate: Run, production: Run, new: Examples, old: Examples,
                   tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
     regression = is_regressor(production)
+    words = {"error": production.task.error_name, "naive": production.task.naive_name} if regression else {}
     return decide(example_scores(candidate, new), example_scores(production, new), example_scores(candidate, old),
                   example_scores(production, old), tolerance=tolerance, regression=regression,
-                  new_chance=chance_scores(new, regression))
+                  new_chance=chance_scores(production, new, regression), **words)
 
 
-def chance_scores(examples: Examples, regression: bool) -> np.ndarray:
-    """Per-example scores of the best constant answer on ``examples``: their most common class (1 where an
-    example has it), or their median value (negative absolute errors)."""
+def chance_scores(run: Run, examples: Examples, regression: bool) -> np.ndarray:
+    """Per-example scores of a naive answer on ``examples``: their most common class (1 where an example has
+    it), or for a regressor its kind's naive answer (negative errors: of the median value, of the
+    seasonal-naive forecast)."""
     if regression:
-        values = np.asarray(examples.targets, dtype=np.float64)
-        return -np.abs(values - np.median(values))
+        return -run.task.naive_errors(run, examples)
     labels = class_labels(examples)
     common = Counter(labels).most_common(1)[0][0]
     return np.array([label == common for label in labels], dtype=np.float64)

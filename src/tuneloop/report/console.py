@@ -60,6 +60,8 @@ class ProgressDisplay(Callback):
 def epoch_scores(record: EpochRecord) -> str:
     if record.val_accuracy is None and record.val_rmse is None:
         return "(no validation: every labelled example trains)"
+    if record.val_mase is not None:
+        return f"MASE {record.val_mase:.4f} sMAPE {record.val_smape:.2f}% MAE {record.val_mae:.4g}"
     if record.val_rmse is not None:
         return f"RMSE {record.val_rmse:.4g} MAE {record.val_mae:.4g} R² {record.val_r2:.4f}"
     return f"accuracy {record.val_accuracy:.4f} macro-F1 {record.val_macro_f1:.4f}"

@@ -234,6 +234,7 @@ def header_section(study: StudyRecord) -> str:
     else:
         metrics = study.runs[best["run_id"]].metrics if best["run_id"] in study.runs else {}
         named = [("val accuracy", "val_accuracy"), ("val macro-F1", "val_macro_f1"), ("val ROC AUC", "val_roc_auc"),
+                 ("val MASE", "val_mase"), ("seasonal-naive MASE", "seasonal_naive_mase"), ("val sMAPE", "val_smape"),
                  ("val RMSE", "val_rmse"),
                  ("val MAE", "val_mae"), ("val R²", "val_r2"), ("val loss", "val_loss"),
                  ("majority-class rate", "majority_class_rate"), ("RMSE of the mean", "mean_predictor_rmse")]

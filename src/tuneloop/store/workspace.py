@@ -25,10 +25,10 @@ from typing import Any
 from tuneloop.errors import RunNotFoundError, TuneloopError
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 5  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
+SCHEMA_VERSION = 6  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
 # each run's data options (how its data was read and split); 4: each trial's parent, its validation predictions
 # and whether it had no effect; 5: the identity of the process that runs a run or study (its start time with
-# its PID: PIDs are reused); see _upgrade_from_1 to _upgrade_from_4
+# its PID: PIDs are reused); 6: forecasters' MASE and sMAPE per epoch; see _upgrade_from_1 to _upgrade_from_5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS epochs (
     val_mae REAL,
     val_rmse REAL,
     val_r2 REAL,
+    val_mase REAL,
+    val_smape REAL,
     PRIMARY KEY (run_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS tuneloop_studies (
@@ -174,6 +176,14 @@ def _upgrade_from_4(connection: sqlite3.Connection) -> None:
     for table in ("runs", "tuneloop_studies"):
         if "process" not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
             connection.execute(f"ALTER TABLE {table} ADD COLUMN process TEXT")
+
+
+def _upgrade_from_5(connection: sqlite3.Connection) -> None:
+    """Schema 5 -> 6, inside the caller's transaction: epochs gain a forecaster's MASE and sMAPE."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(epochs)")}
+    for name in ("val_mase", "val_smape"):
+        if name not in columns:
+            connection.execute(f"ALTER TABLE epochs ADD COLUMN {name} REAL")
 
 
 def process_identity(pid: int) -> str | None:
@@ -284,6 +294,8 @@ class Workspace:
                 _upgrade_from_3(connection)
             if version in (1, 2, 3, 4):
                 _upgrade_from_4(connection)
+            if version in (1, 2, 3, 4, 5):
+                _upgrade_from_5(connection)
             _create_tables(connection)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             connection.execute("COMMIT")
@@ -348,10 +360,11 @@ class Workspace:
         with self.transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, val_loss, val_accuracy, val_macro_f1, "
-                "learning_rate, train_samples_per_s, seconds, val_mae, val_rmse, val_r2) VALUES (:run_id, :epoch, "
-                ":train_loss, :val_loss, :val_accuracy, :val_macro_f1, :learning_rate, :train_samples_per_s, "
-                ":seconds, :val_mae, :val_rmse, :val_r2)",
-                {"val_mae": None, "val_rmse": None, "val_r2": None, "run_id": run_id, **epoch})
+                "learning_rate, train_samples_per_s, seconds, val_mae, val_rmse, val_r2, val_mase, val_smape) VALUES "
+                "(:run_id, :epoch, :train_loss, :val_loss, :val_accuracy, :val_macro_f1, :learning_rate, "
+                ":train_samples_per_s, :seconds, :val_mae, :val_rmse, :val_r2, :val_mase, :val_smape)",
+                {"val_mae": None, "val_rmse": None, "val_r2": None, "val_mase": None, "val_smape": None,
+                 "run_id": run_id, **epoch})
 
     def artifact_dir(self, run_id: str) -> Path:
         return self.artifacts / run_id

@@ -49,7 +49,8 @@ class DataOptions:
     """How a task's examples are read and split, stored with every run, study and registered version so that
     the same examples can be read again: the kind of data ("auto": told by the data), the columns, the side
     images are resized to, the validation share and the seed of the split, and whether a separate validation
-    source was given (then nothing is split off)."""
+    source was given (then nothing is split off). Series: the time and series-id columns, the points
+    forecast ahead and the points in a season (None: from the frequency)."""
 
     task: str = "auto"
     text_col: str | None = None
@@ -59,6 +60,10 @@ class DataOptions:
     val_fraction: float = 0.2
     seed: int = 0
     val_given: bool = False
+    time_col: str | None = None
+    series_col: str | None = None
+    horizon: int | None = None
+    season: int | None = None
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any] | None, **defaults: Any) -> DataOptions:
@@ -303,15 +308,16 @@ def check_knobs(task: type[Task], recipe: Recipe) -> None:
 
 
 def modality_of(data: Any, requested: str = "auto", text_col: str | None = None,
-                image_col: str | None = None) -> str:
+                image_col: str | None = None, time_col: str | None = None) -> str:
     """The kind of data ``data`` is, as requested, else the first registered kind that claims it (in their
     ``claim_order``): "image" for a folder (of class folders of images) or a table whose path column
     (``image_col``, or a common name) names image files, "text" when the data has a text column (named by
     ``text_col``, a name with a common one as a word, such as 'text' or 'review_text', or a column of
-    sentences), else "tabular"."""
+    sentences), "series" when it has a time column (``time_col``, or a common name) and numbers, else
+    "tabular"."""
     if requested != "auto":
         return task_class(requested).modality
-    source = DataSource(data, DataOptions(text_col=text_col, image_col=image_col))
+    source = DataSource(data, DataOptions(text_col=text_col, image_col=image_col, time_col=time_col))
     for task in sorted(TASKS.values(), key=lambda t: t.claim_order):
         if task.claims(source):
             return task.modality
@@ -375,4 +381,4 @@ def network_of(task: Any, recipe: Any) -> str:
     return f"{type(task).__name__} {task.backbone}{shape}, {knobs}"
 
 
-from tuneloop.tasks import image, table, text  # noqa: E402,F401  (each registers itself)
+from tuneloop.tasks import image, series, table, text  # noqa: E402,F401  (each registers itself)

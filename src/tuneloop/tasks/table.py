@@ -47,7 +47,7 @@ from tuneloop.tasks import (
 )
 from tuneloop.training.device import pick_device, resolve_precision
 from tuneloop.training.loop import predict_outputs, predict_probabilities
-from tuneloop.training.objective import CLASSIFICATION, Objective, Regression
+from tuneloop.training.objective import CLASSIFICATION, Objective, Regression, regression_metrics
 from tuneloop.tuning.family import Family, small_network
 from tuneloop.tuning.policy import TABLE_EXPLORE, TABLE_RULES
 from tuneloop.tuning.space import TABLE_GRID, TABLE_SPACE, scratch_learning_rate
@@ -183,6 +183,25 @@ class TableTask:
                                values=preprocessing.target.inverse(standardized))
         probabilities = predict_probabilities(model, features, device, precision)
         return Predictions([run.classes[i] for i in probabilities.argmax(1)], probabilities, run.classes)
+
+    @classmethod
+    def scores(cls, run: Any, rows: TableExamples, values: np.ndarray) -> dict[str, float]:
+        """A regressor's MAE, RMSE (in the target's units) and R² on rows with targets."""
+        return regression_metrics(true=cls.truth(run, rows), predicted=values)
+
+    @classmethod
+    def errors(cls, run: Any, rows: TableExamples, values: np.ndarray) -> np.ndarray:
+        """A regressor's absolute error on each row, in the target's units."""
+        return np.abs(values - cls.truth(run, rows))
+
+    error_name = "mean absolute error"
+    naive_name = "always answering the median"
+
+    @classmethod
+    def naive_errors(cls, run: Any, rows: TableExamples) -> np.ndarray:
+        """A regressor's naive answer's absolute error on each row: of the rows' median target."""
+        values = np.asarray(cls.truth(run, rows), dtype=np.float64)
+        return np.abs(values - np.median(values))
 
     @classmethod
     def choose_precision(cls, run: Any, rows: TableExamples) -> None:

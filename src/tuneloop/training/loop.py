@@ -30,7 +30,7 @@ EVAL_BATCH = 64
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch's losses and validation metrics: accuracy and macro-F1 for a classifier, MAE, RMSE and R²
-    for a regressor (the others are None)."""
+    for a regressor, and MASE and sMAPE too for a forecaster (the others are None)."""
 
     epoch: int
     train_loss: float
@@ -43,6 +43,8 @@ class EpochRecord:
     val_mae: float | None = None
     val_rmse: float | None = None
     val_r2: float | None = None
+    val_mase: float | None = None
+    val_smape: float | None = None
 
     def metric(self, name: str) -> float:
         value = self.val_loss if name == "loss" else getattr(self, f"val_{name}")

@@ -22,6 +22,7 @@ from tuneloop.training.metrics import classification_metrics
 class Classification:
     name = "classification"
     metrics = ("accuracy", "macro_f1")
+    predicts_values = False
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         # The loss in fp32: bf16 cross-entropy loses precision exactly where gradients are small.
@@ -46,6 +47,7 @@ class Regression:
     scale: float = 1.0
     name = "regression"
     metrics = ("mae", "rmse", "r2")
+    predicts_values = True
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         return F.mse_loss(outputs.float().squeeze(-1), labels.float())
@@ -78,6 +80,61 @@ def regression_metrics(*, true: np.ndarray, predicted: np.ndarray, scale: float 
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """Forecast the next ``horizon`` points of a series from the points before them (``data/series.py``). Each
+    window's points are standardized by its context's mean and spread, so one rate suits every series and
+    level; forecasting the context's mean scores a loss near 1. A window's labels are its standardized
+    targets, then three columns: the context's mean and spread (back to the series' units) and the series'
+    seasonal-naive scale (the mean absolute seasonal difference of its training points: MASE's divisor).
+
+    MASE (below 1: better than repeating the last season), sMAPE (in percent), MAE and RMSE in the series'
+    units and R² (against the context's mean, standardized) are over every forecast point."""
+
+    name = "forecast"
+    metrics = ("mase", "smape", "mae", "rmse", "r2")
+    predicts_values = True
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        return F.mse_loss(outputs.float(), labels[:, :outputs.shape[1]].float())
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The standardized forecasts, one column per step ahead."""
+        return outputs.float()
+
+    def score(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
+        horizon = predictions.shape[1]
+        return (mean_squared_error(predictions, labels[:, :horizon]),
+                forecast_metrics(*in_units(predictions, labels)))
+
+
+def in_units(predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Standardized forecasts and a ``Forecast``'s labels as forecasts and truths in the series' units, each
+    window's seasonal-naive scale, and its context's mean and spread."""
+    horizon = predictions.shape[1]
+    labels = np.asarray(labels, dtype=np.float64)
+    mean, spread, scale = labels[:, horizon:horizon + 1], labels[:, horizon + 1:horizon + 2], labels[:, horizon + 2]
+    return (predictions.astype(np.float64) * spread + mean, labels[:, :horizon] * spread + mean, scale, mean, spread)
+
+
+def forecast_metrics(forecast: np.ndarray, truth: np.ndarray, scale: np.ndarray, level: np.ndarray,
+                     spread: np.ndarray) -> dict[str, float]:
+    """MASE (each window's absolute errors over its series' seasonal-naive ``scale``), sMAPE in percent (a
+    point where forecast and truth are both 0 counts 0), MAE and RMSE over every point in the series' units,
+    and R² against forecasting each context's mean ``level``, the errors of each window over its context's
+    ``spread`` (so that series of every scale count alike: 0 is no better than the context's mean)."""
+    forecast, truth = np.asarray(forecast, np.float64), np.asarray(truth, np.float64)
+    error = np.abs(forecast - truth)
+    scale = np.asarray(scale, np.float64).reshape(-1, 1)
+    both = np.abs(forecast) + np.abs(truth)
+    smape = np.divide(2 * error, both, out=np.zeros_like(error), where=both > 0)
+    sse = float(np.sum((error / spread) ** 2))
+    sst = float(np.sum(((truth - level) / spread) ** 2))
+    return {"mase": float(np.mean(error / scale)), "smape": 100 * float(np.mean(smape)),
+            "mae": float(np.mean(error)), "rmse": float(np.sqrt(np.mean(error ** 2))),
+            "r2": 1.0 - sse / sst if sst > 0 else (1.0 if sse == 0 else 0.0)}
+
+
+@dataclass(frozen=True)
 class CosinePairs:
     """Contrastive tuning of an encoder on pairs of texts (SetFit's CosineSimilarityLoss): the model outputs the
     cosine similarity of each pair's two vectors, trained toward 1 for a pair of one class and 0 otherwise.
@@ -85,6 +142,7 @@ class CosinePairs:
 
     name = "pairs"
     metrics = ("accuracy", "macro_f1")
+    predicts_values = False
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         return F.mse_loss(outputs.float().reshape(-1), labels.float())
@@ -102,4 +160,5 @@ class CosinePairs:
 
 CLASSIFICATION = Classification()
 PAIRS = CosinePairs()
-Objective = Classification | Regression | CosinePairs
+FORECAST = Forecast()
+Objective = Classification | Regression | CosinePairs | Forecast

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tuneloop.config import CLASSIFICATION_METRICS, LOWER_IS_BETTER, METRICS, REGRESSION_METRICS
+from tuneloop.config import LOWER_IS_BETTER, OBJECTIVE_METRICS
 
 if TYPE_CHECKING:  # only the attributes are read; importing the loop would pull in torch
     from tuneloop.training.loop import EpochRecord
@@ -120,12 +120,12 @@ def diagnose(history: Sequence[EpochRecord], *, diverged: bool, n_val: int, num_
 
     ``metric`` is the one the trial selected its best epoch by (as the loop does: ties go to the lower val
     loss). Level checks against chance use it too, or accuracy when it is ``"loss"``. For a regressor
-    (``objective`` "regression") chance is predicting the mean: R² 0 and a standardized MSE of 1; the
-    accuracy interval does not apply, and ``num_classes`` is not read.
+    (``objective`` "regression") chance is predicting the mean: R² 0 and a standardized MSE of 1; so it is for
+    a forecaster (``objective`` "forecast", its errors standardized by each window's context: chance is
+    forecasting the context's mean); the accuracy interval does not apply, and ``num_classes`` is not read.
     """
-    regression = objective == "regression"
-    allowed = [m for m in METRICS if m != "auto" and m not in (CLASSIFICATION_METRICS if regression
-                                                                else REGRESSION_METRICS)]
+    regression = objective != "classification"
+    allowed = [*OBJECTIVE_METRICS[objective], "loss"]
     if metric not in allowed:
         raise ValueError(f"The 'metric' parameter of a {objective} diagnosis must be one of {', '.join(allowed)}. "
                          f"Got {metric!r} instead.")

@@ -45,9 +45,10 @@ def predicted_classes(predictions: np.ndarray) -> np.ndarray:
 
 
 def compact(predictions: np.ndarray, regression: bool) -> np.ndarray:
-    """What is kept of a trial's predictions to compare it with later ones: class ids, or values."""
+    """What is kept of a trial's predictions to compare it with later ones: class ids, or values (a forecast's
+    every step, window after window)."""
     if regression:
-        return np.asarray(predictions, dtype=np.float32).reshape(len(predictions))
+        return np.asarray(predictions, dtype=np.float32).reshape(-1)
     return predicted_classes(predictions).astype(np.int64)
 
 

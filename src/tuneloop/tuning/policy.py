@@ -147,6 +147,16 @@ class AtLeast:
 
 
 @dataclass(frozen=True)
+class SetTo:
+    """Set to ``value``: one of a knob's choices (a forecaster's network, say)."""
+
+    value: Any
+
+    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
+        return {knob: self.value}
+
+
+@dataclass(frozen=True)
 class SwitchOn:
     """Set to ``value`` where the knob is off (0); an existing setting stays."""
 

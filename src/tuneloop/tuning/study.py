@@ -430,7 +430,7 @@ class _StudyDriver:
     def _small_validation(self) -> bool:
         best = _best(self._search_trials())
         return validation_is_small(best.row() if best else None, len(self.task.val),
-                                   self.task.objective.name == "regression")
+                                   self.task.objective.predicts_values)
 
     def _refit_cost(self, trial: TrialRecord, recipe: Recipe | None = None) -> float:
         """Seconds a fit of ``recipe`` (by default ``trial``'s own) on every labelled example takes, with
@@ -546,7 +546,7 @@ class _StudyDriver:
     @cached_property
     def _fold_count(self) -> int:
         """Folds of cross-validation over every labelled example (they do not change during a study)."""
-        return fold_count(self.task.pool_labels(), self.task.objective.name == "regression")
+        return fold_count(self.task.pool_labels(), self.task.objective.predicts_values)
 
     def _folds_seconds(self, trial: TrialRecord, folds: int) -> float:
         """Seconds ``folds``-fold cross-validation of ``trial``'s recipe takes (every epoch of every fold), from
@@ -722,7 +722,7 @@ class _StudyDriver:
         """Keep the trial's validation predictions, and say so where they repeat an earlier trial's."""
         if predictions is None:
             return
-        regression = self.task.objective.name == "regression"
+        regression = self.task.objective.predicts_values
         earlier = [(t.number, t.predictions) for t in self.trials if t.predictions is not None]
         same = same_as(predictions, earlier, regression)
         record.predictions = compact(predictions, regression)
