@@ -65,7 +65,8 @@ def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
 
     old = SCHEMA.replace("val_accuracy REAL,", "val_accuracy REAL NOT NULL,").replace(
         "val_macro_f1 REAL,", "val_macro_f1 REAL NOT NULL,").replace(
-        "    val_mae REAL,\n    val_rmse REAL,\n    val_r2 REAL,\n    val_mase REAL,\n    val_smape REAL,\n", "").replace(
+        "    val_mae REAL,\n    val_rmse REAL,\n    val_r2 REAL,\n    val_mase REAL,\n    val_smape REAL,\n",
+        "").replace(
         "    pid INTEGER NOT NULL,\n    data_options TEXT\n", "    pid INTEGER NOT NULL\n").split(
         "CREATE TABLE IF NOT EXISTS registry_versions")[0]
     db = sqlite3.connect(tmp_path / "tuneloop.db")
