@@ -1,5 +1,5 @@
-"""Univariate forecasts of small real series: seasonal naive, statsmodels ETS chosen by AICc and NeuralForecast NHITS,
-and tuneloop's forecaster once it is connected (``tuneloop_forecast``; until then it is reported as not connected).
+"""Univariate forecasts of small real series: seasonal naive, statsmodels ETS chosen by AICc, NeuralForecast NHITS and
+tuneloop's guided ``tune`` (``tuneloop_forecast``), side by side in one run.
 
 Series (``SERIES``: points, frequency, season length m, horizon H, licence), read offline from statsmodels.datasets
 and vega_datasets' local copies, regular and without gaps. The test set is the last H points, never shuffled:
@@ -28,14 +28,16 @@ Metrics, computed here: MASE (mean absolute error over the history's mean absolu
    (the steps run are printed; on 2 cores a step of 1,024 windows takes about 1 s, so 60 s runs about 50). Its
    import is outside the clock. Darts 0.48.1 is not used: its dependency holidays requires python-dateutil<3 and
    would replace python-dateutil 4.0.0 with 2.9.0.post0.
-4. ``tuneloop``: ``tuneloop_forecast`` with ``--budget-s`` and the seed.
+4. ``tuneloop``: ``tuneloop.tune`` of the history (guided, its defaults, the horizon and season given) with a wall-time
+   budget of ``--budget-s`` that counts reading the data, the range test and the final fit, and the seed; the final
+   model forecasts the H points after the history.
 
 Printed: a line per run; per series each method's MASE, sMAPE and seconds (means over seeds for nhits and tuneloop);
 per method the mean MASE and the mean rank of its MASE among the methods of each series.
 
 Reproduce (from the repository root, CPU; about 27 minutes with the default seeds and budget, nearly all NHITS):
 
-    .venv/bin/pip install neuralforecast==3.3.0
+    make peers   # neuralforecast 3.3.0 and vega_datasets 0.9.0
     .venv/bin/python benchmarks/forecast.py --json benchmarks/results/forecast.json
 """
 

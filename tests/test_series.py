@@ -231,6 +231,10 @@ def test_guided_tune_moves_the_forecaster_knobs(macro, tmp_path):
     assert any(knob in reason for reason in reasons[1:] for knob in ("context", "forecaster", "weight_decay",
                                                                    "augment", "epochs", "learning_rate"))
     assert result.best_run is not None and result.best_run.recipe.metric == "mase"
+    from tuneloop.report.html import write_report
+
+    page = write_report(tmp_path / "ws", result.study_id, tmp_path / "report.html").read_text()
+    assert "history, forecasts and truth" in page and "seasonal-naive forecast: MASE" in page
 
 
 def test_lr_find_on_a_series(nile):

@@ -192,6 +192,24 @@ class SeriesExamples:
         return [[future_time(self.series[key].times, self.step, origin + ahead) for ahead in range(self.horizon)]
                 for key, origin in self.windows()]
 
+    def plot_forecasts(self, figure: Any, forecasts: np.ndarray, limit: int = 3) -> None:
+        """Draw on ``figure`` (matplotlib) up to ``limit`` series, each with ``forecasts`` (windows x horizon, in
+        these windows' order) of its windows one horizon apart, dashed, from its first window on."""
+        keys = list(dict.fromkeys(self.keys))[:limit]
+        for row, key in enumerate(keys, start=1):
+            axes = figure.add_subplot(len(keys), 1, row)
+            points = self.series[key]
+            axes.plot(np.arange(len(points)), points.values, color="#444444", linewidth=1, label="series")
+            mine = [(i, origin) for i, (k, origin) in enumerate(self.windows()) if k == key]
+            shown = mine[::self.horizon]
+            for n, (i, origin) in enumerate(shown):
+                steps = np.arange(origin, origin + self.horizon)
+                axes.plot(steps, forecasts[i], color="#d62728", linestyle="--", linewidth=1.2,
+                          label="forecast" if n == 0 else None)
+            axes.set_title(points.name, fontsize=9)
+            axes.set_xlabel(f"point (one every {self.step.describe()})")
+            axes.legend(loc="upper left", fontsize=8)
+
     def save(self, folder: Path, stem: str) -> None:
         """``stem``.json in ``folder``: the series the windows are cut from, and the windows."""
         write_meta(folder, stem, {

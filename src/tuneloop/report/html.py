@@ -610,26 +610,36 @@ def _confusion_figure(matrix: np.ndarray, classes: list[str], title: str) -> Fig
 
 
 def _regression_section(task: Any, run: Any, heading: str) -> str:
-    """A regressor's predictions against the true values of the validation rows, measured now."""
-    from tuneloop.training.objective import regression_metrics
-
-    true = np.asarray(task.preprocessing.target.inverse(task.val_features.label_ids), dtype=np.float64)
-    predicted = run.predict(task.val, precision=run.recipe.precision).values
-    scores = regression_metrics(true=true, predicted=predicted)
+    """A regressor's predictions against the true values of the validation examples, measured now (a
+    forecaster's: every forecast point; and, where the examples draw themselves, the series with their
+    forecasts)."""
+    true = np.asarray(run.task.truth(run, task.val), dtype=np.float64)
+    predicted = np.asarray(run.predict_examples(task.val, precision=run.recipe.precision).values, dtype=np.float64)
+    scores = run.task.scores(run, task.val, predicted)
+    true, points = true.reshape(-1), predicted.reshape(-1)
     figure = Figure(figsize=(5.2, 5.0), layout="constrained")
     axes = figure.add_subplot()
-    axes.scatter(true, predicted, s=14, alpha=0.6, color=TRIAL_COLORS[0])
-    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    axes.scatter(true, points, s=14, alpha=0.6, color=TRIAL_COLORS[0])
+    low, high = float(min(true.min(), points.min())), float(max(true.max(), points.max()))
     axes.plot([low, high], [low, high], color="#888888", linewidth=1, linestyle="--", label="predicted = true")
     axes.set_xlabel("true value")
     axes.set_ylabel("predicted value")
     axes.set_title(_plot_text(heading), fontsize=9)
     axes.legend(loc="upper left", fontsize=8)
-    note = (f"{len(true)} validation rows; RMSE {scores['rmse']:.4g}, MAE {scores['mae']:.4g}, "
-            f"R² {scores['r2']:.4f} recomputed now.")
-    return ("<section><h2>Predictions of the best model</h2>"
-            + _figure(figure, "predicted against true values", f"Each dot is a validation row. {_e(note)}")
-            + "</section>")
+    shown = ", ".join(f"{name.upper() if name != 'r2' else 'R²'} {scores[name]:.4g}"
+                      for name in ("mase", "smape", "rmse", "mae", "r2") if name in scores)
+    naive = (f"; the seasonal-naive forecast: MASE {scores['seasonal_naive_mase']:.4g}"
+             if "seasonal_naive_mase" in scores else "")
+    note = f"{len(predicted)} validation examples; {shown} recomputed now{naive}."
+    body = _figure(figure, "predicted against true values", f"Each dot is a predicted value. {_e(note)}")
+    draw = getattr(task.val, "plot_forecasts", None)  # examples that can show their forecasts in context
+    if draw is not None:
+        series = Figure(figsize=(9.0, 3.2 * min(3, len(set(task.val.keys)))), layout="constrained")
+        draw(series, predicted)
+        body += _figure(series, "history, forecasts and truth",
+                        "Each series' points, and the best model's forecasts of the validation stretch from "
+                        "origins one horizon apart (dashed).")
+    return "<section><h2>Predictions of the best model</h2>" + body + "</section>"
 
 
 def confusion_section(study: StudyRecord) -> str:

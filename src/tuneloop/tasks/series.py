@@ -127,7 +127,6 @@ def windows_of(examples: SeriesExamples, context: int, season: int) -> Windows:
     return Windows(torch.from_numpy(contexts.astype(np.float32)), labels)
 
 
-SERIES_SPACE_NOTE = "the context, the network and its size, the rate and the regularization"
 
 
 @register
@@ -188,15 +187,7 @@ class SeriesTask:
                                    f"forecast {data.horizon}."])
             season = options.season or (start.season if start else data.step.season)
             return cls(data, val, season, str(model) if start else cls.backbone, start)
-        table = read_table(data)
-        known = set(table.column_names)  # a fine-tune's data read as its base's where it has the same columns
-
-        def base_column(given: str | None, saved: str | None) -> str | None:
-            return given or (saved if saved in known else None)
-
-        file = read_series_file(data, time_col=base_column(options.time_col, start and start.time_col),
-                                series_col=base_column(options.series_col, start and start.series_col),
-                                value_col=options.label_col, table=table)
+        file = read_as_saved(data, start, options.time_col, options.series_col, options.label_col)
         season = options.season or (start.season if start else file.step.season)
         horizon = options.horizon or (start.horizon if start else default_horizon(file, season))
         if start is not None and horizon != start.horizon:
@@ -306,8 +297,7 @@ class SeriesTask:
         if not isinstance(data, (str, os.PathLike)):
             raise ConfigError([f"run {run.id} forecasts series: give it a data file."])
         saved = run.model()[1]
-        file = read_series_file(data, time_col=saved.time_col, series_col=saved.series_col,
-                                value_col=options.label_col or (saved.value_cols[0] if saved.series_col else None))
+        file = read_as_saved(data, saved, None, None, options.label_col)
         if file.step != saved.step:
             raise DataError(f"{data}: the series step by {file.step.describe()}; run {run.id} forecasts series "
                             f"that step by {saved.step.describe()}.")
@@ -373,6 +363,23 @@ class SeriesTask:
         """Each window's mean absolute error over its series' seasonal-naive scale (its MASE)."""
         scale = examples.naive_scales(run.model()[1].season)
         return np.abs(values - examples.targets()).mean(1) / scale
+
+
+def read_as_saved(data: Any, saved: SeriesPreprocessing | None, time_col: str | None, series_col: str | None,
+                  value_col: str | None) -> SeriesFile:
+    """A series file read with the columns named, else a saved forecaster's columns where the file has them (a
+    base trained on a long-format collection reads one series of a fine-tune's file, or predicts it), else the
+    columns found by name."""
+    table = read_table(data)
+    known = set(table.column_names)
+
+    def column(given: str | None, kept: str | None) -> str | None:
+        return given or (kept if kept in known else None)
+
+    kept_value = saved.value_cols[0] if saved is not None and saved.series_col and saved.value_cols else None
+    return read_series_file(data, time_col=column(time_col, saved and saved.time_col),
+                            series_col=column(series_col, saved and saved.series_col),
+                            value_col=column(value_col, kept_value), table=table)
 
 
 def validation_windows(file: SeriesFile, horizon: int, val_fraction: float = 0.2) -> SeriesExamples:
