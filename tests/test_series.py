@@ -252,6 +252,22 @@ def test_a_base_trained_on_many_series_fine_tunes_on_another(macro, tmp_path, ni
         api.fit(target, workspace=tmp_path / "ws", model=str(base.path), horizon=6, epochs=1)
 
 
+def test_cross_validation_folds_are_blocks_in_time_with_overlapping_forecasts_purged(tmp_path):
+    from tuneloop.pipeline import load_task
+
+    task = load_task(write_csv(tmp_path / "s.csv", ["date", "v"], seasonal_rows(80)), None,
+                     DataOptions(task="series", horizon=4), model=None)
+    origins = np.asarray(task.pool().origins)
+    splits = task.folds(5, seed=0)
+    assert len(splits) == 5
+    assert sorted(np.concatenate([val for _, val in splits]).tolist()) == list(range(len(origins)))
+    for train, val in splits:
+        block = origins[val]
+        within = np.flatnonzero((origins >= block.min()) & (origins <= block.max()))
+        assert sorted(within.tolist()) == sorted(val.tolist())  # every window from its first to its last: a block
+        assert not np.any((origins[train] + 4 > block.min()) & (origins[train] < block.max() + 4))
+
+
 def test_windows_in_memory_save_and_load(tmp_path):
     file = read_series_file(write_csv(tmp_path / "s.csv", ["date", "v"], seasonal_rows(30)))
     windows = file.windows({"v": [5, 9, 30]}, horizon=3, labelled=False)

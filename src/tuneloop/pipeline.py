@@ -172,11 +172,8 @@ def cross_validate(task: Any, recipe: Recipe, k: int, seed: int, callbacks: Sequ
 
     Accuracy, MAE and the loss over all examples are the folds' values weighted by their sizes, exactly; RMSE
     is the square root of the weighted mean square; macro-F1 and R² are the weighted means of the folds'."""
-    from tuneloop.tuning.selection import folds
-
     recipe = recipe.for_objective(task.objective.name).replace(patience=0)  # every epoch of every fold
-    regression = task.objective.predicts_values
-    splits = folds(task.pool_labels(), k, seed, regression=regression)
+    splits = task.folds(k, seed)
     if not splits:
         return None
     device = pick_device()

@@ -115,6 +115,14 @@ def fewest_per_class(labels: Sequence[Any] | None) -> int | None:
     return int(counts.min())
 
 
+def label_folds(task: Any, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold splits of a task's pooled examples by their labels (a regressor's by value rank):
+    examples that do not depend on each other, so any split of them is fair."""
+    from tuneloop.tuning.selection import folds
+
+    return folds(task.pool_labels(), k, seed, regression=task.objective.predicts_values)
+
+
 def class_ids(examples: Any, classes: list[str]) -> np.ndarray:
     """The class ids of labelled examples' labels in a run's ``classes`` (a label it does not know is an error
     naming it)."""
@@ -214,6 +222,11 @@ class Task(Protocol):
     def val_labels(self) -> list[str]: ...
 
     def pool_labels(self) -> list[Any]: ...
+
+    def folds(self, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Cross-validation's k splits of the pooled examples (training rows, validation rows); empty where a
+        fold would be empty."""
+        ...
 
     def fold(self, train_rows: np.ndarray, val_rows: np.ndarray | None = None) -> Task: ...
 

@@ -40,6 +40,7 @@ from tuneloop.tasks import (
     class_ids,
     classes_keeping,
     fewest_per_class,
+    label_folds,
     majority_rate,
     register,
 )
@@ -210,6 +211,9 @@ class ImageTask:
     def pool(self) -> ImageExamples:
         """Every labelled image: the training ones, then the validation ones."""
         return self.train.joined(self.val)
+
+    def folds(self, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return label_folds(self, k, seed)
 
     def pool_labels(self) -> list[str]:
         return list(self.pool().labels or [])

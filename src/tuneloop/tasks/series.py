@@ -280,6 +280,33 @@ class SeriesTask:
         pool = self.pool()
         return [float(v) for v in pool.targets().mean(1)]
 
+    def folds(self, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Blocked folds in time: each series' windows in order of their origins, cut into ``k`` consecutive
+        blocks; a fold validates one block of every series and trains on the rest, less the windows whose
+        forecasts overlap the block's (purged: neighbouring windows share most of their points, so a random
+        split would score a model on what it trained on). Empty where a fold would be empty. ``seed`` is not
+        read: nothing is drawn."""
+        pool = self.pool()
+        keys, origins = np.asarray(pool.keys), np.asarray(pool.origins)
+        block = np.full(len(pool), -1)
+        for key in dict.fromkeys(pool.keys):
+            rows = np.flatnonzero(keys == key)
+            for number, part in enumerate(np.array_split(rows[np.argsort(origins[rows], kind="stable")], k)):
+                block[part] = number
+        splits = []
+        for number in range(k):
+            val = np.flatnonzero(block == number)
+            keep = block != number
+            for key in dict.fromkeys(keys[val]):
+                mine = origins[val][keys[val] == key]
+                ahead = self.horizon
+                keep &= ~((keys == key) & (origins + ahead > mine.min()) & (origins < mine.max() + ahead))
+            train = np.flatnonzero(keep)
+            if not len(val) or not len(train):
+                return []
+            splits.append((train, val))
+        return splits
+
     def fold(self, train_rows: np.ndarray, val_rows: np.ndarray | None = None) -> SeriesTask:
         pool = self.pool()
         val = self.val if val_rows is None else pool.subset(val_rows)

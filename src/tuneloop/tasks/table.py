@@ -41,6 +41,7 @@ from tuneloop.tasks import (
     Predictions,
     Prepared,
     classes_keeping,
+    label_folds,
     majority_rate,
     register,
     saved_classes,
@@ -228,6 +229,9 @@ class TableTask:
     def pool(self) -> TableExamples:
         """Every labelled row: the training ones, then the validation ones."""
         return self.train.joined(self.val)
+
+    def folds(self, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return label_folds(self, k, seed)
 
     def pool_labels(self) -> list:
         """Class names of a classifier's rows, values of a regressor's."""

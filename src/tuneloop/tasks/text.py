@@ -51,6 +51,7 @@ from tuneloop.tasks import (
     classes_keeping,
     fewest_per_class,
     holds_prose,
+    label_folds,
     majority_rate,
     register,
     saved_classes,
@@ -205,6 +206,9 @@ class TextTask:
     def pool(self) -> TextExamples:
         """Every labelled example: the training ones, then the validation ones."""
         return self.train.joined(self.val)
+
+    def folds(self, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return label_folds(self, k, seed)
 
     def pool_labels(self) -> list[str]:
         return list(self.pool().labels or [])
