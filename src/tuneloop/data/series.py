@@ -22,7 +22,7 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,6 @@ class SeriesExamples:
     series_col: str | None = None
     value_cols: tuple[str, ...] = ()
     labelled: bool = True
-    _fingerprint: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -483,6 +482,11 @@ def future_time(times: list[Any], step: Step, position: int) -> Any:
     return _shown(stamp + np.timedelta64(int(ahead * step.seconds), "s"), clock)
 
 
+def held_out(points: int, horizon: int, val_fraction: float) -> int:
+    """The points at a series' end that validation forecasts: its last ``val_fraction``, at least one horizon."""
+    return max(horizon, round(val_fraction * points))
+
+
 def split_origins(file: SeriesFile, horizon: int, val_fraction: float, first: int) -> tuple[dict, dict]:
     """Each series' training origins (forecasts that end before its last ``val_fraction``, at least one
     horizon) and validation origins (every origin whose forecast lies in that last stretch), from ``first``
@@ -490,7 +494,7 @@ def split_origins(file: SeriesFile, horizon: int, val_fraction: float, first: in
     train, val = {}, {}
     for key, points in file.series.items():
         n = len(points)
-        held = max(horizon, round(val_fraction * n))
+        held = held_out(n, horizon, val_fraction)
         train[key] = list(range(first, n - held - horizon + 1))
         val[key] = list(range(n - held, n - horizon + 1))
     return train, val
@@ -500,16 +504,10 @@ def check_length(file: SeriesFile, horizon: int, val_fraction: float, first: int
     """DataError where a series is too short to train on and validate: it needs ``first`` points of history,
     a training window, and the held-out stretch."""
     for key, points in file.series.items():
-        held = max(horizon, round(val_fraction * len(points)))
+        held = held_out(len(points), horizon, val_fraction)
         needed = first + horizon + held
         if len(points) < needed:
             raise DataError(f"{file.source}: series '{key}' has {len(points)} points; forecasting {horizon} "
                             f"ahead with {held} held out for validation needs at least {needed}. Give a "
                             "shorter --horizon or a longer series.")
-
-
-def describe_file(file: SeriesFile) -> str:
-    lengths = [len(s) for s in file.series.values()]
-    return (f"{len(file.series)} series of {min(lengths)}-{max(lengths)} points, one every "
-            f"{file.step.describe()}")
 

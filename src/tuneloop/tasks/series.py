@@ -37,6 +37,7 @@ from tuneloop.models import get_adapter
 from tuneloop.models.series_nets import SeriesPreprocessing
 from tuneloop.tasks import COMMON_KNOBS, DataOptions, DataSource, Predictions, Prepared, register, saved_classes
 from tuneloop.training.device import pick_device, resolve_precision
+from tuneloop.training.loop import predict_outputs
 from tuneloop.training.objective import FORECAST, forecast_metrics
 from tuneloop.tuning.family import Family
 from tuneloop.tuning.policy import (
@@ -107,8 +108,9 @@ class AugmentedWindows(PerEpoch):
 
 
 def standardize(contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each context less its mean, over its spread (its standard deviation, at least SPREAD_FLOOR of its mean
-    level); returns the standardized contexts, the means and the spreads."""
+    """Each context less its mean, over its spread: its standard deviation, or where that is below SPREAD_FLOOR
+    of its mean level (a flat context), the larger of that share and SPREAD_FLOOR itself; returns the
+    standardized contexts, the means and the spreads."""
     mean = contexts.mean(1, keepdims=True)
     spread = contexts.std(1, keepdims=True)
     floor = np.maximum(SPREAD_FLOOR * np.abs(mean), 1e-8)
@@ -341,8 +343,6 @@ class SeriesTask:
     @classmethod
     def predict(cls, run: Any, examples: SeriesExamples, precision: str = "auto") -> Predictions:
         """The forecasts of each window, in the series' units (``values``: windows x horizon)."""
-        from tuneloop.training.loop import predict_outputs
-
         model, saved = run.model()
         device = pick_device()
         precision = resolve_precision(precision, device)
