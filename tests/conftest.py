@@ -115,3 +115,72 @@ def use_text_grid(monkeypatch, grid: dict) -> None:
     from tuneloop.tasks.text import TEXT_FAMILY, TextTask
 
     monkeypatch.setattr(TextTask, "family", dataclasses.replace(TEXT_FAMILY, grid=grid))
+
+
+def _postgres_bin(name: str) -> str | None:
+    """A PostgreSQL server program: on the PATH, else in Debian's versioned folder."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(versions[-1]) if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for this test run: ``initdb`` in a temporary folder, ``pg_ctl`` listening on
+    127.0.0.1 at a free port, trusted local logins; stopped and removed afterwards. As root the server runs as
+    the ``postgres`` user (it refuses root). Yields a function that makes a new empty database and returns its
+    URL. Skipped where the server programs are absent (``make test`` installs Debian's postgresql)."""
+    import pwd
+    import socket
+
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    folder = Path(tempfile.mkdtemp(prefix="tuneloop-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run([*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    made = []
+
+    def new_database() -> str:
+        import psycopg
+
+        name = f"tuneloop_test_{len(made)}"
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        made.append(name)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        subprocess.run([*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> str:
+    """A new empty database on the test run's PostgreSQL server."""
+    return postgres_server()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request) -> str | None:
+    """Where a workspace's tables go: a test that takes this runs twice, on the folder's own SQLite database
+    (None) and on a new database of the test run's PostgreSQL server."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server")()

@@ -34,9 +34,10 @@ from tuneloop.pipeline import (
     soup_run,
     task_of_run,
     train_run,
+    trial_checkpoint,
 )
 from tuneloop.run import EvaluationReport, Predictions, Run, load_run
-from tuneloop.store.workspace import RunRecord, Workspace
+from tuneloop.store.workspace import RunRecord, StudyLease, Workspace
 from tuneloop.tasks import DataOptions, Task, check_knobs, modality_of
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.loop import Callback
@@ -47,7 +48,7 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
         model: str | None = None, recipe: Recipe | None = None, workspace: str | os.PathLike | None = None,
         val_fraction: float = 0.2, callbacks: Sequence[Callback] = (), time_col: str | None = None,
         series_col: str | None = None, horizon: int | None = None, season: int | None = None,
-        **recipe_changes: Any) -> Run:
+        store: str | None = None, **recipe_changes: Any) -> Run:
     """Train a model on ``data`` and save it as a run in the workspace: a fine-tuned text encoder for texts,
     an MLP for table rows (a classifier, or a regressor of a numeric target), an image network for images
     (``task`` "text", "tabular" or "image"; "auto" tells by the data: a folder is images).
@@ -65,7 +66,8 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
     (of series: each series' last ``val_fraction``).
     ``label_col`` names the label (or, for tables, target) column. Recipe values come from ``recipe`` (by
     default, the kind of data's own defaults: an MLP and a small CNN from scratch train longer and faster than
-    a fine-tune) and then ``recipe_changes`` (e.g. ``epochs=2``).
+    a fine-tune) and then ``recipe_changes`` (e.g. ``epochs=2``). ``store`` is a PostgreSQL URL to keep the
+    workspace's tables in (see ``Workspace.open``); the workspace folder records it.
     """
     check_options((recipe or Recipe()).replace(**recipe_changes), val_fraction)
     seed = recipe_changes.get("seed", (recipe or Recipe()).seed)
@@ -77,7 +79,7 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
     recipe = base.replace(**recipe_changes).for_objective(task.objective.name)
     # Everything is checked: only now does the workspace get written. Every finished epoch is saved until the
     # run is done, so that a killed fit continues with resume_fit (tuneloop fit --resume RUN).
-    with Workspace.open(workspace, create=True) as store:
+    with Workspace.open(workspace, create=True, store=store) as store:
         run, _ = train_run(store, task, recipe, callbacks, checkpoint_for=lambda run_id: _fit_checkpoint(store, run_id))
         _fit_checkpoint(store, run.id).clear()
     return run
@@ -296,7 +298,8 @@ def tune(data: str | os.PathLike | Examples | None = None,
          name: str | None = None, resume: str | None = None, seed_check: bool = True, plateau: int | None = None,
          refit: bool = True, keep_models: int | None = 3, callbacks: Sequence[Any] = (),
          time_col: str | None = None, series_col: str | None = None, horizon: int | None = None,
-         season: int | None = None) -> TuneResult:
+         season: int | None = None, workers: int = 1, executor: str | None = None,
+         ray_address: str | None = None, store: str | None = None) -> TuneResult:
     """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
 
     ``budget`` is wall time from this call (reading the data, the range test and building caches count) or a
@@ -311,13 +314,25 @@ def tune(data: str | os.PathLike | Examples | None = None,
     check); its scores are then estimates. ``task`` is "text", "tabular" or "auto", as for ``fit``. When the
     study ends, the models of its trials are removed from disk except the final model (and an ensemble's
     members), the ``keep_models`` best, and registered ones (None: every model stays); records stay.
+
+    ``workers`` trials train at once, each in a process of its own on this machine (the cores split between
+    them); with ``executor="ray"`` they run as Ray tasks on the cluster at ``ray_address`` (a local Ray cluster
+    where None). Workers read the data themselves and share the workspace folder, which every one must reach;
+    ``store`` (a PostgreSQL URL, or $TUNELOOP_STORE) keeps the workspace's tables and Optuna's where workers on
+    several machines reach them.
+    A worker that dies mid-trial costs that trial an epoch: it is sent again and continues from its checkpoint.
     """
+    from tuneloop.tuning.executors import StudySetup, check_executor_options, make_executor
     from tuneloop.tuning.strategies import GuidedStrategy, make_strategy
     from tuneloop.tuning.study import Budget, FinalSteps, check_study_options, new_study_id, run_study
 
     started = time.monotonic()
+    executor_problems = check_executor_options(executor, workers, ray_address)
+    if executor_problems:
+        raise ConfigError(executor_problems)
+    store_url = store
     if resume is not None:
-        with Workspace.open(workspace) as store:
+        with Workspace.open(workspace, store=store_url) as store:
             row = store.claim_study(resume)
         options = row["options"]
         spent_before = row["spent_seconds"]
@@ -358,7 +373,7 @@ def tune(data: str | os.PathLike | Examples | None = None,
     facts = task.facts()
     plan = make_strategy(options["strategy"], facts.num_layers, task.family, facts, options.get("plateau"))
 
-    with Workspace.open(workspace, create=True) as store:
+    with Workspace.open(workspace, create=True, store=store_url) as store:
         task.cache_in(store.root / "cache")  # frozen layers' outputs, shared with later studies
         if resume is None and isinstance(plan, GuidedStrategy):
             _first_rate_from_range_test(plan, task, base)
@@ -368,8 +383,9 @@ def tune(data: str | os.PathLike | Examples | None = None,
             store.create_study(study_id, options["strategy"], base.metric, stored)
 
         def train_trial(trial_recipe: Recipe, training_callbacks: list[Callback], checkpoint_name: str):
-            return train_run(store, task, trial_recipe, training_callbacks,
-                             EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
+            checkpoint_for, lost = trial_checkpoint(store, store.root / "checkpoints" / study_id / checkpoint_name)
+            return train_run(store, task, trial_recipe, training_callbacks, checkpoint_for=checkpoint_for,
+                             resumes=lost)
 
         def refit_on_all(refit_recipe: Recipe, estimate: dict[str, Any], training_callbacks: list[Callback],
                          checkpoint_name: str) -> Run:
@@ -382,15 +398,22 @@ def tune(data: str | os.PathLike | Examples | None = None,
                            refit=refit_on_all if options.get("refit", True) else None,
                            shares_start=task.starts_pretrained and base.init == "pretrained")
 
+        pool = make_executor(executor, StudySetup(str(store.root.resolve()), study_id, options["prune"], base.metric,
+                                                  options), workers, ray_address)
         # The budget counts from this call: reading the data, the range test and the first caches are spent
         # from it like any trial's time (recorded with the study, so a resumed one counts them too).
         setup = time.monotonic() - started
         store.add_spent(study_id, setup)
-        result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
-                           target=options["target"], prune=options["prune"], train_trial=train_trial,
-                           callbacks=callbacks, spent_before=spent_before + setup,
-                           seed_check=options.get("seed_check", True), final=final,
-                           keep_models=options.get("keep_models", 3))
+        try:
+            with StudyLease(store.root, study_id, store.store):
+                result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
+                                   target=options["target"], prune=options["prune"], train_trial=train_trial,
+                                   callbacks=callbacks, spent_before=spent_before + setup,
+                                   seed_check=options.get("seed_check", True), final=final,
+                                   keep_models=options.get("keep_models", 3), executor=pool)
+        finally:
+            if pool is not None:
+                pool.close()
     best_run = load_run(result.best.run_id, workspace) if result.best else None
     return TuneResult(study_id, best_run, result.trials, result.stop_reason, result.spent_seconds,
                       result.seed_check, result.choice)

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "folders of images (not needed with --resume)")
     fit.add_argument("--resume", metavar="RUN", help="continue a killed fit from its last finished epoch, on the "
                                                     "same data and recipe (a new run)")
+    fit.add_argument("--store", metavar="URL",
+                     help="keep the workspace's tables in this PostgreSQL database (see tune --store)")
     _training_data(fit)
     _common(fit)
     _add_recipe_flags(fit)
@@ -169,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
                            "validation noise of each other) before choosing the best")
     tune.add_argument("--resume", metavar="STUDY",
                       help="continue an interrupted study with its own data and options")
+    tune.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="trials trained at once, each in its own process (the cores split between them); with "
+                           "--executor ray, Ray tasks at once [1]")
+    tune.add_argument("--executor", choices=("local", "ray"), default=None,
+                      help="where trials train: local processes, or Ray tasks on a Ray cluster (pip install "
+                           "'tuneloop[ray]') [local]")
+    tune.add_argument("--store", metavar="URL",
+                      help="keep the workspace's tables in this PostgreSQL database (postgresql://user@host/db; "
+                           "pip install 'tuneloop[postgres]'); the workspace folder records it [$TUNELOOP_STORE, "
+                           "else SQLite in the folder]")
+    tune.add_argument("--ray-address", metavar="ADDR",
+                      help="the Ray cluster to run trials on (ray start --head prints it) [a local Ray cluster "
+                           "for the study]")
     _common(tune)
     _add_recipe_flags(tune)
 
@@ -285,7 +300,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         run = api.fit(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
                       image_col=args.image_col, image_size=args.image_size, model=args.model, recipe=recipe,
                       workspace=args.workspace, val_fraction=args.val_fraction, callbacks=_callbacks(args),
-                      **_series_options(args), **changes)
+                      store=args.store, **_series_options(args), **changes)
     _emit(args, {"run": run.id, "path": str(run.path), "metrics": run.metrics, "recipe": run.recipe.to_dict(),
                  "history": run.history})
     if not args.json:
@@ -360,8 +375,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       image_col=args.image_col, image_size=args.image_size, model=args.model,
                       recipe=_recipe_from(args), workspace=args.workspace, val_fraction=args.val_fraction,
                       name=args.name, resume=args.resume, seed_check=args.seed_check, plateau=args.plateau,
-                      refit=args.refit, keep_models=args.keep_models,
-                      callbacks=callbacks, **_series_options(args))
+                      refit=args.refit, keep_models=args.keep_models, workers=args.workers,
+                      executor=args.executor, ray_address=args.ray_address, store=args.store, callbacks=callbacks,
+                      **_series_options(args))
     payload = result.to_dict()
     _emit(args, payload)
     if args.json:

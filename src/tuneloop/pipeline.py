@@ -24,7 +24,7 @@ from tuneloop.errors import ConfigError, DataError, ModelError
 from tuneloop.models import get_adapter
 from tuneloop.models.ensemble import write_ensemble
 from tuneloop.run import METRICS_FILE, RECIPE_FILE, Run
-from tuneloop.store.atomic import write_dir_atomic
+from tuneloop.store.atomic import write_dir_atomic, write_text_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
 from tuneloop.tasks import LABELS_FILE, DataOptions, Task, modality_of, task_class, training_precision
 from tuneloop.training.checkpoint import EpochCheckpoint
@@ -121,6 +121,33 @@ def train_run(store: Workspace, task: Task, recipe: Recipe, callbacks: Sequence[
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id),
               (network.cpu().eval(), prepared.preprocessor))
     return run, result
+
+
+ATTEMPT_FILE = "run-id"  # in a trial's checkpoint folder: the run of the attempt that writes its checkpoints
+
+
+def trial_checkpoint(store: Workspace, folder: Path) -> tuple[Callable[[str], EpochCheckpoint], str | None]:
+    """For ``train_run``: the checkpoint in ``folder`` of a trial's attempt (it records the attempt's run), and
+    the run of an earlier attempt whose process was lost (killed, or on a machine whose lease ran out), whose
+    saved epochs this one continues from. That run, if still recorded as running, is marked interrupted: only
+    the caller, which holds the study, decides that an attempt is lost."""
+    try:
+        lost = (folder / ATTEMPT_FILE).read_text().strip()
+    except OSError:
+        lost = None
+    status = store.run_status(lost)
+    if status == "running":
+        store.fail_run(lost, "its process was lost mid-run; a new attempt continues from its last saved epoch",
+                       status="interrupted")
+    elif status != "interrupted":
+        lost = None
+
+    def checkpoint_for(run_id: str) -> EpochCheckpoint:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / ATTEMPT_FILE, run_id)
+        return EpochCheckpoint(folder)
+
+    return checkpoint_for, lost
 
 
 def _seeded_prepare(task: Any, recipe: Recipe, device: torch.device, precision: str, cache_features: bool = True

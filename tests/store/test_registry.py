@@ -28,8 +28,8 @@ def register(registry: Registry, ws: Workspace, name: str = "m", count: int = 1)
 
 
 @pytest.fixture
-def ws(tmp_path):
-    with Workspace.open(tmp_path, create=True) as workspace:
+def ws(tmp_path, store):
+    with Workspace.open(tmp_path, create=True, store=store) as workspace:
         yield workspace
 
 

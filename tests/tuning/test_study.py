@@ -20,7 +20,7 @@ from tuneloop.errors import ConfigError
 from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import EpochRecord, StopTraining
 from tuneloop.tuning.policy import recipe_key
-from tuneloop.tuning.study import Budget, _ReportToOptuna, _StudyDriver
+from tuneloop.tuning.study import Budget, ReportToOptuna, _StudyDriver
 
 
 @pytest.mark.parametrize("text, seconds, trials", [("15m", 900, None), ("90s", 90, None), ("1.5h", 5400, None),
@@ -229,15 +229,15 @@ def record(epoch: int) -> EpochRecord:
 
 def test_pruner_and_deadline_end_training():
     trial = FakeTrial(prune=False)
-    _ReportToOptuna(trial, "macro_f1", deadline=None, epochs=4).on_epoch_end(record(1), True)
+    ReportToOptuna(trial, "macro_f1", deadline=None, epochs=4).on_epoch_end(record(1), True)
     assert trial.reported == [(25, 0.7)], "reported at the share of the schedule done"
     longer = FakeTrial(prune=False)
-    _ReportToOptuna(longer, "loss", deadline=None, epochs=8).on_epoch_end(record(2), True)
+    ReportToOptuna(longer, "loss", deadline=None, epochs=8).on_epoch_end(record(2), True)
     assert longer.reported == [(25, -0.4)], "epoch 2 of 8 is compared with epoch 1 of 4; a loss is negated"
     with pytest.raises(StopTraining, match="pruned"):
-        _ReportToOptuna(FakeTrial(prune=True), "loss", deadline=None).on_epoch_end(record(2), True)
+        ReportToOptuna(FakeTrial(prune=True), "loss", deadline=None).on_epoch_end(record(2), True)
     with pytest.raises(StopTraining, match="budget"):
-        _ReportToOptuna(FakeTrial(prune=False), "accuracy", deadline=time.monotonic() - 1).on_epoch_end(record(1), 1)
+        ReportToOptuna(FakeTrial(prune=False), "accuracy", deadline=time.monotonic() - 1).on_epoch_end(record(1), 1)
 
 
 def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):

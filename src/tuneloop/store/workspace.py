@@ -1,5 +1,7 @@
 """The workspace folder: ``tuneloop.db`` (SQLite, WAL) with runs and their per-epoch metrics, and
-``artifacts/<run id>/`` with each finished run's model.
+``artifacts/<run id>/`` with each finished run's model. With a PostgreSQL store the tables live in that
+database instead (``database.py``) and the folder, which every worker must reach, keeps the models, caches and
+checkpoints, and the store's URL in ``store.url`` (so that any process that opens the folder finds them).
 
 A run's row is written when it starts (status 'running'), each epoch as it ends, and it becomes
 'completed' only after its artifact folder has been renamed into place, so a row never points at a
@@ -14,21 +16,37 @@ import os
 import secrets
 import shutil
 import socket
-import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tuneloop.errors import RunNotFoundError, TuneloopError
+from tuneloop.errors import ConfigError, RunNotFoundError, TuneloopError
+from tuneloop.store.atomic import write_text_atomic
+from tuneloop.store.database import PostgresDatabase, SQLiteDatabase, is_postgres, redact
+
+if TYPE_CHECKING:
+    import optuna
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 6  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
+SCHEMA_VERSION = 7  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
 # each run's data options (how its data was read and split); 4: each trial's parent, its validation predictions
 # and whether it had no effect; 5: the identity of the process that runs a run or study (its start time with
-# its PID: PIDs are reused); 6: forecasters' MASE and sMAPE per epoch; see _upgrade_from_1 to _upgrade_from_5
+# its PID: PIDs are reused); 6: forecasters' MASE and sMAPE per epoch; 7: a study's lease (the time until which
+# its driver holds it, renewed by a heartbeat); see _upgrade_from_1 to _upgrade_from_6
+STORE_FILE = "store.url"  # in a workspace folder whose tables are in PostgreSQL: the store's URL
+STORE_ENV = "TUNELOOP_STORE"
+# A study whose driver has not renewed its lease for this long may be taken over by another process.
+LEASE_SECONDS = float(os.environ.get("TUNELOOP_LEASE_SECONDS", 60))
+
+
+def host_name() -> str:
+    """The name runs and studies record for this machine: $TUNELOOP_HOST where machines share a hostname
+    (containers can), else the hostname."""
+    return os.environ.get("TUNELOOP_HOST") or socket.gethostname()
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -84,7 +102,8 @@ CREATE TABLE IF NOT EXISTS tuneloop_studies (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     choice TEXT,
-    process TEXT
+    process TEXT,
+    lease_until REAL
 );
 CREATE TABLE IF NOT EXISTS tuneloop_trials (
     study_id TEXT NOT NULL REFERENCES tuneloop_studies(id),
@@ -134,14 +153,14 @@ CREATE TABLE IF NOT EXISTS registry_events (
 """
 
 
-def _create_tables(connection: sqlite3.Connection) -> None:
+def _create_tables(connection: Database) -> None:
     """Each CREATE of SCHEMA on its own (executescript would commit the caller's transaction first)."""
     for statement in SCHEMA.split(";"):
         if statement.strip():
-            connection.execute(statement)
+            connection.execute(connection.ddl(statement))
 
 
-def _upgrade_from_1(connection: sqlite3.Connection) -> None:
+def _upgrade_from_1(connection: Database) -> None:
     """Schema 1 -> 2, inside the caller's transaction: SQLite cannot drop a NOT NULL constraint, so the
     epochs table is rebuilt with the classification columns nullable and the regression ones added."""
     connection.execute("ALTER TABLE epochs RENAME TO epochs_schema1")
@@ -152,38 +171,43 @@ def _upgrade_from_1(connection: sqlite3.Connection) -> None:
     connection.execute("DROP TABLE epochs_schema1")
 
 
-def _upgrade_from_2(connection: sqlite3.Connection) -> None:
+def _upgrade_from_2(connection: Database) -> None:
     """Schema 2 -> 3, inside the caller's transaction: runs gain their data options (the registry tables are
     new, and created with the others)."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
-    if "data_options" not in columns:
+    if "data_options" not in connection.columns("runs"):
         connection.execute("ALTER TABLE runs ADD COLUMN data_options TEXT")
 
 
-def _upgrade_from_3(connection: sqlite3.Connection) -> None:
+def _upgrade_from_3(connection: Database) -> None:
     """Schema 3 -> 4, inside the caller's transaction: trials gain the trial their move started from, whether
     they changed nothing (the sentence that says so), and their validation predictions (to tell that)."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(tuneloop_trials)")}
+    columns = connection.columns("tuneloop_trials")
     for name, kind in (("parent", "INTEGER"), ("no_effect", "TEXT"), ("predictions", "TEXT")):
         if name not in columns:
             connection.execute(f"ALTER TABLE tuneloop_trials ADD COLUMN {name} {kind}")
-    if "choice" not in {row[1] for row in connection.execute("PRAGMA table_info(tuneloop_studies)")}:
+    if "choice" not in connection.columns("tuneloop_studies"):
         connection.execute("ALTER TABLE tuneloop_studies ADD COLUMN choice TEXT")
 
 
-def _upgrade_from_4(connection: sqlite3.Connection) -> None:
+def _upgrade_from_4(connection: Database) -> None:
     """Schema 4 -> 5, inside the caller's transaction: runs and studies gain the identity of their process."""
     for table in ("runs", "tuneloop_studies"):
-        if "process" not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
+        if "process" not in connection.columns(table):
             connection.execute(f"ALTER TABLE {table} ADD COLUMN process TEXT")
 
 
-def _upgrade_from_5(connection: sqlite3.Connection) -> None:
+def _upgrade_from_5(connection: Database) -> None:
     """Schema 5 -> 6, inside the caller's transaction: epochs gain a forecaster's MASE and sMAPE."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(epochs)")}
+    columns = connection.columns("epochs")
     for name in ("val_mase", "val_smape"):
         if name not in columns:
-            connection.execute(f"ALTER TABLE epochs ADD COLUMN {name} REAL")
+            connection.execute(connection.ddl(f"ALTER TABLE epochs ADD COLUMN {name} REAL"))
+
+
+def _upgrade_from_6(connection: Database) -> None:
+    """Schema 6 -> 7, inside the caller's transaction: studies gain a lease."""
+    if "lease_until" not in connection.columns("tuneloop_studies"):
+        connection.execute(connection.ddl("ALTER TABLE tuneloop_studies ADD COLUMN lease_until REAL"))
 
 
 def process_identity(pid: int) -> str | None:
@@ -213,6 +237,44 @@ def process_alive(pid: int, identity: str | None) -> bool:
     return now is None or now == identity
 
 
+def _driver_alive(row: Any) -> bool:
+    """Whether the driver of the running study ``row`` still lives: its lease (renewed by its heartbeat) has not
+    run out, and on this host its process has not ended either. Leases are wall-clock times: the hosts' clocks
+    must agree to within a few seconds."""
+    lease = row["lease_until"]
+    if lease is not None and lease < time.time():
+        return False
+    if row["host"] == host_name():
+        return process_alive(row["pid"], row["process"])
+    return True  # another host's, within its lease (or from an older tuneloop, without one: cannot tell)
+
+
+class StudyLease:
+    """The heartbeat of a study's driver: a thread that renews its lease every LEASE_SECONDS / 4, on a connection
+    of its own. ``lost`` turns true where another process took the study over."""
+
+    def __init__(self, path: str | os.PathLike, study_id: str, store: str | None = None):
+        self.path, self.study_id, self.store = path, study_id, store
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{study_id}", daemon=True)
+
+    def __enter__(self) -> StudyLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        with Workspace.open(self.path, store=self.store) as store:
+            while not self._stop.wait(LEASE_SECONDS / 4):
+                if not store.renew_lease(self.study_id):
+                    self.lost = True
+                    return
+
+
 def disk_bytes(folder: Path, unique_only: bool = False) -> int:
     """The bytes of the files under ``folder`` (with ``unique_only``, only files not also linked elsewhere)."""
     if not folder.exists():
@@ -229,6 +291,10 @@ def disk_bytes(folder: Path, unique_only: bool = False) -> int:
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
     """``path``, else $TUNELOOP_HOME, else ./tuneloop-runs."""
     return Path(path or os.environ.get("TUNELOOP_HOME") or DEFAULT_WORKSPACE)
+
+
+EPOCH_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "learning_rate", "train_samples_per_s",
+                 "seconds", "val_mae", "val_rmse", "val_r2", "val_mase", "val_smape")
 
 
 def _now() -> str:
@@ -259,56 +325,102 @@ class RunRecord:
     note: str | None = None  # why it ended without a model, or why its model was removed
 
 
+Database = SQLiteDatabase | PostgresDatabase
+
+
+def store_url(root: Path, store: str | None = None) -> str | None:
+    """The PostgreSQL store the workspace at ``root`` uses: ``store``, else $TUNELOOP_STORE, else the one its
+    folder records; None for its own SQLite database."""
+    url = store or os.environ.get(STORE_ENV)
+    if url is None and (root / STORE_FILE).is_file():
+        url = (root / STORE_FILE).read_text().strip()
+    if url and not is_postgres(url):
+        raise ConfigError([f"The 'store' parameter must be a PostgreSQL URL (postgresql://user@host/database), or "
+                           f"left out for the workspace's own SQLite database. Got {redact(url)!r} instead."])
+    return url or None
+
+
 class Workspace:
-    def __init__(self, root: Path, connection: sqlite3.Connection):
+    def __init__(self, root: Path, connection: Database):
         self.root = root
         self.artifacts = root / "artifacts"
         self._db = connection
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None = None, *, create: bool = False) -> Workspace:
+    def open(cls, path: str | os.PathLike | None = None, *, create: bool = False,
+             store: str | None = None) -> Workspace:
+        """The workspace at ``path`` (see ``workspace_root``), its tables in its own SQLite database or in the
+        PostgreSQL ``store`` (see ``store_url``); with ``create``, made where there is none."""
         root = workspace_root(path)
+        url = store_url(root, store)
+        database = cls._postgres(root, url, create) if url else cls._sqlite(root, create)
+        # One write transaction, version read inside it: two processes opening an old workspace at once
+        # upgrade it once, and a crash mid-upgrade leaves schema 1 as it was.
+        database.begin_write()
+        try:
+            version = database.schema_version()
+            if version > SCHEMA_VERSION:
+                raise TuneloopError(f"{database.describe()}: written by a newer tuneloop (schema {version}; "
+                                    f"this one reads {SCHEMA_VERSION}). Upgrade tuneloop.")
+            upgrades = (_upgrade_from_1, _upgrade_from_2, _upgrade_from_3, _upgrade_from_4, _upgrade_from_5,
+                        _upgrade_from_6)
+            for start, upgrade in enumerate(upgrades, start=1):
+                if 1 <= version <= start:
+                    upgrade(database)
+            _create_tables(database)
+            database.set_schema_version(SCHEMA_VERSION)
+            database.commit()
+        except BaseException:
+            database.rollback()
+            database.close()
+            raise
+        workspace = cls(root, database)
+        workspace._mark_interrupted()
+        return workspace
+
+    @staticmethod
+    def _sqlite(root: Path, create: bool) -> SQLiteDatabase:
         db_path = root / "tuneloop.db"
         if not db_path.exists() and not create:
             raise RunNotFoundError(f"{root}: no tuneloop workspace here (no tuneloop.db). "
                                    "Train a model with 'tuneloop fit' first, or point --workspace at one.")
         root.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(db_path, timeout=30, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA foreign_keys=ON")
-        # One write transaction, version read inside it: two processes opening an old workspace at once
-        # upgrade it once, and a crash mid-upgrade leaves schema 1 as it was.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise TuneloopError(f"{db_path}: written by a newer tuneloop (schema {version}; "
-                                    f"this one reads {SCHEMA_VERSION}). Upgrade tuneloop.")
-            if version == 1:
-                _upgrade_from_1(connection)
-            if version in (1, 2):
-                _upgrade_from_2(connection)
-            if version in (1, 2, 3):
-                _upgrade_from_3(connection)
-            if version in (1, 2, 3, 4):
-                _upgrade_from_4(connection)
-            if version in (1, 2, 3, 4, 5):
-                _upgrade_from_5(connection)
-            _create_tables(connection)
-            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            connection.close()
-            raise
-        workspace = cls(root, connection)
-        workspace._mark_interrupted()
-        return workspace
+        return SQLiteDatabase(db_path)
+
+    @staticmethod
+    def _postgres(root: Path, url: str, create: bool) -> PostgresDatabase:
+        """The store at ``url`` for the folder ``root``, which records it (with the password, so readable by
+        its owner only: prefer a password file, ~/.pgpass, to one in the URL)."""
+        if (root / "tuneloop.db").exists():
+            raise ConfigError([f"{root}: this workspace keeps its runs in its own SQLite database (tuneloop.db); "
+                               f"a PostgreSQL store ({redact(url)}) needs a workspace folder of its own."])
+        recorded = (root / STORE_FILE).read_text().strip() if (root / STORE_FILE).is_file() else None
+        if recorded and recorded != url:
+            raise ConfigError([f"{root}: this workspace's runs are in the store {redact(recorded)}, not "
+                               f"{redact(url)}."])
+        if recorded is None and not create:
+            raise RunNotFoundError(f"{root}: no tuneloop workspace here (no {STORE_FILE}). Train a model with "
+                                   "'tuneloop fit --store URL' first, or point --workspace at one.")
+        database = PostgresDatabase(url)
+        if recorded is None:
+            root.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(root / STORE_FILE, url + "\n")
+            os.chmod(root / STORE_FILE, 0o600)
+        return database
+
+    def optuna_storage(self) -> optuna.storages.RDBStorage:
+        """Optuna's storage of the studies' search state, in the workspace's database (workers reach it too)."""
+        import optuna
+
+        return optuna.storages.RDBStorage(self._db.optuna_url(), engine_kwargs=self._db.optuna_engine_kwargs())
 
     @property
-    def connection(self) -> sqlite3.Connection:
+    def store(self) -> str | None:
+        """The PostgreSQL store's URL, or None where the tables are in the folder's own SQLite database."""
+        return getattr(self._db, "url", None)
+
+    @property
+    def connection(self) -> Database:
         """The open database (autocommit mode: a caller that needs a transaction begins one itself)."""
         return self._db
 
@@ -320,13 +432,13 @@ class Workspace:
         if self._db.in_transaction:
             yield
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.begin_write()
         try:
             yield
-            self._db.execute("COMMIT")
+            self._db.commit()
         except BaseException:
             if self._db.in_transaction:  # some SQLite errors end the transaction themselves
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
             raise
 
     def close(self) -> None:
@@ -352,17 +464,19 @@ class Workspace:
                 "train_fingerprint, val_fingerprint, n_train, n_val, recipe, host, pid, data_options, process) "
                 "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, _now(), task, adapter, backbone, train_source, val_source, train_fingerprint,
-                 val_fingerprint, n_train, n_val, json.dumps(recipe), socket.gethostname(), os.getpid(),
+                 val_fingerprint, n_train, n_val, json.dumps(recipe), host_name(), os.getpid(),
                  json.dumps(data_options) if data_options is not None else None, process_identity(os.getpid())))
         return run_id
 
     def record_epoch(self, run_id: str, epoch: dict[str, float]) -> None:
         with self.transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, val_loss, val_accuracy, val_macro_f1, "
+                "INSERT INTO epochs (run_id, epoch, train_loss, val_loss, val_accuracy, val_macro_f1, "
                 "learning_rate, train_samples_per_s, seconds, val_mae, val_rmse, val_r2, val_mase, val_smape) VALUES "
                 "(:run_id, :epoch, :train_loss, :val_loss, :val_accuracy, :val_macro_f1, :learning_rate, "
-                ":train_samples_per_s, :seconds, :val_mae, :val_rmse, :val_r2, :val_mase, :val_smape)",
+                ":train_samples_per_s, :seconds, :val_mae, :val_rmse, :val_r2, :val_mase, :val_smape) "
+                "ON CONFLICT (run_id, epoch) DO UPDATE SET " + ", ".join(
+                    f"{c} = excluded.{c}" for c in EPOCH_COLUMNS),
                 {"val_mae": None, "val_rmse": None, "val_r2": None, "val_mase": None, "val_smape": None,
                  "run_id": run_id, **epoch})
 
@@ -390,21 +504,25 @@ class Workspace:
 
     def _mark_interrupted(self) -> None:
         """Runs of this host whose process is gone were killed: say so, and drop their partial folders.
-        Their trials, and studies whose process is gone, are marked interrupted too, each study with its
-        trials in one transaction. A process is gone when its PID is free or held by a later process."""
-        host = socket.gethostname()
+        Their trials, and studies whose driver is gone, are marked interrupted too, each study with its
+        trials in one transaction. A process is gone when its PID is free or held by a later process; a
+        study's driver, on any host, when it has not renewed its lease for LEASE_SECONDS."""
+        host = host_name()
         for row in self._db.execute("SELECT id, pid, process FROM runs WHERE status='running' AND host=?",
                                     (host,)).fetchall():
             if not process_alive(row["pid"], row["process"]):
                 self.fail_run(row["id"], "the process ended before the run finished", status="interrupted")
-        for row in self._db.execute("SELECT id, pid, process FROM tuneloop_studies WHERE status='running' AND host=?",
-                                    (host,)).fetchall():
-            if not process_alive(row["pid"], row["process"]):
+        for row in self._db.execute("SELECT * FROM tuneloop_studies WHERE status='running'").fetchall():
+            if not _driver_alive(row):
                 with self.transaction():
-                    self._db.execute("UPDATE tuneloop_studies SET status='interrupted' WHERE id=? AND status='running' "
-                                     "AND pid=?", (row["id"], row["pid"]))
-                    self._db.execute("UPDATE tuneloop_trials SET status='interrupted' "
-                                     "WHERE study_id=? AND status='running'", (row["id"],))
+                    self._interrupt_study(row)
+
+    def _interrupt_study(self, row: Any) -> None:
+        """Inside the caller's transaction: the study whose driver ``row`` records is gone."""
+        self._db.execute("UPDATE tuneloop_studies SET status='interrupted' WHERE id=? AND status='running' "
+                         "AND pid=? AND host=?", (row["id"], row["pid"], row["host"]))
+        self._db.execute("UPDATE tuneloop_trials SET status='interrupted' WHERE study_id=? AND status='running'",
+                         (row["id"],))
 
     # -- studies ----------------------------------------------------------------------------------------
 
@@ -414,13 +532,14 @@ class Workspace:
                                 f"'tuneloop tune --resume {study_id}' or choose another --name.")
         with self.transaction():
             self._db.execute("INSERT INTO tuneloop_studies (id, created_at, status, strategy, metric, options, host, "
-                             "pid, process) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                             (study_id, _now(), strategy, metric, json.dumps(options), socket.gethostname(),
-                              os.getpid(), process_identity(os.getpid())))
+                             "pid, process, lease_until) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                             (study_id, _now(), strategy, metric, json.dumps(options), host_name(),
+                              os.getpid(), process_identity(os.getpid()), time.time() + LEASE_SECONDS))
 
     def claim_study(self, study_id: str) -> dict[str, Any]:
-        """Take over an interrupted or finished study in this process, and return its row. The check and the
-        claim are one transaction: of two processes resuming one study, one claims it and the other is refused."""
+        """Take over an interrupted or finished study in this process, or a running one whose driver is gone (its
+        lease expired, or its process on this host ended), and return its row. The check and the claim are one
+        transaction: of two processes resuming one study, one claims it and the other is refused."""
         with self.transaction():
             row = self._db.execute("SELECT * FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()
             if row is None:
@@ -428,11 +547,31 @@ class Workspace:
                 known = ", ".join(r["id"] for r in names)
                 raise RunNotFoundError(f"{self.root}: no study '{study_id}'. Studies here: {known or 'none'}.")
             if row["status"] == "running":
-                raise TuneloopError(f"study '{study_id}' is running in process {row['pid']} on {row['host']}.")
+                if _driver_alive(row):
+                    left = (row["lease_until"] or 0) - time.time()
+                    raise TuneloopError(f"study '{study_id}' is running in process {row['pid']} on {row['host']} "
+                                        f"(its lease has {max(0.0, left):.0f}s to run, and its driver renews it while "
+                                        "it lives).")
+                self._interrupt_study(row)
             self._db.execute("UPDATE tuneloop_studies SET status='running', host=?, pid=?, process=?, "
-                             "stop_reason=NULL WHERE id=?",
-                             (socket.gethostname(), os.getpid(), process_identity(os.getpid()), study_id))
+                             "stop_reason=NULL, lease_until=? WHERE id=?",
+                             (host_name(), os.getpid(), process_identity(os.getpid()),
+                              time.time() + LEASE_SECONDS, study_id))
         return {**dict(row), "options": json.loads(row["options"])}
+
+    def renew_lease(self, study_id: str) -> bool:
+        """Extend this process's lease on a study it drives; False where it no longer holds it (taken over)."""
+        with self.transaction():
+            cursor = self._db.execute("UPDATE tuneloop_studies SET lease_until=? WHERE id=? AND status='running' "
+                                      "AND host=? AND pid=?", (time.time() + LEASE_SECONDS, study_id,
+                                                               host_name(), os.getpid()))
+        return cursor.rowcount > 0
+
+    def holds_study(self, study_id: str) -> bool:
+        """Whether this process is still the study's driver (no other process took it over)."""
+        row = self._db.execute("SELECT status, host, pid FROM tuneloop_studies WHERE id=?", (study_id,)).fetchone()
+        return row is not None and (row["status"], row["host"], row["pid"]) == ("running", host_name(),
+                                                                                 os.getpid())
 
     def finish_study(self, study_id: str, reason: str, choice: str | None = None) -> None:
         """The study is over: why the search stopped, and how its final model was chosen (the seed check's
@@ -527,6 +666,11 @@ class Workspace:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created_at, id").fetchall()
         return [self._record(row) for row in rows]
 
+    def run_status(self, run_id: str | None) -> str | None:
+        """A run's status, or None where there is no such run."""
+        row = self._db.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
+        return row[0] if row else None
+
     def run_metrics(self, run_id: str) -> dict[str, Any]:
         """The metrics a run recorded (empty for a run without)."""
         row = self._db.execute("SELECT metrics FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -558,7 +702,7 @@ class Workspace:
         raise RunNotFoundError(f"'{reference}' matches {len(matches)} runs ({', '.join(r.id for r in matches)}); "
                                "give more of the id.")
 
-    def _record(self, row: sqlite3.Row) -> RunRecord:
+    def _record(self, row: Any) -> RunRecord:
         return RunRecord(
             id=row["id"], created_at=row["created_at"], finished_at=row["finished_at"], status=row["status"],
             task=row["task"], adapter=row["adapter"], backbone=row["backbone"], train_source=row["train_source"],

@@ -57,7 +57,7 @@ class TrialOutcome:
     """What a strategy may read of a finished trial."""
 
     recipe: Recipe
-    status: str  # completed, pruned, failed
+    status: str  # completed, pruned, failed; running while it trains in an executor
     value: float | None
     diagnosis: Diagnosis | None
     number: int = -1
@@ -79,11 +79,12 @@ def best_outcome(history: Sequence[TrialOutcome]) -> TrialOutcome | None:
 def trials_since_gain(history: Sequence[TrialOutcome]) -> int:
     """Trials since the last one that beat the best before it by more than that best's validation noise.
 
-    A trial that changed no prediction (no effect) answered no question: it counts neither way."""
+    A trial that changed no prediction (no effect) answered no question, and one still training has not
+    answered yet: they count neither way."""
     best: TrialOutcome | None = None
     since = 0
     for trial in history:
-        if trial.no_effect:
+        if trial.no_effect or trial.status == "running":
             continue
         scored = trial.status == "completed" and trial.value is not None
         if scored and (best is None or trial.value - best.value > best.noise):
@@ -372,7 +373,7 @@ PRUNERS = ("median", "asha", "none")
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """Steps are percent of a trial's schedule (see study._ReportToOptuna): the median pruner waits for 30%
+    """Steps are percent of a trial's schedule (see study.ReportToOptuna): the median pruner waits for 30%
     of it, and successive halving's rungs sit at 10%, 30% and 90%."""
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=30)

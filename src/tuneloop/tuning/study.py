@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -126,6 +126,7 @@ class TrialRecord:
     no_effect: str = ""  # where its validation predictions repeat an earlier trial's: the sentence saying so
     predictions: np.ndarray | None = None  # its validation predictions (class ids, or standardized values)
     evidence: dict[str, Any] = field(default_factory=dict)  # of a trial without a diagnosis (cross-validation)
+    started: float = 0.0  # time.monotonic() when it started
 
     def outcome(self) -> TrialOutcome:
         return TrialOutcome(self.recipe, self.status, self.value, self.diagnosis, self.number, self.parent,
@@ -144,6 +145,63 @@ class TrialRecord:
                 "evidence": evidence}
 
 
+@dataclass
+class TrainedTrial:
+    """What the driver reads of a trial that trained, wherever it trained: its run, the run's recorded epochs
+    and metrics, and the loop's own account (epoch records, why it stopped, the best epoch's validation
+    predictions). Plain values, so a worker process or a Ray task can send it back."""
+
+    run_id: str
+    run_history: list[dict[str, float]]
+    metrics: dict[str, Any]
+    history: list[EpochRecord]
+    stopped_by: str | None
+    diverged: bool
+    predictions: np.ndarray | None
+
+    @classmethod
+    def of(cls, run: Any, result: Any) -> TrainedTrial:
+        """From ``train_run``'s run and TrainResult."""
+        return cls(run.id, run.history, run.metrics, result.history, result.stopped_by, result.diverged,
+                   result.best_val_predictions)
+
+
+@dataclass(frozen=True)
+class TrialFailed:
+    """A trial that ended with an error tuneloop raises for bad recipes (diverged in its first epoch): a
+    finding, recorded as a failed trial, not a crash of the study."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class TrialWork:
+    """One trial for an executor to train: its number, recipe, checkpoint folder's name, the Optuna trial its
+    epochs are reported to, whether a pruner may stop it, and the wall-clock time (``time.time()``) at which
+    training stops (None: no time limit)."""
+
+    number: int
+    recipe: dict[str, Any]
+    checkpoint: str
+    optuna_trial_id: int
+    prunable: bool
+    deadline: float | None
+
+
+class TrialExecutor(Protocol):
+    """Trains search trials away from the driver (``tuning.executors``): ``workers`` at a time."""
+
+    workers: int
+
+    def submit(self, work: TrialWork) -> None: ...
+
+    def wait(self) -> list[tuple[int, TrainedTrial | TrialFailed]]:
+        """Block until at least one submitted trial has ended; each ended one's number and outcome."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class StudyCallback:
     """Hooks for a live display of the study."""
 
@@ -155,7 +213,7 @@ class StudyCallback:
         return []
 
 
-class _Deadline(Callback):
+class TrainingDeadline(Callback):
     """Ends training after the step at which the budget's deadline passed (a trial's first phase too: pairs can
     take minutes); the part-epoch is evaluated and the run recorded as it stands."""
 
@@ -167,7 +225,7 @@ class _Deadline(Callback):
             raise StopTraining("budget")
 
 
-class _ReportToOptuna(Callback):
+class ReportToOptuna(Callback):
     """Feeds the pruner per-epoch values, and ends training when pruned or when the budget is spent.
 
     Values are reported at the share of the trial's schedule done (percent), not at the epoch number: with
@@ -272,18 +330,21 @@ class FinalSteps:
 def run_study(store: Workspace, study_id: str, task: Any, base: Recipe, strategy: Strategy, budget: Budget, *,
               target: float | None, prune: str, train_trial, callbacks: Sequence[StudyCallback] = (),
               spent_before: float = 0.0, seed_check: bool = True, final: FinalSteps = FinalSteps(),
-              keep_models: int | None = KEEP_MODELS) -> StudyResult:
+              keep_models: int | None = KEEP_MODELS, executor: TrialExecutor | None = None) -> StudyResult:
     """Drive a study to its end. ``train_trial(recipe, training_callbacks, checkpoint_name)`` trains one run,
     saving each epoch under ``checkpoint_name`` and continuing from there if a saved epoch exists. At the end
     only the final model, what it is made of, the ``keep_models`` best and registered models stay on disk
     (None: every model).
+
+    With an ``executor``, search trials and the seed check's re-runs train there, ``executor.workers`` at a
+    time (the strategy proposes that many where it has them); the final choice's fits stay in this process.
 
     Resuming is running this again on the same ``study_id``: finished trials are read back, interrupted
     ones re-run first, and the time budget counts what was spent before.
     """
     driver = _StudyDriver(store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
                           spent_before)
-    driver.final = final
+    driver.final, driver.executor = final, executor
     result = driver.run(seed_check)
     if keep_models is not None:
         discard_models(store, study_id, keep_models)
@@ -300,6 +361,7 @@ def discard_models(store: Workspace, study_id: str, keep: int) -> int:
 
 class _StudyDriver:
     final = FinalSteps()
+    executor: TrialExecutor | None = None
     seed_check = True  # whether the search leaves the seed check its share (set by run)
 
     def __init__(self, store, study_id, task, base, strategy, budget, target, prune, train_trial, callbacks,
@@ -309,8 +371,7 @@ class _StudyDriver:
         self.base = base.for_objective(task.objective.name)
         self.strategy, self.budget, self.target = strategy, budget, target
         self.train_trial, self.callbacks = train_trial, callbacks
-        storage = optuna.storages.RDBStorage(f"sqlite:///{store.root / 'tuneloop.db'}",
-                                             engine_kwargs={"connect_args": {"timeout": 30}})
+        storage = store.optuna_storage()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # A resumed study's sampler must not replay the draws of the first run: offset its seed by the
         # number of trials already asked (the stored trials themselves give TPE its history).
@@ -325,24 +386,12 @@ class _StudyDriver:
         self.trials, self.retries = _read_back(store, study_id)
         self.started = time.monotonic() - spent_before
         self.deadline = self.started + budget.seconds if budget.seconds else None
+        self.accounted = time.monotonic()  # the study's spent time is recorded up to here
+        self.pending: dict[int, tuple[TrialRecord, Proposal, str]] = {}  # trials training in the executor
 
     def run(self, seed_check: bool) -> StudyResult:
         self.seed_check = seed_check
-        while True:
-            stop_reason = self._stop_reason(seed_check)
-            if stop_reason:
-                break
-            retry, retry_number = self.retries.pop(0) if self.retries else (None, None)
-            finished = [t.outcome() for t in self._search_trials() if t.status != "interrupted"]
-            search_end = self._search_deadline(seed_check)
-            seconds_left = None if search_end is None else search_end - time.monotonic()
-            proposal = self.strategy.propose(self.study, self.base, finished, retry, seconds_left)
-            if proposal is None:
-                stop_reason = self.strategy.done_reason()
-                break
-            # An interrupted trial's re-run continues from the epochs its first attempt saved.
-            number = retry_number if retry_number is not None else len(self.trials)
-            self._run_trial(proposal, f"trial-{number}")
+        stop_reason = self._search(seed_check)
         check, choice = None, None
         if self._validation_is_small():
             choice = self._choose_on_every_example()
@@ -358,12 +407,49 @@ class _StudyDriver:
         return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check,
                            choice)
 
+    def _search(self, seed_check: bool) -> str:
+        """Propose and train search trials until the search must stop; returns why. With an executor, up to its
+        workers train at once: the strategy is asked again while a worker is free (it sees the trials in flight
+        as tried), and a strategy with nothing to propose now waits for the next trial to end before it gives
+        up."""
+        workers = self.executor.workers if self.executor is not None else 1
+        while True:
+            stop_reason = ""
+            while len(self.pending) < workers:
+                stop_reason = self._stop_reason(seed_check)
+                if stop_reason:
+                    break
+                retry, retry_number = self.retries[0] if self.retries else (None, None)
+                proposed = [t.outcome() for t in self._search_trials() if t.status != "interrupted"]
+                search_end = self._search_deadline(seed_check)
+                seconds_left = None if search_end is None else search_end - time.monotonic()
+                proposal = self.strategy.propose(self.study, self.base, proposed, retry, seconds_left)
+                if proposal is None:
+                    stop_reason = self.strategy.done_reason()
+                    break
+                if retry is not None:
+                    self.retries.pop(0)
+                # An interrupted trial's re-run continues from the epochs its first attempt saved.
+                number = retry_number if retry_number is not None else len(self.trials)
+                self._launch(proposal, f"trial-{number}")
+            if not self.pending:
+                return stop_reason
+            self._collect()
+
+    def _collect(self) -> None:
+        """Wait for the executor's next trials to end, and record them."""
+        for number, outcome in self.executor.wait():
+            record, proposal, checkpoint_name = self.pending.pop(number)
+            self._finish(record, proposal, checkpoint_name, outcome)
+
     def _search_trials(self) -> list[TrialRecord]:
         return [t for t in self.trials if is_search(t.row())]
 
     def _stop_reason(self, seed_check: bool) -> str:
         """Why the search ends now, or "" to go on. A plateau ends it only with at most a fifth of the budget
         left, or nothing with an expected gain left untried; the reason names what was left."""
+        if not self.store.holds_study(self.study_id):
+            return "another process took the study over (this one's lease ran out)"
         search = [t for t in self._search_trials() if t.status != "interrupted"]
         budget, now = self.budget, time.monotonic()
         if budget.trials is not None and len(search) >= budget.trials:
@@ -656,10 +742,7 @@ class _StudyDriver:
         """Start a trial made after the search (a cross-validation, a refit): Optuna and the workspace know it."""
         optuna_trial = self.study.ask()
         optuna_trial.set_user_attr("tuneloop_recipe", record.recipe.to_dict())
-        self.store.start_trial(self.study_id, record.number, optuna_trial.number, record.recipe.to_dict(),
-                               record.reason, record.parent)
-        for callback in self.callbacks:
-            callback.on_trial_start(record.number, record.recipe, record.reason)
+        self._open(record, optuna_trial.number)
         return optuna_trial
 
     def _record_extra(self, record: TrialRecord, seconds: float) -> None:
@@ -672,14 +755,16 @@ class _StudyDriver:
             callback.on_trial_end(record, _best(self._search_trials()))
 
     def _run_trial(self, proposal: Proposal, checkpoint_name: str) -> TrialRecord:
+        """Train one trial to its end (in the executor where there is one) and return its record."""
+        record = self._launch(proposal, checkpoint_name)
+        while record.number in self.pending:
+            self._collect()
+        return record
+
+    def _launch(self, proposal: Proposal, checkpoint_name: str) -> TrialRecord:
+        """Start a trial: recorded as running, then trained here (to its end) or sent to the executor."""
         record = TrialRecord(len(self.trials), proposal.recipe, proposal.reason, parent=proposal.parent)
-        self.store.start_trial(self.study_id, record.number, proposal.trial.number, proposal.recipe.to_dict(),
-                               proposal.reason, proposal.parent)
-        best_before = _best(self.trials)
-        for callback in self.callbacks:
-            callback.on_trial_start(record.number, proposal.recipe, proposal.reason)
-        trial_started = time.monotonic()
-        metric = self.base.metric
+        self._open(record, proposal.trial.number)
         # A seed-check re-run measures seed noise: cutting it short would hide exactly that. Where validation is
         # too small to tell recipes apart, it is too small to tell a trial's first epochs apart from others' too.
         prunable = not proposal.reason.startswith(SEED_CHECK_PREFIX) and not self._small_validation()
@@ -689,34 +774,53 @@ class _StudyDriver:
         stop_at = self.deadline
         if self.deadline is not None and is_search({"reason": proposal.reason}):
             stop_at = min(self.deadline, self._search_deadline(self.seed_check))
-        reporter = _ReportToOptuna(proposal.trial, metric, stop_at, prunable=prunable, epochs=proposal.recipe.epochs)
+        if self.executor is not None:
+            wall_deadline = None if stop_at is None else time.time() + (stop_at - time.monotonic())
+            # Optuna's trial id (not its number) is what a worker's own Trial object is made from.
+            self.executor.submit(TrialWork(record.number, proposal.recipe.to_dict(), checkpoint_name,
+                                           proposal.trial._trial_id, prunable, wall_deadline))
+            self.pending[record.number] = (record, proposal, checkpoint_name)
+            return record
+        reporter = ReportToOptuna(proposal.trial, self.base.metric, stop_at, prunable=prunable,
+                                   epochs=proposal.recipe.epochs)
         training_callbacks = [c for cb in self.callbacks for c in cb.training_callbacks()] + [reporter]
         if stop_at is not None:
-            training_callbacks.append(_Deadline(stop_at))
+            training_callbacks.append(TrainingDeadline(stop_at))
         try:
             run, result = self.train_trial(proposal.recipe, training_callbacks, checkpoint_name)
         except TuneloopError as exc:  # e.g. diverged in the first epoch: a finding, not a crash of the study
+            outcome: TrainedTrial | TrialFailed = TrialFailed(str(exc))
+        else:
+            outcome = TrainedTrial.of(run, result)
+        self._finish(record, proposal, checkpoint_name, outcome)
+        return record
+
+    def _finish(self, record: TrialRecord, proposal: Proposal, checkpoint_name: str,
+                outcome: TrainedTrial | TrialFailed) -> None:
+        """Diagnose and record a trial that ended, and tell Optuna."""
+        best_before = _best([t for t in self.trials if t is not record])
+        if isinstance(outcome, TrialFailed):
             record.status = "failed"
-            record.diagnosis = _failed_diagnosis(str(exc))
+            record.diagnosis = _failed_diagnosis(outcome.message)
             self.study.tell(proposal.trial, state=optuna.trial.TrialState.FAIL)
         else:
-            record.run_id, record.history = run.id, run.history
-            record.value = objective_value(run.metrics, metric)
-            record.status = trial_status(result.stopped_by, proposal.reason.startswith(SEED_CHECK_PREFIX))
-            record.diagnosis = diagnose(result.history, diverged=result.diverged, n_val=len(self.task.val),
+            metric = self.base.metric
+            record.run_id, record.history = outcome.run_id, outcome.run_history
+            record.value = objective_value(outcome.metrics, metric)
+            record.status = trial_status(outcome.stopped_by, proposal.reason.startswith(SEED_CHECK_PREFIX))
+            record.diagnosis = diagnose(outcome.history, diverged=outcome.diverged, n_val=len(self.task.val),
                                         num_classes=len(self.task.classes), metric=metric,
                                         objective=self.task.objective.name)
-            self._compare(record, result.best_val_predictions)
+            self._compare(record, outcome.predictions)
             if record.status != "completed":
                 self.study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 self.study.tell(proposal.trial, record.value)
-        record.seconds = time.monotonic() - trial_started
+        record.seconds = time.monotonic() - record.started
         _clear_checkpoint(self.store, self.study_id, checkpoint_name)
         self._end(record)
         for callback in self.callbacks:
             callback.on_trial_end(record, _best(self.trials) or best_before)
-        return record
 
     def _compare(self, record: TrialRecord, predictions: np.ndarray | None) -> None:
         """Keep the trial's validation predictions, and say so where they repeat an earlier trial's."""
@@ -737,8 +841,19 @@ class _StudyDriver:
                              summary=record.diagnosis.summary if record.diagnosis else None,
                              evidence=record.diagnosis.evidence if record.diagnosis else record.evidence or None,
                              seconds=record.seconds, no_effect=record.no_effect, predictions=predictions)
-        self.store.add_spent(self.study_id, record.seconds)
+        # Wall time, not the trial's own: trials that train at once spend the budget together.
+        now = time.monotonic()
+        self.store.add_spent(self.study_id, now - self.accounted)
+        self.accounted = now
+
+    def _open(self, record: TrialRecord, optuna_number: int) -> None:
+        """Record a trial as running (it holds its number from here on, whenever it ends)."""
+        self.store.start_trial(self.study_id, record.number, optuna_number, record.recipe.to_dict(), record.reason,
+                               record.parent)
+        record.started = time.monotonic()
         self.trials.append(record)
+        for callback in self.callbacks:
+            callback.on_trial_start(record.number, record.recipe, record.reason)
 
     def _seed_check(self) -> SeedCheck:
         """Re-run the top two recipes with more seeds, so that the winner's lead can be weighed against seed
@@ -762,7 +877,11 @@ class _StudyDriver:
                 optuna_trial.set_user_attr("tuneloop_recipe", recipe.to_dict())
                 reason = f"{SEED_CHECK_PREFIX}: the recipe of trial {trial.number} with seed {recipe.seed}"
                 name = f"seed-{trial.number}-{recipe.seed}"
-                self._run_trial(Proposal(optuna_trial, recipe, reason, trial.number), name)
+                while len(self.pending) >= (self.executor.workers if self.executor is not None else 1):
+                    self._collect()
+                self._launch(Proposal(optuna_trial, recipe, reason, trial.number), name)
+        while self.pending:
+            self._collect()
         groups = seed_groups([t.row() for t in self.trials])
         return SeedCheck(groups, seed_verdict(groups))
 
@@ -793,10 +912,7 @@ class _StudyDriver:
         reason = (f"{SOUP_PREFIX}: the weight average of trials {numbers}, one recipe over {len(members)} seeds "
                   f"from the same initial weights")
         record = TrialRecord(len(self.trials), recipe, reason, parent=members[0].number)
-        self.store.start_trial(self.study_id, record.number, optuna_trial.number, recipe.to_dict(), reason,
-                               record.parent)
-        for callback in self.callbacks:
-            callback.on_trial_start(record.number, recipe, reason)
+        self._open(record, optuna_trial.number)
         started = time.monotonic()
         try:
             run, predictions = self.final.soup([t.run_id for t in members], recipe)
