@@ -375,36 +375,37 @@ def tune(data: str | os.PathLike | Examples | None = None,
 
     with Workspace.open(workspace, create=True, store=store_url) as store:
         task.cache_in(store.root / "cache")  # frozen layers' outputs, shared with later studies
-        if resume is None and isinstance(plan, GuidedStrategy):
-            _first_rate_from_range_test(plan, task, base)
-        if resume is None:
-            stored = {k: (getattr(v, "source", "examples in memory") if k in ("data", "val") and _in_memory(v) else v)
-                      for k, v in options.items()}
-            store.create_study(study_id, options["strategy"], base.metric, stored)
-
-        def train_trial(trial_recipe: Recipe, training_callbacks: list[Callback], checkpoint_name: str):
-            checkpoint_for, lost = trial_checkpoint(store, store.root / "checkpoints" / study_id / checkpoint_name)
-            return train_run(store, task, trial_recipe, training_callbacks, checkpoint_for=checkpoint_for,
-                             resumes=lost)
-
-        def refit_on_all(refit_recipe: Recipe, estimate: dict[str, Any], training_callbacks: list[Callback],
-                         checkpoint_name: str) -> Run:
-            return refit_run(store, task, refit_recipe, estimate, training_callbacks,
-                             EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
-
-        final = FinalSteps(soup=lambda run_ids, soup_recipe: soup_run(store, task, run_ids, soup_recipe),
-                           ensemble=lambda run_ids, estimate: ensemble_run(store, task, run_ids, estimate),
-                           cross_validate=lambda cv_recipe, k: cross_validate(task, cv_recipe, k, base.seed),
-                           refit=refit_on_all if options.get("refit", True) else None,
-                           shares_start=task.starts_pretrained and base.init == "pretrained")
-
+        # Workers start now: their imports and their reading of the data overlap the range test.
         pool = make_executor(executor, StudySetup(str(store.root.resolve()), study_id, options["prune"], base.metric,
                                                   options), workers, ray_address)
-        # The budget counts from this call: reading the data, the range test and the first caches are spent
-        # from it like any trial's time (recorded with the study, so a resumed one counts them too).
-        setup = time.monotonic() - started
-        store.add_spent(study_id, setup)
         try:
+            if resume is None and isinstance(plan, GuidedStrategy):
+                _first_rate_from_range_test(plan, task, base)
+            if resume is None:
+                stored = {k: (getattr(v, "source", "examples in memory")
+                              if k in ("data", "val") and _in_memory(v) else v) for k, v in options.items()}
+                store.create_study(study_id, options["strategy"], base.metric, stored)
+
+            def train_trial(trial_recipe: Recipe, training_callbacks: list[Callback], checkpoint_name: str):
+                checkpoint_for, lost = trial_checkpoint(store, store.root / "checkpoints" / study_id / checkpoint_name)
+                return train_run(store, task, trial_recipe, training_callbacks, checkpoint_for=checkpoint_for,
+                                 resumes=lost)
+
+            def refit_on_all(refit_recipe: Recipe, estimate: dict[str, Any], training_callbacks: list[Callback],
+                             checkpoint_name: str) -> Run:
+                return refit_run(store, task, refit_recipe, estimate, training_callbacks,
+                                 EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
+
+            final = FinalSteps(soup=lambda run_ids, soup_recipe: soup_run(store, task, run_ids, soup_recipe),
+                               ensemble=lambda run_ids, estimate: ensemble_run(store, task, run_ids, estimate),
+                               cross_validate=lambda cv_recipe, k: cross_validate(task, cv_recipe, k, base.seed),
+                               refit=refit_on_all if options.get("refit", True) else None,
+                               shares_start=task.starts_pretrained and base.init == "pretrained")
+
+            # The budget counts from this call: reading the data, the range test and the first caches are spent
+            # from it like any trial's time (recorded with the study, so a resumed one counts them too).
+            setup = time.monotonic() - started
+            store.add_spent(study_id, setup)
             with StudyLease(store.root, study_id, store.store):
                 result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
                                    target=options["target"], prune=options["prune"], train_trial=train_trial,

@@ -112,8 +112,14 @@ def _task(setup: StudySetup, store: Workspace) -> Any:
     return _TASKS[key]
 
 
-def _worker_main(connection: multiprocessing.connection.Connection) -> None:
-    """A local worker: train each job it is sent until it is sent None."""
+def _worker_main(connection: multiprocessing.connection.Connection, setup: StudySetup) -> None:
+    """A local worker: read the study's data while the driver starts the study, then train each job it is sent
+    until it is sent None."""
+    try:
+        with Workspace.open(setup.workspace) as store:
+            _task(setup, store)
+    except Exception:  # the first job meets the same error, and reports it as a trial's
+        pass
     while True:
         try:
             job = connection.recv()
@@ -129,9 +135,9 @@ def _worker_main(connection: multiprocessing.connection.Connection) -> None:
 
 
 class _Worker:
-    def __init__(self, context: Any):
+    def __init__(self, context: Any, setup: StudySetup):
         self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(theirs,), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(theirs, setup), daemon=True)
         self.process.start()
         theirs.close()
 
@@ -151,14 +157,15 @@ class _Worker:
 
 
 class LocalExecutor:
-    """``workers`` processes on this machine, started on first use and kept for the study, each trial on
-    ``threads`` torch threads (the cores split evenly)."""
+    """``workers`` processes on this machine, started at once (a spawned process imports torch and reads the
+    data: seconds, overlapping the driver's range test) and kept for the study, each trial on ``threads`` torch
+    threads (the cores split evenly)."""
 
     def __init__(self, setup: StudySetup, workers: int, threads: int | None = None):
         self.setup, self.workers = setup, workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self._context = multiprocessing.get_context("spawn")  # fork would copy the driver's torch threads
-        self._idle: list[_Worker] = []
+        self._idle = [_Worker(self._context, setup) for _ in range(workers)]
         self._busy: dict[int, tuple[_Worker, TrialWork, int]] = {}  # trial number -> worker, work, attempt
         self._queue: list[tuple[TrialWork, int]] = []
 
@@ -169,7 +176,7 @@ class LocalExecutor:
     def _dispatch(self) -> None:
         while self._queue and len(self._busy) < self.workers:
             work, attempt = self._queue.pop(0)
-            worker = self._idle.pop() if self._idle else _Worker(self._context)
+            worker = self._idle.pop() if self._idle else _Worker(self._context, self.setup)
             worker.connection.send(TrialJob(self.setup, work, self.threads))
             self._busy[work.number] = (worker, work, attempt)
 
