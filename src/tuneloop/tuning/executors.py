@@ -23,6 +23,9 @@ import multiprocessing.connection
 import os
 import secrets
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -112,9 +115,10 @@ def _task(setup: StudySetup, store: Workspace) -> Any:
     return _TASKS[key]
 
 
-def _worker_main(connection: multiprocessing.connection.Connection, setup: StudySetup) -> None:
-    """A local worker: read the study's data while the driver starts the study, then train each job it is sent
-    until it is sent None."""
+def worker_main(connection: multiprocessing.connection.Connection) -> None:
+    """A local worker: read the study's data (its setup is the first message) while the driver starts the study,
+    then train each job it is sent until it is sent None."""
+    setup = connection.recv()
     try:
         with Workspace.open(setup.workspace) as store:
             _task(setup, store)
@@ -135,11 +139,18 @@ def _worker_main(connection: multiprocessing.connection.Connection, setup: Study
 
 
 class _Worker:
-    def __init__(self, context: Any, setup: StudySetup):
-        self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(theirs, setup), daemon=True)
-        self.process.start()
+    """A new interpreter (``python -m tuneloop.tuning.worker FD``) that talks over a socket pair. Not
+    multiprocessing's spawn: that runs the caller's main script again in the child, which a script without an
+    ``if __name__ == "__main__"`` guard cannot survive; and not fork, which would copy the driver's threads."""
+
+    def __init__(self, setup: StudySetup):
+        ours, theirs = socket.socketpair()
+        # Its prints go to the driver's stderr: the driver's stdout carries tune --json's output.
+        self.process = subprocess.Popen([sys.executable, "-m", "tuneloop.tuning.worker", str(theirs.fileno())],
+                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2)
         theirs.close()
+        self.connection = multiprocessing.connection.Connection(ours.detach())
+        self.connection.send(setup)
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -149,10 +160,11 @@ class _Worker:
                 self.connection.send(None)
             except OSError:
                 pass
-        self.process.join(timeout=30)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self.connection.close()
 
 
@@ -164,8 +176,7 @@ class LocalExecutor:
     def __init__(self, setup: StudySetup, workers: int, threads: int | None = None):
         self.setup, self.workers = setup, workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        self._context = multiprocessing.get_context("spawn")  # fork would copy the driver's torch threads
-        self._idle = [_Worker(self._context, setup) for _ in range(workers)]
+        self._idle = [_Worker(setup) for _ in range(workers)]
         self._busy: dict[int, tuple[_Worker, TrialWork, int]] = {}  # trial number -> worker, work, attempt
         self._queue: list[tuple[TrialWork, int]] = []
 
@@ -176,7 +187,7 @@ class LocalExecutor:
     def _dispatch(self) -> None:
         while self._queue and len(self._busy) < self.workers:
             work, attempt = self._queue.pop(0)
-            worker = self._idle.pop() if self._idle else _Worker(self._context, self.setup)
+            worker = self._idle.pop() if self._idle else _Worker(self.setup)
             worker.connection.send(TrialJob(self.setup, work, self.threads))
             self._busy[work.number] = (worker, work, attempt)
 
@@ -186,17 +197,12 @@ class LocalExecutor:
             self._dispatch()
             if not self._busy:
                 return ended
-            handles: dict[Any, int] = {}
-            for number, (worker, _, _) in self._busy.items():
-                handles[worker.connection] = number
-                handles[worker.process.sentinel] = number
+            # A worker's socket is readable when it answers, and at its end of file when it dies.
+            handles = {worker.connection: number for number, (worker, _, _) in self._busy.items()}
             for handle in multiprocessing.connection.wait(list(handles)):
                 number = handles[handle]
-                if number not in self._busy:  # its pipe and its exit are both ready: handled once
-                    continue
-                worker, work, attempt = self._busy[number]
-                outcome = _received(worker) if handle is worker.connection else None
-                del self._busy[number]
+                worker, work, attempt = self._busy.pop(number)
+                outcome = _received(worker)
                 if outcome is not None:
                     self._idle.append(worker)
                     ended.append((number, _raised(outcome)))
@@ -204,7 +210,7 @@ class LocalExecutor:
                 worker.stop(kill=True)  # it died mid-trial: send the trial again, to continue from its checkpoint
                 if attempt >= MAX_ATTEMPTS:
                     ended.append((number, TrialFailed(f"its worker process died {attempt} times (exit code "
-                                                      f"{worker.process.exitcode})")))
+                                                      f"{worker.process.returncode})")))
                 else:
                     self._queue.insert(0, (work, attempt + 1))
         return ended
