@@ -176,6 +176,9 @@ def test_two_machines_share_one_postgres_study_and_one_artifact_path(tiny_model,
     assert best.path.parent == shared / "artifacts"
     assert len(best.predict(["good great fine"]).labels) == 1
     assert not list(machines["a"].iterdir()) and not list(machines["b"].iterdir()), "nothing in the working folders"
+    report = run_tuneloop("report", "s", "--workspace", shared, "-o", tmp_path / "s.html")
+    assert report.returncode == 0, report.stderr
+    assert "Optuna's importances are unavailable" not in (tmp_path / "s.html").read_text(), "read from PostgreSQL"
 
 
 def test_the_guided_strategy_proposes_another_move_while_one_is_in_flight():

@@ -465,10 +465,9 @@ def optuna_importances(study: StudyRecord) -> tuple[dict[str, float] | None, str
     import optuna
 
     try:
-        storage = f"sqlite:///{study.root / 'tuneloop.db'}"
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), Workspace.open(study.root) as store:  # its database: SQLite or PostgreSQL
             warnings.simplefilter("ignore")
-            optuna_study = optuna.load_study(study_name=study.id, storage=storage)
+            optuna_study = optuna.load_study(study_name=study.id, storage=store.optuna_storage())
             sampled = [t for t in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                        if t.params]
             if len(sampled) < MIN_OPTUNA_TRIALS:
