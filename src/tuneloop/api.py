@@ -32,6 +32,7 @@ from tuneloop.pipeline import (
     range_test,
     refit_run,
     soup_run,
+    study_task,
     task_of_run,
     train_run,
     trial_checkpoint,
@@ -366,8 +367,7 @@ def tune(data: str | os.PathLike | Examples | None = None,
         spent_before = 0.0
         study_id = name or new_study_id()
     base = Recipe.from_dict(options["recipe"])
-    task = load_task(options["data"], options["val"], DataOptions.from_dict(options, seed=base.seed),
-                     model=options["model"])
+    task = study_task(options)
     check_knobs(type(task), base)
     base = base.for_objective(task.objective.name)
     facts = task.facts()

@@ -132,10 +132,10 @@ def trial_checkpoint(store: Workspace, folder: Path) -> tuple[Callable[[str], Ep
     saved epochs this one continues from. That run, if still recorded as running, is marked interrupted: only
     the caller, which holds the study, decides that an attempt is lost."""
     try:
-        lost = (folder / ATTEMPT_FILE).read_text().strip()
+        lost: str | None = (folder / ATTEMPT_FILE).read_text().strip()
     except OSError:
         lost = None
-    status = store.run_status(lost)
+    status = store.run_status(lost) if lost else None
     if status == "running":
         store.fail_run(lost, "its process was lost mid-run; a new attempt continues from its last saved epoch",
                        status="interrupted")
@@ -393,6 +393,13 @@ def load_task(data: Any, val: Any, options: DataOptions, *, model: str | None = 
     loaded = task_class(modality).read(data, val, options, model=model, keep_classes=keep_classes)
     loaded.data_options = dataclasses.replace(options, task=modality, val_given=val is not None)
     return loaded
+
+
+def study_task(options: dict[str, Any]) -> Task:
+    """The task of a study, read as its options say (``tune`` stores them; its workers read them too)."""
+    seed = Recipe.from_dict(options["recipe"]).seed
+    return load_task(options["data"], options["val"], DataOptions.from_dict(options, seed=seed),
+                     model=options["model"])
 
 
 def stored_options(task: Any) -> dict[str, Any] | None:

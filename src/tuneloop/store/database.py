@@ -25,7 +25,22 @@ def is_postgres(url: str | None) -> bool:
     return bool(url) and url.startswith(POSTGRES_SCHEMES)
 
 
-class SQLiteDatabase:
+class _Database:
+    """What both databases do alike, on the connection each keeps in ``_connection``."""
+
+    _connection: Any
+
+    def commit(self) -> None:
+        self._connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self._connection.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class SQLiteDatabase(_Database):
     dialect = "sqlite"
 
     def __init__(self, path: Path):
@@ -41,12 +56,6 @@ class SQLiteDatabase:
 
     def begin_write(self) -> None:
         self._connection.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
-        self._connection.execute("COMMIT")
-
-    def rollback(self) -> None:
-        self._connection.execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:
@@ -72,9 +81,6 @@ class SQLiteDatabase:
 
     def describe(self) -> str:
         return str(self.path)
-
-    def close(self) -> None:
-        self._connection.close()
 
 
 class Row(tuple):
@@ -112,7 +118,7 @@ def postgres_sql(sql: str) -> str:
     return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%").replace("?", "%s"))
 
 
-class PostgresDatabase:
+class PostgresDatabase(_Database):
     dialect = "postgresql"
 
     def __init__(self, url: str):
@@ -134,12 +140,6 @@ class PostgresDatabase:
     def begin_write(self) -> None:
         self._connection.execute("BEGIN")
         self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-
-    def commit(self) -> None:
-        self._connection.execute("COMMIT")
-
-    def rollback(self) -> None:
-        self._connection.execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:
@@ -174,9 +174,6 @@ class PostgresDatabase:
 
     def describe(self) -> str:
         return redact(self.url)
-
-    def close(self) -> None:
-        self._connection.close()
 
 
 def redact(url: str) -> str:

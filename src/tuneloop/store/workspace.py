@@ -328,12 +328,16 @@ class RunRecord:
 Database = SQLiteDatabase | PostgresDatabase
 
 
+def _recorded_store(root: Path) -> str | None:
+    """The store URL the workspace folder ``root`` records, or None."""
+    file = root / STORE_FILE
+    return file.read_text().strip() if file.is_file() else None
+
+
 def store_url(root: Path, store: str | None = None) -> str | None:
     """The PostgreSQL store the workspace at ``root`` uses: ``store``, else $TUNELOOP_STORE, else the one its
     folder records; None for its own SQLite database."""
-    url = store or os.environ.get(STORE_ENV)
-    if url is None and (root / STORE_FILE).is_file():
-        url = (root / STORE_FILE).read_text().strip()
+    url = store or os.environ.get(STORE_ENV) or _recorded_store(root)
     if url and not is_postgres(url):
         raise ConfigError([f"The 'store' parameter must be a PostgreSQL URL (postgresql://user@host/database), or "
                            f"left out for the workspace's own SQLite database. Got {redact(url)!r} instead."])
@@ -394,7 +398,7 @@ class Workspace:
         if (root / "tuneloop.db").exists():
             raise ConfigError([f"{root}: this workspace keeps its runs in its own SQLite database (tuneloop.db); "
                                f"a PostgreSQL store ({redact(url)}) needs a workspace folder of its own."])
-        recorded = (root / STORE_FILE).read_text().strip() if (root / STORE_FILE).is_file() else None
+        recorded = _recorded_store(root)
         if recorded and recorded != url:
             raise ConfigError([f"{root}: this workspace's runs are in the store {redact(recorded)}, not "
                                f"{redact(url)}."])

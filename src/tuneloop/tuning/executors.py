@@ -18,7 +18,6 @@ runs twice to its end and is never lost: its record is the driver's, written onc
 
 from __future__ import annotations
 
-import multiprocessing
 import multiprocessing.connection
 import os
 import secrets
@@ -37,9 +36,8 @@ import torch
 
 from tuneloop.config import Recipe
 from tuneloop.errors import ConfigError, TuneloopError
-from tuneloop.pipeline import load_task, train_run, trial_checkpoint
+from tuneloop.pipeline import study_task, train_run, trial_checkpoint
 from tuneloop.store.workspace import Workspace
-from tuneloop.tasks import DataOptions
 from tuneloop.tuning.strategies import make_pruner
 from tuneloop.tuning.study import ReportToOptuna, TrainedTrial, TrainingDeadline, TrialFailed, TrialWork
 
@@ -105,10 +103,7 @@ def _task(setup: StudySetup, store: Workspace) -> Any:
     """The study's task, read as ``tune`` read it (kept for this process's next trials of the study)."""
     key = (setup.workspace, setup.study_id)
     if key not in _TASKS:
-        options = setup.options
-        base = Recipe.from_dict(options["recipe"])
-        task = load_task(options["data"], options["val"], DataOptions.from_dict(options, seed=base.seed),
-                         model=options["model"])
+        task = study_task(setup.options)
         task.cache_in(store.root / "cache")
         _TASKS.clear()  # one study's data at a time
         _TASKS[key] = task
