@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE = 1
 demo: $(VENV)/.installed          ## a guided tune of the packaged model on election tweets, about 3 minutes
 	$(BIN)/tuneloop demo
 
-test: $(VENV)/.installed $(VENV)/.scale-out  ## lint, then the whole test suite, end-to-end tests included
+test: $(VENV)/.installed $(VENV)/.scale-out $(VENV)/.integrations  ## lint, then the whole test suite, end-to-end tests included
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
@@ -46,4 +46,13 @@ $(VENV)/.scale-out: pyproject.toml $(VENV)/.installed
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
 		|| echo "PostgreSQL's server could not be installed: the tests that need it will be skipped"
+	touch $@
+
+# MLflow for the tracking tests, and Chromium (Debian's chromium) for the dashboard's browser tests where it is
+# absent; those tests are skipped, saying why, where it cannot be installed (not root).
+$(VENV)/.integrations: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[mlflow]"
+	@command -v chromium >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "Chromium could not be installed: the browser tests will be skipped"
 	touch $@

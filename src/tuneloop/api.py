@@ -40,6 +40,15 @@ from tuneloop.pipeline import (
 from tuneloop.run import EvaluationReport, Predictions, Run, load_run
 from tuneloop.store.workspace import RunRecord, StudyLease, Workspace
 from tuneloop.tasks import DataOptions, Task, check_knobs, modality_of
+from tuneloop.tracking.mlflow_export import (
+    Exported,
+    MlflowExporter,
+    StudyTracker,
+    exported_as,
+    open_exporter,
+    track_run,
+)
+from tuneloop.tracking.target import parse_track, track_problems
 from tuneloop.training.checkpoint import EpochCheckpoint
 from tuneloop.training.loop import Callback
 
@@ -49,7 +58,7 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
         model: str | None = None, recipe: Recipe | None = None, workspace: str | os.PathLike | None = None,
         val_fraction: float = 0.2, callbacks: Sequence[Callback] = (), time_col: str | None = None,
         series_col: str | None = None, horizon: int | None = None, season: int | None = None,
-        store: str | None = None, **recipe_changes: Any) -> Run:
+        store: str | None = None, track: str | None = None, **recipe_changes: Any) -> Run:
     """Train a model on ``data`` and save it as a run in the workspace: a fine-tuned text encoder for texts,
     an MLP for table rows (a classifier, or a regressor of a numeric target), an image network for images
     (``task`` "text", "tabular" or "image"; "auto" tells by the data: a folder is images).
@@ -68,9 +77,13 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
     ``label_col`` names the label (or, for tables, target) column. Recipe values come from ``recipe`` (by
     default, the kind of data's own defaults: an MLP and a small CNN from scratch train longer and faster than
     a fine-tune) and then ``recipe_changes`` (e.g. ``epochs=2``). ``store`` is a PostgreSQL URL to keep the
-    workspace's tables in (see ``Workspace.open``); the workspace folder records it.
+    workspace's tables in (see ``Workspace.open``); the workspace folder records it. ``track`` ("mlflow", or
+    "mlflow:URI" for that tracking URI) records the finished run in MLflow too (see ``tracking``).
     """
-    check_options((recipe or Recipe()).replace(**recipe_changes), val_fraction)
+    problems = option_problems((recipe or Recipe()).replace(**recipe_changes), val_fraction) + track_problems(track)
+    if problems:
+        raise ConfigError(problems)
+    exporter = _exporter(track)
     seed = recipe_changes.get("seed", (recipe or Recipe()).seed)
     read_as = DataOptions(task, text_col, label_col, image_col, image_size, val_fraction, seed, time_col=time_col,
                           series_col=series_col, horizon=horizon, season=season)
@@ -83,13 +96,17 @@ def fit(data: Any, val: Any = None, *, task: str = "auto", text_col: str | None 
     with Workspace.open(workspace, create=True, store=store) as store:
         run, _ = train_run(store, task, recipe, callbacks, checkpoint_for=lambda run_id: _fit_checkpoint(store, run_id))
         _fit_checkpoint(store, run.id).clear()
+        if exporter is not None:
+            track_run(exporter, store, run.id)
     return run
 
 
-def resume_fit(run: str, *, workspace: str | os.PathLike | None = None, callbacks: Sequence[Callback] = ()) -> Run:
+def resume_fit(run: str, *, workspace: str | os.PathLike | None = None, callbacks: Sequence[Callback] = (),
+               track: str | None = None) -> Run:
     """Continue a fit that was killed (or failed) from its last finished epoch, on the same data read the same
     way and the same recipe: a new run, which ends as the interrupted one would have (same batches, same
-    random draws). ``run`` is the interrupted run's id or a unique prefix of it."""
+    random draws). ``run`` is the interrupted run's id or a unique prefix of it; ``track`` as for ``fit``."""
+    exporter = _exporter(track)
     with Workspace.open(workspace) as store:
         record = _interrupted_run(store, run)
         checkpoint = _fit_checkpoint(store, record.id)
@@ -100,7 +117,27 @@ def resume_fit(run: str, *, workspace: str | os.PathLike | None = None, callback
         task.cache_in(store.root / "cache")
         resumed, _ = train_run(store, task, Recipe.from_dict(record.recipe), callbacks, checkpoint, resumes=record.id)
         checkpoint.clear()
+        if exporter is not None:
+            track_run(exporter, store, resumed.id)
     return resumed
+
+
+def _exporter(track: str | None) -> MlflowExporter | None:
+    """The MLflow exporter ``track`` names (None for none), opened before any compute: a missing mlflow package
+    or a tracking store that cannot be opened stops the command before it trains anything."""
+    target = parse_track(track)
+    return None if target is None else open_exporter(target)
+
+
+def export(reference: str, *, to: str = "mlflow", workspace: str | os.PathLike | None = None) -> Exported:
+    """Record a study (by its id: a parent run, and a nested run per trial) or a run (an id, a unique prefix or
+    'latest'; a study's trial goes under its study's run) in MLflow, after the fact, as ``track`` does live.
+    ``to`` is "mlflow" (MLflow's default store: $MLFLOW_TRACKING_URI, else its own default) or "mlflow:URI".
+    Exporting again updates the runs made before instead of making more."""
+    target = parse_track(to, name="to")
+    with Workspace.open(workspace) as store:
+        what, found = exported_as(store, reference)  # before the tracking store is opened (or made)
+        return open_exporter(target).export(store, what, found)
 
 
 def _fit_checkpoint(store: Workspace, run_id: str) -> EpochCheckpoint:
@@ -300,7 +337,7 @@ def tune(data: str | os.PathLike | Examples | None = None,
          refit: bool = True, keep_models: int | None = 3, callbacks: Sequence[Any] = (),
          time_col: str | None = None, series_col: str | None = None, horizon: int | None = None,
          season: int | None = None, workers: int = 1, executor: str | None = None,
-         ray_address: str | None = None, store: str | None = None) -> TuneResult:
+         ray_address: str | None = None, store: str | None = None, track: str | None = None) -> TuneResult:
     """Run train -> evaluate -> diagnose -> adjust until the budget, the target or convergence ends it.
 
     ``budget`` is wall time from this call (reading the data, the range test and building caches count) or a
@@ -322,15 +359,19 @@ def tune(data: str | os.PathLike | Examples | None = None,
     ``store`` (a PostgreSQL URL, or $TUNELOOP_STORE) keeps the workspace's tables and Optuna's where workers on
     several machines reach them.
     A worker that dies mid-trial costs that trial an epoch: it is sent again and continues from its checkpoint.
+
+    ``track`` ("mlflow", or "mlflow:URI" for that tracking URI) records the study in MLflow as it runs: a parent
+    run, and a nested run per trial as it starts and ends; when the study ends, the models it kept.
     """
     from tuneloop.tuning.executors import StudySetup, check_executor_options, make_executor
     from tuneloop.tuning.strategies import GuidedStrategy, make_strategy
     from tuneloop.tuning.study import Budget, FinalSteps, check_study_options, new_study_id, run_study
 
     started = time.monotonic()
-    executor_problems = check_executor_options(executor, workers, ray_address)
+    executor_problems = check_executor_options(executor, workers, ray_address) + track_problems(track)
     if executor_problems:
         raise ConfigError(executor_problems)
+    exporter = _exporter(track)
     store_url = store
     if resume is not None:
         with Workspace.open(workspace, store=store_url) as store:
@@ -406,12 +447,15 @@ def tune(data: str | os.PathLike | Examples | None = None,
             # from it like any trial's time (recorded with the study, so a resumed one counts them too).
             setup = time.monotonic() - started
             store.add_spent(study_id, setup)
+            trackers = [] if exporter is None else [StudyTracker(exporter, store, study_id)]
             with StudyLease(store.root, study_id, store.store):
                 result = run_study(store, study_id, task, base, plan, Budget.parse(options["budget"]),
                                    target=options["target"], prune=options["prune"], train_trial=train_trial,
-                                   callbacks=callbacks, spent_before=spent_before + setup,
+                                   callbacks=[*callbacks, *trackers], spent_before=spent_before + setup,
                                    seed_check=options.get("seed_check", True), final=final,
                                    keep_models=options.get("keep_models", 3), executor=pool)
+            for tracker in trackers:  # after the study discarded the models it does not keep
+                tracker.finish()
         finally:
             if pool is not None:
                 pool.close()

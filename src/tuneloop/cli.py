@@ -17,6 +17,7 @@ from tuneloop import cli_registry
 from tuneloop.config import KNOBS, PRECISIONS, Recipe
 from tuneloop.errors import ConfigError, TuneloopError
 from tuneloop.tasks import modalities
+from tuneloop.tracking.target import TRACK_HELP, TRACKERS
 
 SHORT_FLAGS = {"learning_rate": ["--lr"]}
 
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "same data and recipe (a new run)")
     fit.add_argument("--store", metavar="URL",
                      help="keep the workspace's tables in this PostgreSQL database (see tune --store)")
+    fit.add_argument("--track", metavar="mlflow[:URI]", help=TRACK_HELP)
     _training_data(fit)
     _common(fit)
     _add_recipe_flags(fit)
@@ -184,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--ray-address", metavar="ADDR",
                       help="the Ray cluster to run trials on (ray start --head prints it) [a local Ray cluster "
                            "for the study]")
+    tune.add_argument("--track", metavar="mlflow[:URI]", help=TRACK_HELP + " (a run for the study, a nested run "
+                                                                           "per trial)")
     _common(tune)
     _add_recipe_flags(tune)
 
@@ -199,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(find)
     _add_recipe_flags(find)
 
+    export = commands.add_parser("export", help="record a study (a run for it, a nested run per trial) or a run in "
+                                                "MLflow, after the fact; again: the same runs, brought up to date")
+    export.add_argument("to", choices=TRACKERS, help="the tracker")
+    export.add_argument("reference", metavar="STUDY|RUN", help="a study id, or a run id, id prefix or 'latest'")
+    export.add_argument("--uri", help="the tracking URI [$MLFLOW_TRACKING_URI, else MLflow's default, "
+                                      "sqlite:///mlflow.db in the working folder]")
+    _common(export)
+
     runs = commands.add_parser("runs", help="list the runs in the workspace, and its size on disk")
     _common(runs)
 
@@ -209,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bound of the feature cache, least recently used files removed first "
                          "[$TUNELOOP_CACHE_MB or 2048]")
     _common(gc)
+
+    dashboard = commands.add_parser("dashboard", help="a live web view of the workspace: studies as they run, runs, "
+                                                      "the registry (promote and roll back through the gate)")
+    dashboard.add_argument("--workspace", metavar="DIR", help="workspace folder [$TUNELOOP_HOME or ./tuneloop-runs]")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on; any but a loopback one needs a token [127.0.0.1]")
+    dashboard.add_argument("--port", type=int, default=8765, help="port [8765]")
+    dashboard.add_argument("--token", help="with --host: the token every request needs [$TUNELOOP_DASHBOARD_TOKEN or a "
+                                           "random one, printed]")
 
     demo = commands.add_parser("demo", help="the tuning loop on real data: who wrote the tweet, Clinton or Trump? "
                                 "(about 3 minutes on 2 CPU cores)")
@@ -293,14 +314,14 @@ def cmd_fit(args: argparse.Namespace) -> None:
         if args.data or recipe is not None or changes:
             raise ConfigError(["fit --resume RUN continues that run on its own data and recipe: give no DATA, "
                                "--recipe or recipe flags with it."])
-        run = api.resume_fit(args.resume, workspace=args.workspace, callbacks=_callbacks(args))
+        run = api.resume_fit(args.resume, workspace=args.workspace, callbacks=_callbacks(args), track=args.track)
     elif not args.data:
         raise ConfigError(["fit needs DATA (the training data), or --resume RUN."])
     else:
         run = api.fit(args.data, args.val, task=args.task, text_col=args.text_col, label_col=args.label_col,
                       image_col=args.image_col, image_size=args.image_size, model=args.model, recipe=recipe,
                       workspace=args.workspace, val_fraction=args.val_fraction, callbacks=_callbacks(args),
-                      store=args.store, **_series_options(args), **changes)
+                      store=args.store, track=args.track, **_series_options(args), **changes)
     _emit(args, {"run": run.id, "path": str(run.path), "metrics": run.metrics, "recipe": run.recipe.to_dict(),
                  "history": run.history})
     if not args.json:
@@ -377,7 +398,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
                       name=args.name, resume=args.resume, seed_check=args.seed_check, plateau=args.plateau,
                       refit=args.refit, keep_models=args.keep_models, workers=args.workers,
                       executor=args.executor, ray_address=args.ray_address, store=args.store, callbacks=callbacks,
-                      **_series_options(args))
+                      track=args.track, **_series_options(args))
     payload = result.to_dict()
     _emit(args, payload)
     if args.json:
@@ -395,6 +416,20 @@ def cmd_tune(args: argparse.Namespace) -> None:
               f"{result.spent_seconds:.0f}s.")
         print(_fit_summary(result.best_run.metrics, result.best_run.id, str(result.best_run.path)))
     print(f"Report: tuneloop report {result.study_id}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    exported = api.export(args.reference, to=args.to + (f":{args.uri}" if args.uri else ""),
+                          workspace=args.workspace)
+    _emit(args, exported.to_dict())
+    if not args.json:
+        runs = 1 + (len(exported.trials) if exported.what == "study" else 0)
+        trials = f" and a run per trial ({len(exported.trials)})" if exported.what == "study" else ""
+        print(f"Exported {exported.what} {exported.id} to MLflow at {exported.uri}, experiment "
+              f"{exported.experiment_id}: run {exported.run_id}{trials}; {exported.new} of {runs} runs new, the "
+              f"others brought up to date.")
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
@@ -468,6 +503,12 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
               + (f"; plot: {args.plot}" if args.plot else ""))
 
 
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from tuneloop.dashboard import serve
+
+    serve(args.workspace, host=args.host, port=args.port, token=args.token)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from tuneloop import api
 
@@ -504,8 +545,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
           f"of them. The study took {result['spent_seconds']:.0f}s; its report: tuneloop report {result['study']}")
 
 
-COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "report": cmd_report, "evaluate": cmd_evaluate,
+COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "report": cmd_report, "evaluate": cmd_evaluate, "export": cmd_export,
             "predict": cmd_predict, "runs": cmd_runs, "gc": cmd_gc, "demo": cmd_demo, "lr-find": cmd_lr_find,
+            "dashboard": cmd_dashboard,
             **cli_registry.COMMANDS}
 
 

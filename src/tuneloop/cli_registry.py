@@ -11,6 +11,8 @@ import argparse
 import json
 from typing import Any
 
+from tuneloop.tracking.target import TRACK_HELP
+
 GATE_REFUSED = 3
 
 
@@ -80,6 +82,8 @@ def add_commands(commands: argparse._SubParsersAction, common, recipe_free_data)
     adapt.add_argument("--holdout-fraction", type=float, default=0.25,
                        help="share of the new data held out for the gate alone [0.25]")
     adapt.add_argument("--seed", type=int, default=0, help="seed of the splits and the replay draw [0]")
+    adapt.add_argument("--track", metavar="mlflow[:URI]", help=TRACK_HELP + " (a run for the update with the gate's "
+                                                                            "decision, a nested run per trial)")
     common(adapt)
 
 
@@ -197,7 +201,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                    force=args.force, reason=args.reason, text_col=args.text_col, label_col=args.label_col,
                    image_col=args.image_col, learning_rate=args.learning_rate, epochs=args.epochs,
                    replay_ratio=args.replay_ratio, l2sp=args.l2sp, holdout_fraction=args.holdout_fraction,
-                   seed=args.seed, callbacks=callbacks,
+                   seed=args.seed, callbacks=callbacks, track=args.track,
                    **_tolerance(args))
     _emit(args, result.to_dict())
     if not args.json:

@@ -88,7 +88,7 @@ def test_a_schema_1_workspace_is_upgraded_in_place_keeping_its_epochs(tmp_path):
                                "seconds": 1.0, "val_mae": 1.5, "val_rmse": 2.0, "val_r2": 0.6})
         assert ws.epochs("r1")[1]["val_r2"] == 0.6
     db = sqlite3.connect(tmp_path / "tuneloop.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 8
     assert "process" in {row[1] for row in db.execute("PRAGMA table_info(runs)")}
 
 

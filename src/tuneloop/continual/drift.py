@@ -104,8 +104,10 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
             evidence.append(_confidence(predicted["holdout"], predicted["new"]))
         if has_labels:
             evidence.append(_performance(run, reference, new, regression, predicted, caveat))
-    verdict, recommendation = verdict_for(evidence, new_classes, version.ref, has_labels)
-    return DriftReport(version.ref, len(new), evidence, new_classes, verdict, recommendation)
+        verdict, recommendation = verdict_for(evidence, new_classes, version.ref, has_labels)
+        report = DriftReport(version.ref, len(new), evidence, new_classes, verdict, recommendation)
+        store.record_drift(version.name, version.version, str(getattr(new, "source", data)), report.to_dict())
+    return report
 
 
 def verdict_for(evidence: list[Evidence], new_classes: list[str], ref: str, has_labels: bool) -> tuple[str, str]:

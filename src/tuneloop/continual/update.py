@@ -43,6 +43,8 @@ from tuneloop.run import Run
 from tuneloop.store.registry import ModelVersion, Registry, parse_reference
 from tuneloop.store.workspace import Workspace
 from tuneloop.tasks import DataOptions
+from tuneloop.tracking.mlflow_export import MlflowExporter, StudyTracker, open_exporter
+from tuneloop.tracking.target import parse_track, track_problems
 from tuneloop.training.loop import Callback
 from tuneloop.tuning.study import Budget, new_study_id
 
@@ -114,18 +116,21 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
           image_col: str | None = None, learning_rate: float | None = None, epochs: int | None = None,
           replay_ratio: float | None = None, l2sp: float | None = None, holdout_fraction: float = HOLDOUT_FRACTION,
           replay_size: int = REPLAY_SIZE, holdout_size: int = HOLDOUT_SIZE, seed: int = 0,
-          callbacks: Sequence[Callback] = ()) -> AdaptResult:
+          callbacks: Sequence[Callback] = (), track: str | None = None) -> AdaptResult:
     """Fine-tune ``name``'s production version on labelled new ``data`` without forgetting, register the
     result as a candidate, and promote it where the gate passes (``promote``), or anyway with ``force`` and
     a ``reason``. ``budget`` bounds the update's trials ('4trials', '10m'); knobs given here fix the first
-    trial's values (the policy may still move them on forgetting)."""
-    problems = _option_problems(tolerance, holdout_fraction, replay_ratio, force, reason)
+    trial's values (the policy may still move them on forgetting). ``track`` ("mlflow", or "mlflow:URI")
+    records the update's study in MLflow as its trials run, and the gate's decision on the study's run."""
+    problems = _option_problems(tolerance, holdout_fraction, replay_ratio, force, reason) + track_problems(track)
     try:
         limits = Budget.parse(budget)
     except ConfigError as error:
         problems += error.problems
     if problems:
         raise ConfigError(problems)
+    target = parse_track(track)
+    exporter = None if target is None else open_exporter(target)  # before any compute: a missing package stops it
     reference_name, number = parse_reference(name)
     with Workspace.open(workspace) as store:
         registry = Registry(store)
@@ -142,7 +147,7 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
         first = UpdateKnobs(first.learning_rate, first.epochs, first.replay_ratio if replay_ratio is None
                             else replay_ratio, first.l2sp if l2sp is None else l2sp)
         study_id, trials, runs, allowed = _search(store, parent, production, options, parts, first, limits,
-                                                  tolerance, seed, callbacks)
+                                                  tolerance, seed, callbacks, exporter)
         best = best_outcome([t.outcome for t in trials], allowed)
         chosen = runs[best]
         decision = gate_decision(chosen, production, parts.gate_new, parts.gate_old, tolerance)
@@ -156,15 +161,18 @@ def adapt(name: str, data: Any, *, workspace: str | os.PathLike | None = None, b
                                        replacing=parent.version)
         else:
             version = registry.get(parent.name, version.version)
+        if exporter is not None:  # the study's run with the gate's decision, and the trials' models
+            StudyTracker(exporter, store, study_id).finish()
     return AdaptResult(version, parent, promoted, decision, trials, study_id, new_classes)
 
 
 def _search(store: Workspace, parent: ModelVersion, production: Run, options: DataOptions, parts: UpdateData,
-            knobs: UpdateKnobs, limits: Budget, tolerance: float, seed: int, callbacks: Sequence[Callback]
-            ) -> tuple[str, list[UpdateTrial], list[Run], float]:
+            knobs: UpdateKnobs, limits: Budget, tolerance: float, seed: int, callbacks: Sequence[Callback],
+            exporter: MlflowExporter | None = None) -> tuple[str, list[UpdateTrial], list[Run], float]:
     """The update's trials, each scored against production on new and old validation data, the policy
-    choosing the next knobs, until the budget is spent or the policy stops; recorded as a study. Also
-    returns the tolerance in score units."""
+    choosing the next knobs, until the budget is spent or the policy stops; recorded as a study, and with an
+    ``exporter``, each trial exported as it starts and ends, as a tuning study's are. Also returns the
+    tolerance in score units."""
     classification = not is_regressor(production)
     baseline_new = float(np.mean(example_scores(production, parts.new_val)))
     baseline_old = float(np.mean(example_scores(production, parts.old_val)))
@@ -178,6 +186,7 @@ def _search(store: Workspace, parent: ModelVersion, production: Run, options: Da
     store.create_study(study_id, "adapt", metric, {"name": parent.name, "parent": parent.version,
                                                    "data": parts.new_rest.source, "budget": str(limits),
                                                    "tolerance": tolerance})
+    tracker = None if exporter is None else StudyTracker(exporter, store, study_id)
     why = f"start from {parent.ref}'s own recipe: {knobs.describe()}"
     trials: list[UpdateTrial] = []
     runs: list[Run] = []
@@ -187,6 +196,8 @@ def _search(store: Workspace, parent: ModelVersion, production: Run, options: Da
         recipe = production.recipe.replace(learning_rate=knobs.learning_rate, epochs=knobs.epochs,
                                            l2sp=knobs.l2sp, seed=seed)
         store.start_trial(study_id, number, number, {**recipe.to_dict(), "replay_ratio": knobs.replay_ratio}, why)
+        if tracker is not None:
+            tracker.trial_changed(number)
         trial_started = time.perf_counter()
         run, best_was_last = _train_update(store, production, options, parts, recipe, knobs.replay_ratio, callbacks)
         outcome = UpdateOutcome(knobs, float(np.mean(example_scores(run, parts.new_val))) - baseline_new,
@@ -199,6 +210,8 @@ def _search(store: Workspace, parent: ModelVersion, production: Run, options: Da
                         summary=f"new data {outcome.new_gain:+.4f}, old data {-outcome.old_drop:+.4f}",
                         evidence={"new_gain": outcome.new_gain, "old_drop": outcome.old_drop, **knobs.__dict__},
                         seconds=seconds)
+        if tracker is not None:
+            tracker.trial_changed(number)
         spent = time.perf_counter() - started
         if (limits.trials and len(trials) >= limits.trials) or (limits.seconds and spent >= limits.seconds):
             store.finish_study(study_id, "budget spent")

@@ -564,7 +564,9 @@ def _best_on_validation(study: StudyRecord, best: dict[str, Any]) -> tuple[Any, 
     options = study.row["options"]
     read_as = DataOptions.from_dict(options, seed=Recipe.from_dict(options["recipe"]).seed)
     task = load_task(options["data"], options["val"], read_as, model=options["model"])
-    return task, load_run(best["run_id"], study.root)
+    record = study.runs.get(best["run_id"])
+    # Its model folder where the record names one: loading by id would open the workspace for writing.
+    return task, load_run(record.artifact if record and record.artifact else best["run_id"], study.root)
 
 
 def _validation_confusion(task: Any, run: Any) -> tuple[np.ndarray, list[str], str]:
@@ -655,12 +657,19 @@ def confusion_section(study: StudyRecord) -> str:
     heading = f"trial {best['number']}, run {best['run_id']}, on the validation set"
     try:
         task, run = _best_on_validation(study, best)
-        if not run.classes:
-            return _regression_section(task, run, heading)
-        matrix, classes, note = _validation_confusion(task, run)
+        return prediction_section(task, run, heading, title)
     except (TuneloopError, OSError) as exc:
         return (f"<section>{title}<p>Not available: the validation data or the model could not be read again "
                 f"({_e(exc)}).</p></section>")
+
+
+def prediction_section(task: Any, run: Any, heading: str,
+                       title: str = "<h2>Confusion matrix on the validation set</h2>") -> str:
+    """``run``'s model on ``task``'s validation examples, measured now: a classifier's confusion matrix, a
+    regressor's predicted against true values."""
+    if not run.classes:
+        return _regression_section(task, run, heading)
+    matrix, classes, note = _validation_confusion(task, run)
     return (f"<section>{title}"
             + _figure(_confusion_figure(matrix, classes, heading), "confusion matrix heatmap",
                       f"Rows: true class, columns: predicted; numbers are counts. {_e(note)}")

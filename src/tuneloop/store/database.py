@@ -43,11 +43,16 @@ class _Database:
 class SQLiteDatabase(_Database):
     dialect = "sqlite"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, read_only: bool = False):
         self.path = path
-        self._connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+        if read_only:  # SQLite itself refuses every write on this connection
+            self._connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                               isolation_level=None)
+        else:
+            self._connection = sqlite3.connect(path, timeout=30, isolation_level=None)
         self._connection.row_factory = sqlite3.Row
-        self._connection.execute("PRAGMA journal_mode=WAL")
+        if not read_only:
+            self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=NORMAL")
         self._connection.execute("PRAGMA foreign_keys=ON")
 
@@ -121,7 +126,7 @@ def postgres_sql(sql: str) -> str:
 class PostgresDatabase(_Database):
     dialect = "postgresql"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, read_only: bool = False):
         try:
             import psycopg
         except ImportError as exc:
@@ -133,6 +138,8 @@ class PostgresDatabase(_Database):
         except psycopg.OperationalError as exc:
             raise TuneloopError(f"cannot reach the PostgreSQL store {redact(url)}: {str(exc).strip()}") from exc
         self._psycopg = psycopg
+        if read_only:  # the server itself refuses every write in this session
+            self._connection.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
 
     def execute(self, sql: str, params: Any = ()) -> Any:
         return self._connection.execute(postgres_sql(sql), params or None)
@@ -146,11 +153,13 @@ class PostgresDatabase(_Database):
         return self._connection.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
 
     def schema_version(self) -> int:
-        self.execute("CREATE TABLE IF NOT EXISTS tuneloop_schema (version INTEGER NOT NULL)")
+        if self.execute("SELECT to_regclass('tuneloop_schema')").fetchone()[0] is None:
+            return 0
         row = self.execute("SELECT version FROM tuneloop_schema").fetchone()
         return row[0] if row else 0
 
     def set_schema_version(self, version: int) -> None:
+        self.execute("CREATE TABLE IF NOT EXISTS tuneloop_schema (version INTEGER NOT NULL)")
         self.execute("DELETE FROM tuneloop_schema")
         self.execute("INSERT INTO tuneloop_schema (version) VALUES (?)", (int(version),))
 

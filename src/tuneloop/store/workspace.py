@@ -32,11 +32,12 @@ if TYPE_CHECKING:
     import optuna
 
 DEFAULT_WORKSPACE = "tuneloop-runs"
-SCHEMA_VERSION = 7  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
+SCHEMA_VERSION = 8  # 2: regression metrics per epoch, classification metrics nullable; 3: the registry, and
 # each run's data options (how its data was read and split); 4: each trial's parent, its validation predictions
 # and whether it had no effect; 5: the identity of the process that runs a run or study (its start time with
 # its PID: PIDs are reused); 6: forecasters' MASE and sMAPE per epoch; 7: a study's lease (the time until which
-# its driver holds it, renewed by a heartbeat); see _upgrade_from_1 to _upgrade_from_6
+# its driver holds it, renewed by a heartbeat); 8: drift checks (a new table only); see _upgrade_from_1 to
+# _upgrade_from_6
 STORE_FILE = "store.url"  # in a workspace folder whose tables are in PostgreSQL: the store's URL
 STORE_ENV = "TUNELOOP_STORE"
 # A study whose driver has not renewed its lease for this long may be taken over by another process.
@@ -149,6 +150,14 @@ CREATE TABLE IF NOT EXISTS registry_events (
     forced INTEGER NOT NULL DEFAULT 0,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS drift_checks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    data_source TEXT NOT NULL,
+    report TEXT NOT NULL
 );
 """
 
@@ -352,11 +361,15 @@ class Workspace:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, create: bool = False,
-             store: str | None = None) -> Workspace:
+             store: str | None = None, read_only: bool = False) -> Workspace:
         """The workspace at ``path`` (see ``workspace_root``), its tables in its own SQLite database or in the
-        PostgreSQL ``store`` (see ``store_url``); with ``create``, made where there is none."""
+        PostgreSQL ``store`` (see ``store_url``); with ``create``, made where there is none. ``read_only``: the
+        database refuses writes on this connection, and opening changes nothing (no upgrade, no marking of
+        killed runs), for readers such as the dashboard that must never write."""
         root = workspace_root(path)
         url = store_url(root, store)
+        if read_only:
+            return cls._open_read_only(root, url)
         database = cls._postgres(root, url, create) if url else cls._sqlite(root, create)
         # One write transaction, version read inside it: two processes opening an old workspace at once
         # upgrade it once, and a crash mid-upgrade leaves schema 1 as it was.
@@ -381,6 +394,27 @@ class Workspace:
         workspace = cls(root, database)
         workspace._mark_interrupted()
         return workspace
+
+    @classmethod
+    def _open_read_only(cls, root: Path, url: str | None) -> Workspace:
+        if url:
+            if _recorded_store(root) not in (None, url):
+                raise ConfigError([f"{root}: this workspace's runs are in the store "
+                                   f"{redact(_recorded_store(root))}, not {redact(url)}."])
+            database: Database = PostgresDatabase(url, read_only=True)
+        else:
+            if not (root / "tuneloop.db").exists():
+                raise RunNotFoundError(f"{root}: no tuneloop workspace here (no tuneloop.db). Train a model with "
+                                       "'tuneloop fit' first, or point --workspace at one.")
+            database = SQLiteDatabase(root / "tuneloop.db", read_only=True)
+        version = database.schema_version()
+        if version != SCHEMA_VERSION:
+            database.close()
+            newer = "a newer tuneloop wrote it: upgrade tuneloop" if version > SCHEMA_VERSION else (
+                "an older tuneloop wrote it: any command that writes, such as 'tuneloop runs', upgrades it")
+            raise TuneloopError(f"{database.describe()}: schema {version}, and this tuneloop reads "
+                                f"{SCHEMA_VERSION} ({newer}).")
+        return cls(root, database)
 
     @staticmethod
     def _sqlite(root: Path, create: bool) -> SQLiteDatabase:
@@ -664,11 +698,32 @@ class Workspace:
             for partial in self.artifacts.glob(f".{run_id}.*.partial"):
                 shutil.rmtree(partial, ignore_errors=True)
 
+    def record_drift(self, name: str, version: int, data_source: str, report: dict[str, Any]) -> None:
+        """A drift check of version ``version`` of ``name`` on ``data_source``: its report, kept for the history."""
+        with self.transaction():
+            self._db.execute("INSERT INTO drift_checks (name, version, at, data_source, report) VALUES (?, ?, ?, ?, ?)",
+                             (name, version, _now(), data_source, json.dumps(report, default=str)))
+
     # -- reading ----------------------------------------------------------------------------------------
+
+    def drift_checks(self, name: str) -> list[dict[str, Any]]:
+        """The drift checks of ``name``'s versions, latest first."""
+        rows = self._db.execute("SELECT * FROM drift_checks WHERE name=? ORDER BY id DESC", (name,)).fetchall()
+        return [{**dict(r), "report": json.loads(r["report"])} for r in rows]
 
     def runs(self) -> list[RunRecord]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created_at, id").fetchall()
         return [self._record(row) for row in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """The run ``run_id`` (exactly), whatever its status; None where there is none."""
+        row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return self._record(row) if row else None
+
+    def run_studies(self) -> dict[str, str]:
+        """The study each run a trial trained belongs to, by run id."""
+        rows = self._db.execute("SELECT run_id, study_id FROM tuneloop_trials WHERE run_id IS NOT NULL").fetchall()
+        return {row[0]: row[1] for row in rows}
 
     def run_status(self, run_id: str | None) -> str | None:
         """A run's status, or None where there is no such run."""
