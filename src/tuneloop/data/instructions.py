@@ -1,0 +1,248 @@
+"""Instruction data for a causal language model: reading it, tokenizing it so that the loss covers the answer
+only, and packing short examples into one sequence without letting them see each other.
+
+An example is a prompt and its completion, in one of the two shapes supervised fine-tuning uses:
+
+- ``{"prompt": "...", "completion": "..."}``: plain text, used as it is (the model reads the prompt and learns
+  to continue it with the completion);
+- ``{"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", "content": "..."}]}``: a chat,
+  rendered with the model's own chat template; the last message is the assistant's answer, the completion.
+
+Either is a JSON Lines file (or a CSV/TSV/Parquet table with ``prompt`` and ``completion`` columns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuneloop.data import saved_as, write_meta
+from tuneloop.data.files import as_text, read_table
+from tuneloop.errors import DataError
+
+IGNORED = -100  # the label of a token the loss does not count (PyTorch's cross-entropy ignore_index)
+ROLES = ("system", "user", "assistant", "tool")
+MAX_LISTED = 5
+
+
+@saved_as("instructions")
+@dataclass(frozen=True)
+class InstructionExamples:
+    """Prompts (plain text, or the chat messages before the answer) and their completions, each with its place
+    in the source file for error messages."""
+
+    prompts: list[str | list[dict[str, str]]]
+    completions: list[str]
+    locations: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, indices: list[int] | np.ndarray) -> InstructionExamples:
+        return InstructionExamples([self.prompts[i] for i in indices], [self.completions[i] for i in indices],
+                                   [self.locations[i] for i in indices], self.source)
+
+    def joined(self, other: InstructionExamples) -> InstructionExamples:
+        """These examples, then ``other``'s (training and validation examples pooled)."""
+        return InstructionExamples([*self.prompts, *other.prompts], [*self.completions, *other.completions],
+                                   [*self.locations, *other.locations], self.source)
+
+    def concat(self, other: InstructionExamples) -> InstructionExamples:
+        """These examples, then ``other``'s, as one set (of both sources)."""
+        source = self.source if self.source == other.source else f"{self.source} + {other.source}"
+        return dataclasses.replace(self.joined(other), source=source)
+
+    def has_labels(self) -> bool:
+        return True  # the completion is what is learned
+
+    def save(self, folder: Path, stem: str) -> None:
+        write_meta(folder, stem, {"kind": self.saved_name, "prompts": self.prompts, "completions": self.completions,
+                                  "locations": self.locations, "source": self.source})
+
+    @classmethod
+    def load_saved(cls, folder: Path, stem: str, meta: dict) -> InstructionExamples:
+        return cls(meta["prompts"], meta["completions"], meta["locations"], meta["source"])
+
+    def fingerprint(self) -> str:
+        """A short hash of the prompts and completions, so a run records exactly which data it saw."""
+        digest = hashlib.sha256()
+        for prompt, completion in zip(self.prompts, self.completions, strict=True):
+            digest.update(json.dumps(prompt, sort_keys=True).encode() + b"\x1f" + completion.encode() + b"\x1e")
+        return digest.hexdigest()[:16]
+
+
+def read_instructions(path: str | Path) -> InstructionExamples:
+    """The examples of a file, every row checked: a DataError names the file, the line and the field of the
+    first problem, with what was expected and what was found."""
+    table = read_table(path)
+    names = set(table.column_names)
+    if "messages" in names:
+        prompts, completions = zip(*(_chat(table.path, where, value)
+                                     for where, value in zip(table.locations, table.columns["messages"],
+                                                             strict=True)), strict=True)
+    elif {"prompt", "completion"} <= names:
+        prompts, completions = [], []
+        for i, where in enumerate(table.locations):
+            prompts.append(_field(table.path, where, "prompt", table.columns["prompt"][i]))
+            completions.append(_field(table.path, where, "completion", table.columns["completion"][i]))
+    else:
+        raise DataError(f"{table.path}: expected a 'messages' field (a chat) or 'prompt' and 'completion' fields. "
+                        f"Found: {', '.join(sorted(names)) or 'no fields'}.")
+    if not table.locations:
+        raise DataError(f"{table.path}: no examples.")
+    return InstructionExamples(list(prompts), list(completions), list(table.locations), str(table.path))
+
+
+def _field(path: Path, where: str, name: str, value: Any) -> str:
+    text = as_text(value) if not isinstance(value, (dict, list)) else None
+    if text is None:
+        raise DataError(f"{path}, {where}, field '{name}': expected non-empty text, found {_shown(value)}.")
+    return value if isinstance(value, str) else text
+
+
+def _chat(path: Path, where: str, messages: Any) -> tuple[list[dict[str, str]], str]:
+    """A chat's messages before the answer, and the answer (the last message, the assistant's)."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise DataError(f"{path}, {where}, field 'messages': expected a list of at least two messages (the last "
+                        f"the assistant's answer), found {_shown(messages)}.")
+    checked = []
+    for n, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(
+                message.get("content"), str) or not message["content"].strip():
+            raise DataError(f"{path}, {where}, field 'messages', message {n}: expected an object with a 'role' "
+                            f"({', '.join(ROLES)}) and non-empty text 'content', found {_shown(message)}.")
+        checked.append({"role": message["role"], "content": message["content"]})
+    if checked[-1]["role"] != "assistant":
+        raise DataError(f"{path}, {where}, field 'messages': the last message must be the assistant's answer (what "
+                        f"is learned); found role '{checked[-1]['role']}'.")
+    return checked[:-1], checked[-1]["content"]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- tokens -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example as token ids, and the labels the loss reads: the completion's tokens, the prompt's ignored."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(label != IGNORED for label in self.labels)
+
+
+def prompt_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """What the model reads before it answers: a plain prompt as it is; a chat rendered with the model's chat
+    template, up to the point where the assistant's answer starts."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the examples are chats ('messages'), and the model has no chat template to render them "
+                        "with: give 'prompt' and 'completion' fields instead, or a model with a chat template.")
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+
+def completion_text(tokenizer: Any, prompt: str | list[dict[str, str]], completion: str) -> str:
+    """What the model learns to write after the prompt: for a chat, the template's rendering of the answer
+    (with its end-of-turn marker); for plain text, the completion."""
+    if isinstance(prompt, str):
+        return completion
+    before = prompt_text(tokenizer, prompt)
+    whole = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": completion}], tokenize=False)
+    if not whole.startswith(before):  # a template that rewrites earlier turns once an answer follows
+        raise DataError("the model's chat template renders a conversation differently once it has an answer, so "
+                        "the answer cannot be told apart from the prompt; use 'prompt' and 'completion' fields.")
+    return whole[len(before):]
+
+
+def encode(tokenizer: Any, examples: InstructionExamples, max_length: int) -> list[Encoded]:
+    """Each example's tokens: the prompt's and the completion's, tokenized apart (as the model reads a prompt and
+    then writes its answer), with the end-of-sequence token after a plain completion so the model learns to
+    stop. An example longer than ``max_length`` tokens is an error naming it (every such one is counted), not
+    cut: a cut answer would teach the model to stop mid-sentence."""
+    encoded, too_long = [], []
+    eos = tokenizer.eos_token_id
+    for prompt, completion, where in zip(examples.prompts, examples.completions, examples.locations, strict=True):
+        before = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        after = tokenizer(completion_text(tokenizer, prompt, completion), add_special_tokens=False)["input_ids"]
+        if isinstance(prompt, str) and eos is not None:
+            after = [*after, eos]
+        if len(before) + len(after) > max_length:
+            too_long.append(f"{where} ({len(before) + len(after)} tokens: prompt {len(before)}, completion "
+                            f"{len(after)})")
+            continue
+        encoded.append(Encoded([*before, *after], [IGNORED] * len(before) + list(after)))
+    if too_long:
+        listed = "; ".join(too_long[:MAX_LISTED]) + (f"; and {len(too_long) - MAX_LISTED} more"
+                                                     if len(too_long) > MAX_LISTED else "")
+        raise DataError(f"{examples.source}: {len(too_long)} of {len(examples)} examples are longer than "
+                        f"max_length {max_length} tokens: {listed}. Shorten them, or raise --max-length.")
+    return encoded
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Examples laid end to end in sequences of at most ``max_length`` tokens. ``starts`` marks where each
+    example begins, so that positions restart and attention stays inside each example."""
+
+    input_ids: torch.Tensor  # sequences x length (padded with 0 where shorter)
+    labels: torch.Tensor  # IGNORED on prompts and padding
+    position_ids: torch.Tensor  # 0, 1, ... from each example's start
+    segments: torch.Tensor  # which example of its sequence a token belongs to (1, 2, ...; 0: padding)
+
+    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The additive 4D mask (sequences x 1 x length x length): a token sees the tokens before it in its own
+        example only, so packed examples train as if each were alone."""
+        length = self.segments.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        same = self.segments[:, :, None] == self.segments[:, None, :]
+        allowed = causal & same & (self.segments[:, :, None] > 0)
+        allowed |= torch.eye(length, dtype=torch.bool)  # padding sees itself: no row without a key
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        return mask[:, None]
+
+
+def pack(encoded: list[Encoded], max_length: int) -> Packed:
+    """``encoded`` laid end to end, in their order, into as few sequences of at most ``max_length`` tokens as
+    first-fit allows (an example never splits across sequences)."""
+    if any(len(e.input_ids) > max_length for e in encoded):
+        raise ValueError(f"every example must fit in max_length {max_length} tokens; encode() checks that")
+    bins: list[list[Encoded]] = []
+    room: list[int] = []
+    for example in encoded:
+        size = len(example.input_ids)
+        slot = next((i for i, left in enumerate(room) if left >= size), None)
+        if slot is None:
+            bins.append([])
+            room.append(max_length)
+            slot = len(bins) - 1
+        bins[slot].append(example)
+        room[slot] -= size
+    length = max(max_length - left for left in room)
+    shape = (len(bins), length)
+    ids, labels = torch.zeros(shape, dtype=torch.long), torch.full(shape, IGNORED, dtype=torch.long)
+    positions, segments = torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long)
+    for row, members in enumerate(bins):
+        at = 0
+        for number, example in enumerate(members, start=1):
+            n = len(example.input_ids)
+            ids[row, at:at + n] = torch.tensor(example.input_ids)
+            labels[row, at:at + n] = torch.tensor(example.labels)
+            positions[row, at:at + n] = torch.arange(n)
+            segments[row, at:at + n] = number
+            at += n
+    return Packed(ids, labels, positions, segments)

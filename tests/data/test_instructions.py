@@ -1,0 +1,99 @@
+"""Instruction data: reading prompt/completion and chat files with errors that name the line and field, tokens
+whose loss covers the answer only, and packing that leaves each example as if it were alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tuneloop.data import load_examples
+from tuneloop.data.instructions import IGNORED, InstructionExamples, encode, pack, read_instructions
+from tuneloop.errors import DataError
+from tuneloop.models.causal_lm import load_causal_lm
+
+
+def write_jsonl(path, records) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_causal_lm):
+    return load_causal_lm(tiny_causal_lm)
+
+
+def test_prompt_completion_and_chat_files_are_read_and_saved_back(tmp_path):
+    plain = read_instructions(write_jsonl(tmp_path / "plain.jsonl", [
+        {"prompt": "Topic of: wheat exports rose.", "completion": "grain"},
+        {"prompt": "Topic of: crude fell.", "completion": "crude", "extra": 1}]))
+    assert plain.prompts == ["Topic of: wheat exports rose.", "Topic of: crude fell."]
+    assert plain.completions == ["grain", "crude"] and plain.locations == ["line 1", "line 2"]
+    chat = read_instructions(write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "system", "content": "Answer with one word."}, {"role": "user", "content": "Topic of: ships."},
+        {"role": "assistant", "content": "ship"}]}]))
+    assert chat.prompts == [[{"role": "system", "content": "Answer with one word."},
+                             {"role": "user", "content": "Topic of: ships."}]] and chat.completions == ["ship"]
+    both = plain.concat(chat)
+    assert len(both) == 3 and both.subset([2]).completions == ["ship"]
+    both.save(tmp_path, "kept")
+    assert load_examples(tmp_path, "kept") == both
+    assert both.fingerprint() == load_examples(tmp_path, "kept").fingerprint() != plain.fingerprint()
+
+
+@pytest.mark.parametrize(("record", "says"), [
+    ({"prompt": "p"}, "expected a 'messages' field (a chat) or 'prompt' and 'completion' fields"),
+    ({"prompt": "p", "completion": " "}, "line 1, field 'completion': expected non-empty text"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "line 1, field 'messages': expected a list of at least two"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}, "message 2: expected"),
+    ({"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]},
+     "the last message must be the assistant's answer"),
+])
+def test_a_bad_example_is_an_error_naming_file_line_and_field(tmp_path, record, says):
+    path = write_jsonl(tmp_path / "bad.jsonl", [record])
+    with pytest.raises(DataError, match="bad.jsonl") as error:
+        read_instructions(path)
+    assert says in str(error.value)
+
+
+def test_the_loss_covers_the_completion_and_its_end_only(lm):
+    network, tokenizer = lm
+    examples = InstructionExamples(["crude oil prices fell", [{"role": "user", "content": "topic of wheat"}]],
+                                   ["crude", "grain"], ["line 1", "line 2"], "x.jsonl")
+    plain, chat = encode(tokenizer, examples, 64)
+    prompt_ids = tokenizer("crude oil prices fell", add_special_tokens=False)["input_ids"]
+    assert plain.input_ids[:len(prompt_ids)] == prompt_ids
+    assert plain.labels == [IGNORED] * len(prompt_ids) + plain.input_ids[len(prompt_ids):]
+    assert plain.input_ids[-1] == tokenizer.eos_token_id, "a plain completion ends: the model learns to stop"
+    answer = [t for t, label in zip(chat.input_ids, chat.labels, strict=True) if label != IGNORED]
+    assert tokenizer.decode(answer) == "grain [SEP]", "a chat's answer with the template's own end of turn"
+    assert chat.completion_tokens == 2
+
+
+def test_an_example_too_long_is_an_error_that_counts_and_names_them(lm):
+    _, tokenizer = lm
+    examples = InstructionExamples(["word " * 40, "short", "word " * 50], ["a", "b", "c"],
+                                   ["line 1", "line 2", "line 3"], "train.jsonl")
+    with pytest.raises(DataError, match=r"train.jsonl: 2 of 3 examples are longer than max_length 32 tokens: "
+                                        r"line 1 \(42 tokens: prompt 40, completion 2\); line 3"):
+        encode(tokenizer, examples, 32)
+
+
+def test_packed_examples_train_as_if_each_were_alone(lm):
+    network, tokenizer = lm
+    examples = InstructionExamples(["crude oil prices fell", "wheat", "ships sailed from the port"],
+                                   ["crude", "grain", "ship"], ["line 1", "line 2", "line 3"], "x")
+    encoded = encode(tokenizer, examples, 24)
+    assert [len(e.input_ids) for e in encoded] == [6, 3, 7]
+    packed = pack(encoded, 12)
+    assert packed.input_ids.shape[0] == 2, "first fit: the short second example joins the first"
+    assert packed.position_ids[0, len(encoded[0].input_ids)] == 0, "positions restart at each example"
+    with torch.no_grad():
+        logits = network(input_ids=packed.input_ids, attention_mask=packed.attention_mask(),
+                         position_ids=packed.position_ids).logits
+        placed = [(0, 1), (0, 2), (1, 1)]
+        for example, (row, segment) in zip(encoded, placed, strict=True):
+            alone = network(input_ids=torch.tensor([example.input_ids])).logits[0]
+            torch.testing.assert_close(logits[row, packed.segments[row] == segment], alone, atol=1e-5, rtol=1e-4)
+    assert (packed.labels[packed.segments == 0] == IGNORED).all(), "padding is never learned"

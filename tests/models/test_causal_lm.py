@@ -1,0 +1,70 @@
+"""Causal language models: loading a local folder in fp32, LoRA adapters that alone train, and the model saved
+with its adapters merged as a plain Hugging Face folder that transformers loads without peft."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneloop.errors import ModelError
+from tuneloop.models.causal_lm import load_causal_lm, model_source, save_model, with_lora
+
+
+def test_a_local_folder_loads_in_fp32_with_a_pad_token(tiny_causal_lm):
+    network, tokenizer = load_causal_lm(tiny_causal_lm)
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    assert tokenizer.pad_token_id is not None and tokenizer.eos_token_id == 102
+
+
+def test_lora_trains_only_its_adapters_and_saves_merged_as_a_plain_model(tiny_causal_lm, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    network, tokenizer = load_causal_lm(tiny_causal_lm)
+    adapted = with_lora(network, rank=4, alpha=8.0, dropout=0.0, targets="attention")
+    trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    ids = torch.tensor([[101, 2054, 2003, 1996, 3395, 102]])
+    optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = adapted(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    adapted.eval()
+    with torch.no_grad():
+        expected = adapted(input_ids=ids).logits
+    save_model(adapted, tokenizer, tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert not list(tmp_path.glob(".model.*.partial")), "written whole, then renamed"
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
+    assert not any("lora" in name for name, _ in plain.named_parameters()), "no peft needed to load it"
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_that_is_not_a_causal_lm_folder_or_lora_targets_it_lacks_are_clear_errors(tiny_causal_lm,
+                                                                                           tmp_path):
+    with pytest.raises(ModelError, match="The 'model' parameter must be 'smollm2', a .gguf file or a local"):
+        model_source(tmp_path)
+    network, _ = load_causal_lm(tiny_causal_lm)
+    with pytest.raises(ModelError, match="names modules this model does not have: query"):
+        with_lora(network, rank=2, alpha=4.0, dropout=0.0, targets="query,q_proj")
+
+
+@pytest.mark.e2e
+def test_the_packaged_smollm2_is_converted_once_and_read_from_the_cache_after(tmp_path):
+    from tuneloop.models.causal_lm import packaged_smollm2
+
+    try:
+        packaged_smollm2()
+    except ModelError as missing:
+        pytest.skip(str(missing))
+    first, tokenizer = load_causal_lm("smollm2", cache=tmp_path)
+    [converted] = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert (converted / "model.safetensors").is_file() and (converted / "tokenizer.json").is_file()
+    again, _ = load_causal_lm("smollm2", cache=tmp_path)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Name the topic: crude oil prices fell."}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, first(input_ids=ids).logits)
+    assert sum(p.numel() for p in again.parameters()) == 134_515_008
