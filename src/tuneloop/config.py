@@ -21,8 +21,9 @@ METRICS = ("auto", *CLASSIFICATION_METRICS, *FORECAST_METRICS, "loss")
 LOWER_IS_BETTER = ("loss", "mae", "rmse", "mase", "smape")
 # What each objective (``training.objective``) reports, and the metric its "auto" stands for.
 OBJECTIVE_METRICS = {"classification": CLASSIFICATION_METRICS, "pairs": CLASSIFICATION_METRICS,
-                     "regression": REGRESSION_METRICS, "forecast": FORECAST_METRICS}
-AUTO_METRIC = {"classification": "macro_f1", "pairs": "macro_f1", "regression": "rmse", "forecast": "mase"}
+                     "regression": REGRESSION_METRICS, "forecast": FORECAST_METRICS, "language_modelling": ()}
+AUTO_METRIC = {"classification": "macro_f1", "pairs": "macro_f1", "regression": "rmse", "forecast": "mase",
+               "language_modelling": "loss"}
 FORECASTERS = ("dlinear", "nbeats", "patchtst")
 INITS = ("pretrained", "scratch")
 UNFREEZING = ("none", "gradual")

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from tuneloop.data import load_examples
-from tuneloop.data.instructions import IGNORED, InstructionExamples, encode, pack, read_instructions
+from tuneloop.data.instructions import IGNORED, InstructionExamples, encode, one_per_row, pack, read_instructions
 from tuneloop.errors import DataError
-from tuneloop.models.causal_lm import load_causal_lm
+from tuneloop.models.causal_lm import CausalLMNetwork, load_causal_lm
+from tuneloop.training.objective import LANGUAGE_MODELLING
 
 
 def write_jsonl(path, records) -> str:
@@ -86,14 +88,32 @@ def test_packed_examples_train_as_if_each_were_alone(lm):
                                    ["crude", "grain", "ship"], ["line 1", "line 2", "line 3"], "x")
     encoded = encode(tokenizer, examples, 24)
     assert [len(e.input_ids) for e in encoded] == [6, 3, 7]
-    packed = pack(encoded, 12)
-    assert packed.input_ids.shape[0] == 2, "first fit: the short second example joins the first"
-    assert packed.position_ids[0, len(encoded[0].input_ids)] == 0, "positions restart at each example"
+    rows = pack(encoded, 12)
+    assert [len(row) for row in rows.rows] == [2, 1], "first fit: the short second example joins the first"
+    assert rows.label_ids == [encoded[0].completion_tokens + encoded[1].completion_tokens,
+                              encoded[2].completion_tokens], "a row's labels: its learned tokens"
+    batch = rows.batch(np.arange(2))
+    assert batch.inputs["position_ids"][0, 6] == 0, "positions restart at each example"
     with torch.no_grad():
-        logits = network(input_ids=packed.input_ids, attention_mask=packed.attention_mask(),
-                         position_ids=packed.position_ids).logits
-        placed = [(0, 1), (0, 2), (1, 1)]
-        for example, (row, segment) in zip(encoded, placed, strict=True):
+        logits = network(input_ids=batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"],
+                         position_ids=batch.inputs["position_ids"]).logits
+        starts = [(0, 0), (0, 6), (1, 0)]
+        for example, (row, at) in zip(encoded, starts, strict=True):
             alone = network(input_ids=torch.tensor([example.input_ids])).logits[0]
-            torch.testing.assert_close(logits[row, packed.segments[row] == segment], alone, atol=1e-5, rtol=1e-4)
-    assert (packed.labels[packed.segments == 0] == IGNORED).all(), "padding is never learned"
+            torch.testing.assert_close(logits[row, at:at + len(example.input_ids)], alone, atol=1e-5, rtol=1e-4)
+    assert (batch.inputs["targets"][1, 7:] == IGNORED).all(), "padding is never learned"
+
+
+def test_the_loss_of_a_packed_batch_is_the_mean_over_the_learned_tokens_of_each_example_alone(lm):
+    network, tokenizer = lm
+    examples = InstructionExamples(["crude oil prices fell", "wheat", "ships sailed from the port"],
+                                   ["crude", "grain", "ship"], ["line 1", "line 2", "line 3"], "x")
+    encoded = encode(tokenizer, examples, 24)
+    wrapped = CausalLMNetwork(network).eval()
+    with torch.no_grad():
+        packed = wrapped(**pack(encoded, 12).batch(np.arange(2)).inputs)
+        alone = wrapped(**one_per_row(encoded).batch(np.arange(3)).inputs)
+    torch.testing.assert_close(packed.sum(0), alone.sum(0), atol=1e-4, rtol=1e-5)
+    assert alone[:, 1].tolist() == [e.completion_tokens for e in encoded]
+    loss = LANGUAGE_MODELLING.loss(alone, torch.tensor([]))
+    assert loss.item() == pytest.approx((alone[:, 0].sum() / alone[:, 1].sum()).item())

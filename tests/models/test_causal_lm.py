@@ -68,3 +68,34 @@ def test_the_packaged_smollm2_is_converted_once_and_read_from_the_cache_after(tm
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=ids).logits, first(input_ids=ids).logits)
     assert sum(p.numel() for p in again.parameters()) == 134_515_008
+
+
+def test_the_training_loop_trains_a_causal_lm_on_packed_instructions_and_the_validation_loss_falls(tiny_causal_lm):
+    from tuneloop.config import Recipe
+    from tuneloop.data.instructions import InstructionExamples, encode, one_per_row, pack
+    from tuneloop.models.causal_lm import CausalLMNetwork
+    from tuneloop.training.loop import evaluate, train
+    from tuneloop.training.objective import LANGUAGE_MODELLING
+
+    topics = {"crude": "oil barrels opec refinery", "grain": "wheat corn harvest farmers", "ship": "port vessel cargo"}
+    prompts, completions = [], []
+    for i in range(60):
+        topic = list(topics)[i % 3]
+        words = topics[topic].split()
+        prompts.append(f"topic of: {words[i % len(words)]} {words[(i + 1) % len(words)]}")
+        completions.append(topic)
+    examples = InstructionExamples(prompts, completions, [f"line {i + 1}" for i in range(60)], "topics.jsonl")
+    network, tokenizer = load_causal_lm(tiny_causal_lm)
+    # The whole tiny network trains: its random output layer is too weak to move far with adapters alone.
+    model = CausalLMNetwork(network)
+    train_rows = pack(encode(tokenizer, examples.subset(range(45)), 32), 32)
+    val_rows = one_per_row(encode(tokenizer, examples.subset(range(45, 60)), 32))
+    assert len(train_rows) < 45, "packed: fewer rows than examples"
+    before = evaluate(model, val_rows, torch.device("cpu"), "fp32", LANGUAGE_MODELLING).loss
+    result = train(model, train_rows, val_rows, Recipe(epochs=8, learning_rate=3e-2, batch_size=4, patience=0,
+                                                       warmup_ratio=0.0), torch.device("cpu"), "fp32",
+                   objective=LANGUAGE_MODELLING)
+    losses = [record.val_loss for record in result.history]
+    assert result.history[0].train_loss > result.history[-1].train_loss
+    assert min(losses) < before / 2, f"the answers are learned: validation loss {before:.2f} -> {losses}"
+    assert result.best_epoch == 1 + losses.index(min(losses)), "the metric is the loss: lowest is best"

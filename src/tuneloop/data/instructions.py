@@ -196,53 +196,90 @@ def encode(tokenizer: Any, examples: InstructionExamples, max_length: int) -> li
 
 @dataclass(frozen=True)
 class Packed:
-    """Examples laid end to end in sequences of at most ``max_length`` tokens. ``starts`` marks where each
-    example begins, so that positions restart and attention stays inside each example."""
+    """Rows of examples laid end to end, padded to the longest row. ``segments`` marks which example of its row
+    each token belongs to, so that positions restart and attention stays inside each example."""
 
-    input_ids: torch.Tensor  # sequences x length (padded with 0 where shorter)
+    input_ids: torch.Tensor  # rows x length (0 where a row is shorter)
     labels: torch.Tensor  # IGNORED on prompts and padding
     position_ids: torch.Tensor  # 0, 1, ... from each example's start
-    segments: torch.Tensor  # which example of its sequence a token belongs to (1, 2, ...; 0: padding)
+    segments: torch.Tensor  # which example of its row a token belongs to (1, 2, ...; 0: padding)
 
-    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The additive 4D mask (sequences x 1 x length x length): a token sees the tokens before it in its own
-        example only, so packed examples train as if each were alone."""
+    def attention_mask(self) -> torch.Tensor:
+        """The 4D mask (rows x 1 x length x length, True where a token may look): a token sees the tokens
+        before it in its own example only, so packed examples train as if each were alone. Boolean, so it
+        suits any precision the model computes in."""
         length = self.segments.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool).tril()
-        same = self.segments[:, :, None] == self.segments[:, None, :]
-        allowed = causal & same & (self.segments[:, :, None] > 0)
-        allowed |= torch.eye(length, dtype=torch.bool)  # padding sees itself: no row without a key
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        return mask[:, None]
+        allowed = causal & (self.segments[:, :, None] == self.segments[:, None, :]) & (self.segments[:, :, None] > 0)
+        allowed |= torch.eye(length, dtype=torch.bool)  # padding sees itself: no row of the mask is empty
+        return allowed[:, None]
 
 
-def pack(encoded: list[Encoded], max_length: int) -> Packed:
-    """``encoded`` laid end to end, in their order, into as few sequences of at most ``max_length`` tokens as
-    first-fit allows (an example never splits across sequences)."""
+def laid_out(rows: list[list[Encoded]]) -> Packed:
+    """``rows`` as tensors, each row's examples end to end."""
+    length = max(sum(len(e.input_ids) for e in row) for row in rows)
+    shape = (len(rows), length)
+    ids, labels = torch.zeros(shape, dtype=torch.long), torch.full(shape, IGNORED, dtype=torch.long)
+    positions, segments = torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for number, example in enumerate(members, start=1):
+            n = len(example.input_ids)
+            ids[r, at:at + n] = torch.tensor(example.input_ids)
+            labels[r, at:at + n] = torch.tensor(example.labels)
+            positions[r, at:at + n] = torch.arange(n)
+            segments[r, at:at + n] = number
+            at += n
+    return Packed(ids, labels, positions, segments)
+
+
+@dataclass(frozen=True)
+class InstructionRows:
+    """What the training loop trains and validates on: rows of one example each, or of several packed end to
+    end (``pack``). A batch is the network's inputs (token ids, the 4D mask, positions, and the ids each
+    position should predict) and, as labels, each row's count of learned tokens."""
+
+    rows: list[list[Encoded]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([sum(len(e.input_ids) for e in row) for row in self.rows], dtype=np.int64)
+
+    @property
+    def label_ids(self) -> list[int]:
+        return [sum(e.completion_tokens for e in row) for row in self.rows]
+
+    def batch(self, indices: np.ndarray):
+        from tuneloop.data.batches import Batch
+
+        packed = laid_out([self.rows[i] for i in indices])
+        inputs = {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask(),
+                  "position_ids": packed.position_ids, "targets": packed.labels}
+        return Batch(inputs, torch.tensor([self.label_ids[i] for i in indices]), np.asarray(indices))
+
+
+def one_per_row(encoded: list[Encoded]) -> InstructionRows:
+    """Each example a row of its own (validation: each example's loss is its own)."""
+    return InstructionRows([[example] for example in encoded])
+
+
+def pack(encoded: list[Encoded], max_length: int) -> InstructionRows:
+    """``encoded`` laid end to end, in their order, into as few rows of at most ``max_length`` tokens as first
+    fit allows (an example never splits across rows): fewer, fuller sequences, so less compute on padding."""
     if any(len(e.input_ids) > max_length for e in encoded):
         raise ValueError(f"every example must fit in max_length {max_length} tokens; encode() checks that")
-    bins: list[list[Encoded]] = []
+    rows: list[list[Encoded]] = []
     room: list[int] = []
     for example in encoded:
         size = len(example.input_ids)
         slot = next((i for i, left in enumerate(room) if left >= size), None)
         if slot is None:
-            bins.append([])
+            rows.append([])
             room.append(max_length)
-            slot = len(bins) - 1
-        bins[slot].append(example)
+            slot = len(rows) - 1
+        rows[slot].append(example)
         room[slot] -= size
-    length = max(max_length - left for left in room)
-    shape = (len(bins), length)
-    ids, labels = torch.zeros(shape, dtype=torch.long), torch.full(shape, IGNORED, dtype=torch.long)
-    positions, segments = torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long)
-    for row, members in enumerate(bins):
-        at = 0
-        for number, example in enumerate(members, start=1):
-            n = len(example.input_ids)
-            ids[row, at:at + n] = torch.tensor(example.input_ids)
-            labels[row, at:at + n] = torch.tensor(example.labels)
-            positions[row, at:at + n] = torch.arange(n)
-            segments[row, at:at + n] = number
-            at += n
-    return Packed(ids, labels, positions, segments)
+    return InstructionRows(rows)

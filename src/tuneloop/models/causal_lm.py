@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from tuneloop.data.instructions import IGNORED
 from tuneloop.errors import ModelError
 
 SMOLLM2 = "smollm2"  # what --model names for the packaged SmolLM2-135M-Instruct
@@ -152,3 +155,24 @@ def merged(network: Any) -> Any:
     if isinstance(network, PeftModel):
         return network.merge_and_unload()
     return network
+
+
+class CausalLMNetwork(nn.Module):
+    """A causal LM as the training loop trains it: given token ids, the attention mask, positions and the ids each
+    position should be followed by (``targets``, IGNORED where nothing is learned), it returns per row the summed
+    negative log-likelihood of the learned tokens and their count (``LanguageModelling`` reads both)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        # Position t predicts token t + 1. The loss in fp32: bf16 log-softmax over a large vocabulary loses
+        # exactly the small probabilities the loss is made of.
+        following = targets[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), following, ignore_index=IGNORED,
+                              reduction="none")
+        learned = (following != IGNORED).sum(1)
+        return torch.stack([nll.sum(1), learned.to(nll.dtype)], dim=1)

@@ -158,7 +158,31 @@ class CosinePairs:
                 classification_metrics(same.astype(np.int64), (similarity > 0.5).astype(np.int64), 2))
 
 
+@dataclass(frozen=True)
+class LanguageModelling:
+    """A causal language model learning to write completions: the mean negative log-likelihood of the learned
+    tokens (the answers', never the prompts'). The network returns, per sequence, the summed negative
+    log-likelihood of its learned tokens and their count (two columns), so the loss is a mean over tokens
+    however many examples a packed sequence holds, and a validation example's score is its own. The metric is
+    the loss (perplexity is its exponential)."""
+
+    name = "language_modelling"
+    metrics = ()
+    predicts_values = False
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        return outputs[:, 0].float().sum() / outputs[:, 1].float().sum().clamp(min=1)
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per sequence: the summed negative log-likelihood of its learned tokens, and their count."""
+        return outputs.float()
+
+    def score(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
+        return float(predictions[:, 0].sum() / max(float(predictions[:, 1].sum()), 1.0)), {}
+
+
 CLASSIFICATION = Classification()
 PAIRS = CosinePairs()
 FORECAST = Forecast()
-Objective = Classification | Regression | CosinePairs | Forecast
+LANGUAGE_MODELLING = LanguageModelling()
+Objective = Classification | Regression | CosinePairs | Forecast | LanguageModelling
