@@ -49,6 +49,13 @@ def test_every_page_answers_and_links_to_what_it_names(filled_workspace):
     assert live["state"] == {"status": "finished", "trials": 4, "completed": 4,
                              "stop_reason": live["state"]["stop_reason"]}
     assert len(live["curves"]["trials"]) == 4 and live["trials"].count('class="trial') == 4
+    tag = client.get("/studies/digits-study/live").headers["etag"]
+    unchanged = client.get("/studies/digits-study/live", headers={"if-none-match": tag})
+    assert unchanged.status_code == 304 and not unchanged.content, "an unchanged study costs the poll nothing"
+    assert client.get("/studies/digits-study/live", headers={"if-none-match": '"old"'}).status_code == 200
+    table_run = re.search(r'href="/runs/([^"]+)"', study.text).group(1)
+    recipe = client.get(f"/runs/{table_run}").text.split("<h2>Recipe</h2>")[1].split("</table>")[0]
+    assert "hidden_units" in recipe and "lora_rank" not in recipe, "only the knobs a table's MLP reads"
     for missing in ("/studies/nope", "/runs/nope", "/registry/nope", "/studies/nope/live"):
         assert client.get(missing).status_code == 404
     assert "script-src 'self'" in index.headers["content-security-policy"]

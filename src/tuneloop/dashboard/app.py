@@ -170,10 +170,17 @@ def make_app(workspace: str | Path | None = None, *, token: str | None = None,
         return page(request, "study.html", {"study": found, **study_fragments(request, found)})
 
     def study_live(request: Request) -> Response:
-        found = study_record(request.path_params["study"])
+        """The study as it stands; 304 where the page's copy (``If-None-Match``) is still current, which costs a
+        few queries instead of reading and drawing the whole study every poll."""
+        study_id = request.path_params["study"]
+        with read() as store:
+            tag = f'"{views.study_fingerprint(store, study_id)}"'
+        if request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers={"etag": tag})
+        found = study_record(study_id)
         if found is None:
             return JSONResponse({"error": "no such study"}, 404)
-        return JSONResponse(study_fragments(request, found))
+        return JSONResponse(study_fragments(request, found), headers={"etag": tag, "cache-control": "no-cache"})
 
     def study_panel(request: Request) -> Response:
         found = study_record(request.path_params["study"])

@@ -112,10 +112,33 @@ def run_detail(store: Workspace, record: RunRecord) -> dict[str, Any]:
     scores = [(label, record.metrics[key]) for label, key in SCORES if isinstance(record.metrics.get(key), float)]
     other = {k: v for k, v in record.metrics.items() if k not in {key for _, key in SCORES}}
     return {"record": record, "study": store.study_of(record.id), "scores": scores, "other_metrics": other,
+            "recipe": read_knobs(record),
             "curves": {"epochs": [int(e["epoch"]) for e in epochs],
                        "train_loss": [e["train_loss"] for e in epochs], "val_loss": [e["val_loss"] for e in epochs],
                        "metrics": {key.replace("_", " "): [e.get(key) for e in epochs] for key in metric_columns}},
             "epochs": epochs}
+
+
+def read_knobs(record: RunRecord) -> dict[str, Any]:
+    """The run's recipe, less the knobs its kind of data does not read (LoRA's on a table, say)."""
+    from tuneloop.tasks import TASKS
+
+    kind = TASKS.get((record.data_options or {}).get("task", ""))
+    return {k: v for k, v in record.recipe.items() if kind is None or k in kind.knobs}
+
+
+def study_fingerprint(store: Workspace, study_id: str) -> str:
+    """What changes whenever a study's page would: its row, its trials and their epoch counts (cheap to read,
+    so a page polling an unchanged study is answered without reading and drawing it all)."""
+    import hashlib
+    import json
+
+    row = next((r for r in store.studies() if r["id"] == study_id), None)
+    trials = store.trials(study_id)
+    epochs = {t["run_id"]: len(store.epochs(t["run_id"])) for t in trials if t["run_id"]}
+    state = [row and (study_status(row), row["spent_seconds"], row["stop_reason"], row.get("choice")),
+             [(t["number"], t["status"], t["value"], t["diagnosis"], t["run_id"]) for t in trials], epochs]
+    return hashlib.sha256(json.dumps(state, default=str).encode()).hexdigest()[:20]
 
 
 def registry_summary(store: Workspace) -> list[dict[str, Any]]:

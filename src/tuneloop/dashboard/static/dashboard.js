@@ -94,13 +94,20 @@ function showState(state) {
 function followStudy(root) {
   const every = Number(root.dataset.refreshMs) || 2000;
   let last = null;
+  let etag = null;  // the version of the study this page shows: the server answers 304 while it is current
   showState({ status: root.dataset.status, trials: document.querySelectorAll("#trials tr.trial").length,
               completed: document.querySelectorAll("#trials .status-completed").length });
   async function poll() {
     let news;
     try {
-      const response = await fetch(root.dataset.liveUrl, { credentials: "same-origin", cache: "no-store" });
+      const headers = etag ? { "If-None-Match": etag } : {};
+      const response = await fetch(root.dataset.liveUrl, { credentials: "same-origin", cache: "no-store", headers });
+      if (response.status === 304) {
+        setTimeout(poll, every);
+        return;
+      }
       if (!response.ok) throw new Error(response.status);
+      etag = response.headers.get("ETag");
       news = await response.json();
     } catch (error) {
       setTimeout(poll, every * 2);
