@@ -14,7 +14,7 @@ after the page has shown, and are timed apart: the first draw and a repeat, whic
 The study page of a 200-trial study carries every trial's curves (JSON for the charts) and its timeline. There is
 no peer here: the aim the dashboard is held to is every page under 300 ms.
 
-Reproduce (from the repository root, CPU; about 6 minutes on 2 cores, nearly all of it the 200 trials):
+Reproduce (from the repository root, CPU; 6 to 8 minutes on 2 cores, nearly all of it the 200 trials):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dashboard_pages.py --json benchmarks/results/dashboard_pages.json
 """
