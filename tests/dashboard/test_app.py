@@ -87,6 +87,9 @@ def test_a_form_without_the_pages_secret_changes_nothing(workspace_copy):
     client = local_client(workspace_copy)
     posted = client.post("/registry/digits/promote", data={"version": "3", "reason": "r", "csrf": "guessed"})
     assert posted.status_code == 403
+    secret = csrf_of(client.get("/registry/digits").text)
+    other = client.post("/registry/digits/archive", data={"version": "3", "reason": "r", "csrf": secret})
+    assert other.status_code == 404, "only promote and roll back are offered"
     with Workspace.open(workspace_copy) as store:
         assert Registry(store).production("digits").version == 1
 

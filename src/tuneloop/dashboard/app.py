@@ -233,6 +233,8 @@ def make_app(workspace: str | Path | None = None, *, token: str | None = None,
         """Promote (through the gate) or roll back, with the reason the form gives; the page shows the outcome."""
         from tuneloop.continual import versions
 
+        if request.path_params["action"] not in ("promote", "rollback"):
+            return PlainTextResponse("A model's page can promote or roll back, nothing else.", 404)
         form = await request.form()
         if not secrets.compare_digest(str(form.get("csrf", "")), csrf):
             return PlainTextResponse("The form is stale or came from elsewhere: reload the page.", 403)
