@@ -34,36 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from peers import cpu_kind, cpu_model
-from sklearn.datasets import load_digits
 
 from tuneloop import api
 from tuneloop.config import Recipe
+from tuneloop.data.demo import digit_update_files
 from tuneloop.store.workspace import Workspace
 
 AIM_MS = 300.0
-
-
-def digit_files(folder: Path) -> dict[str, Path]:
-    """Digits 0-4 (the base), 5-9 (new data) and 5-9 with shuffled labels (an update the gate refuses)."""
-    import pandas as pd
-
-    digits = load_digits()
-    frame = pd.DataFrame(digits.data.astype(int), columns=[f"pixel_{i}" for i in range(64)])
-    frame["label"] = [f"d{d}" for d in digits.target]
-    frame = frame.sample(frac=1, random_state=0).reset_index(drop=True)
-    old = frame[frame.label.isin([f"d{i}" for i in range(5)])]
-    new = frame[~frame.label.isin([f"d{i}" for i in range(5)])]
-    poisoned = new.copy()
-    poisoned["label"] = np.random.default_rng(0).permutation(poisoned["label"].to_numpy())
-    paths = {"all": folder / "digits.csv", "old": folder / "old.csv", "new": folder / "new.csv",
-             "poisoned": folder / "poisoned.csv"}
-    frame.to_csv(paths["all"], index=False)
-    old.to_csv(paths["old"], index=False)
-    new.to_csv(paths["new"], index=False)
-    poisoned.to_csv(paths["poisoned"], index=False)
-    return paths
 
 
 def fill(workspace: Path, files: dict[str, Path], runs: int) -> dict[str, Any]:
@@ -140,7 +118,7 @@ def main() -> None:
     print(f"CPU: {cpu_model() or 'unknown'}, {os.cpu_count()} cores, {cpu_kind()}")
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        filled = fill(folder / "ws", digit_files(folder), args.runs)
+        filled = fill(folder / "ws", digit_update_files(folder), args.runs)
         print(f"Workspace: {filled['runs']} runs, {filled['studies']} studies, {filled['trials']} trials, "
               f"{filled['epochs']} epochs recorded (filled in {filled['seconds_to_fill']} s)")
         server, base = start_dashboard(folder / "ws")

@@ -16,33 +16,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from playwright.sync_api import sync_playwright
-from sklearn.datasets import load_digits
 
 from tuneloop import api
 from tuneloop.config import Recipe
+from tuneloop.data.demo import digit_update_files
 
 IMAGES = Path(__file__).parent / "images"
 
 
 def make_workspace(folder: Path) -> Path:
-    import pandas as pd
-
     from tuneloop.continual import versions
     from tuneloop.continual.drift import drift
     from tuneloop.continual.update import adapt
 
-    digits = load_digits()
-    frame = pd.DataFrame(digits.data.astype(int), columns=[f"pixel_{i}" for i in range(64)])
-    frame["label"] = [f"d{d}" for d in digits.target]
-    frame = frame.sample(frac=1, random_state=0).reset_index(drop=True)
-    old = frame[frame.label.isin([f"d{i}" for i in range(5)])]
-    new = frame[~frame.label.isin([f"d{i}" for i in range(5)])]
-    poisoned = new.copy()
-    poisoned["label"] = np.random.default_rng(0).permutation(poisoned["label"].to_numpy())
-    for name, part in (("old", old.iloc[:700]), ("new", new), ("poisoned", poisoned)):
-        part.to_csv(folder / f"{name}.csv", index=False)
+    digit_update_files(folder, old_rows=700)
     workspace = folder / "ws"
     api.tune(folder / "old.csv", workspace=workspace, name="digits", budget="8trials", recipe=Recipe(epochs=6),
              seed_check=True)

@@ -15,29 +15,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tuneloop import api
 from tuneloop.config import Recipe
+from tuneloop.data.demo import digit_update_files
 
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
+pytest.importorskip("sklearn.datasets")
 
 
 @pytest.fixture(scope="session")
 def digit_files(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("dashboard-digits")
-    frame = sklearn_datasets.load_digits(as_frame=True).frame.sample(frac=1, random_state=0).reset_index(drop=True)
-    frame["target"] = frame["target"].map(lambda d: f"d{d}")
-    old = frame[frame.target.isin([f"d{i}" for i in range(5)])]
-    new = frame[~frame.target.isin([f"d{i}" for i in range(5)])]
-    poisoned = new.copy()
-    poisoned["target"] = np.random.default_rng(0).permutation(poisoned["target"].to_numpy())
-    paths = {"old": folder / "old.csv", "new": folder / "new.csv", "poisoned": folder / "poisoned.csv"}
-    old.iloc[:700].to_csv(paths["old"], index=False)
-    new.to_csv(paths["new"], index=False)
-    poisoned.to_csv(paths["poisoned"], index=False)
-    return paths
+    return digit_update_files(tmp_path_factory.mktemp("dashboard-digits"), old_rows=700)
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tuneloop.dashboard import views
 from tuneloop.errors import TuneloopError
 from tuneloop.report import html as report
+from tuneloop.store.registry import Registry
 from tuneloop.store.workspace import Workspace, workspace_root
 
 HERE = Path(__file__).parent
@@ -108,12 +109,15 @@ class PanelCache:
         self._items: OrderedDict[tuple, str] = OrderedDict()
         self._size, self._lock = size, threading.Lock()
 
-    def get(self, key: tuple, draw: Callable[[], str]) -> str:
+    def get(self, key: tuple, draw: Callable[[], str | None]) -> str | None:
+        """The panel ``key`` names, drawn by ``draw`` where it is not kept (None: nothing to draw, not kept)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
         drawn = draw()
+        if drawn is None:
+            return None
         with self._lock:
             self._items[key] = drawn
             while len(self._items) > self._size:
@@ -145,15 +149,14 @@ def make_app(workspace: str | Path | None = None, *, token: str | None = None,
     def studies(request: Request) -> Response:
         with read() as store:
             found = views.study_summaries(store)
-            counts = {"runs": len(store.runs()), "models": len(views.registry_summary(store))}
+            counts = {"runs": len(store.runs()), "models": len(Registry(store).names())}
         return page(request, "studies.html", {"studies": found, **counts})
 
-    def study_record(study_id: str) -> report.StudyRecord | None:
-        with read() as store:
-            try:
-                return report.read_study(store, study_id)
-            except TuneloopError:
-                return None
+    def study_record(store: Workspace, study_id: str) -> report.StudyRecord | None:
+        try:
+            return report.read_study(store, study_id)
+        except TuneloopError:
+            return None
 
     def study_fragments(request: Request, study: report.StudyRecord) -> dict[str, Any]:
         knobs = report.varying_knobs([t["recipe"] for t in study.trials])
@@ -164,7 +167,8 @@ def make_app(workspace: str | Path | None = None, *, token: str | None = None,
                 "timeline": report.timeline_section(study, knobs), "curves": views.study_curves(study)}
 
     def study(request: Request) -> Response:
-        found = study_record(request.path_params["study"])
+        with read() as store:
+            found = study_record(store, request.path_params["study"])
         if found is None:
             return not_found(request, f"No study '{request.path_params['study']}' in {root}.")
         return page(request, "study.html", {"study": found, **study_fragments(request, found)})
@@ -175,23 +179,30 @@ def make_app(workspace: str | Path | None = None, *, token: str | None = None,
         study_id = request.path_params["study"]
         with read() as store:
             tag = f'"{views.study_fingerprint(store, study_id)}"'
-        if request.headers.get("if-none-match") == tag:
-            return Response(status_code=304, headers={"etag": tag})
-        found = study_record(study_id)
+            if request.headers.get("if-none-match") == tag:
+                return Response(status_code=304, headers={"etag": tag})
+            found = study_record(store, study_id)
         if found is None:
             return JSONResponse({"error": "no such study"}, 404)
         return JSONResponse(study_fragments(request, found), headers={"etag": tag, "cache-control": "no-cache"})
 
     def study_panel(request: Request) -> Response:
-        found = study_record(request.path_params["study"])
-        kind = request.path_params["panel"]
+        study_id, kind = request.path_params["study"], request.path_params["panel"]
         drawers = {"importance": report.importance_section, "seeds": report.seed_check_section,
                    "predictions": report.confusion_section}
-        if found is None or kind not in drawers:
+        if kind not in drawers:
             return HTMLResponse("<p>Not found.</p>", 404)
-        # What the panel depends on: the trials as they stand (a new or finished trial draws it again).
-        key = (kind, found.id, tuple((t["number"], t["status"], t["value"]) for t in found.trials))
-        return HTMLResponse(panels.get(key, lambda: drawers[kind](found)))
+        with read() as store:
+            # What the panel depends on: the study as it stands (a new or finished trial draws it again); the
+            # study itself is read only where the panel must be drawn.
+            key = (kind, study_id, views.study_fingerprint(store, study_id))
+
+            def draw() -> str | None:
+                found = study_record(store, study_id)
+                return None if found is None else drawers[kind](found)
+
+            drawn = panels.get(key, draw)
+        return HTMLResponse("<p>Not found.</p>", 404) if drawn is None else HTMLResponse(drawn)
 
     def runs(request: Request) -> Response:
         with read() as store:

@@ -31,11 +31,6 @@ def study_status(row: dict[str, Any], now: float | None = None) -> str:
     return row["status"]
 
 
-def objective_column(metric: str) -> str:
-    """The per-epoch column that a study's metric is read from."""
-    return "val_loss" if metric == "loss" else f"val_{metric}"
-
-
 def study_summaries(store: Workspace) -> list[dict[str, Any]]:
     """Every study, latest first: what it is, where it stands and its best value so far."""
     found = []
@@ -52,7 +47,7 @@ def study_summaries(store: Workspace) -> list[dict[str, Any]]:
 
 def study_curves(study: report.StudyRecord) -> dict[str, Any]:
     """Each trial's per-epoch curves, for the study page's charts; the best trial is marked."""
-    column = objective_column(study.metric)
+    column = report.objective_column(study.metric)
     best = study.best
     lines = []
     for trial in study.trials:
@@ -135,7 +130,7 @@ def study_fingerprint(store: Workspace, study_id: str) -> str:
 
     row = next((r for r in store.studies() if r["id"] == study_id), None)
     trials = store.trials(study_id)
-    epochs = {t["run_id"]: len(store.epochs(t["run_id"])) for t in trials if t["run_id"]}
+    epochs = store.epoch_counts(study_id)
     state = [row and (study_status(row), row["spent_seconds"], row["stop_reason"], row.get("choice")),
              [(t["number"], t["status"], t["value"], t["diagnosis"], t["run_id"]) for t in trials], epochs]
     return hashlib.sha256(json.dumps(state, default=str).encode()).hexdigest()[:20]

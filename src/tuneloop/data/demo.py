@@ -134,3 +134,27 @@ def newsgroups(split: str, groups: Sequence[str] | None = None) -> TextExamples:
         known = sorted(set(_read_orange_tab(path, "Category", "Text").labels))
         raise DataError(f"{path}: no newsgroup named {', '.join(unknown)}. The newsgroups are: {', '.join(known)}.")
     return examples
+
+
+def digit_update_files(folder: Path, old_rows: int | None = None) -> dict[str, Path]:
+    """scikit-learn's 8x8 digits (BSD licence, from the UCI repository) as CSV tables of 64 pixel columns and a
+    ``label`` column, shuffled with seed 0, for a registry's story: ``all`` the digits, ``old`` digits 0-4 (the
+    first ``old_rows`` of them where given: a base model's data), ``new`` digits 5-9 (an update's), and
+    ``poisoned`` the same rows as ``new`` with their labels shuffled (an update the gate must refuse). Needs
+    scikit-learn and pandas (test and benchmark dependencies)."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data.astype(int), columns=[f"pixel_{i}" for i in range(64)])
+    frame["label"] = [f"d{d}" for d in digits.target]
+    frame = frame.sample(frac=1, random_state=0).reset_index(drop=True)
+    old = frame[frame.label.isin([f"d{i}" for i in range(5)])]
+    new = frame[~frame.label.isin([f"d{i}" for i in range(5)])]
+    poisoned = new.copy()
+    poisoned["label"] = np.random.default_rng(0).permutation(poisoned["label"].to_numpy())
+    parts = {"all": frame, "old": old if old_rows is None else old.iloc[:old_rows], "new": new, "poisoned": poisoned}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        part.to_csv(folder / f"{name}.csv", index=False)
+    return {name: folder / f"{name}.csv" for name in parts}

@@ -91,11 +91,9 @@ def _from_gguf(path: Path) -> tuple[Any, Any]:
         raise ModelError(f"{path}: could not be read as a GGUF causal language model ({exc}).") from exc
     # transformers marks a model read from GGUF as quantized, and then neither saves it nor trains it as a
     # plain one, although its weights are now fp32: the same weights in a plain model of the same config.
-    config = network.config
-    for name in ("quantization_config",):
-        if hasattr(config, name):
-            delattr(config, name)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if hasattr(network.config, "quantization_config"):
+        del network.config.quantization_config
+    plain = AutoModelForCausalLM.from_config(network.config, dtype=torch.float32)
     plain.load_state_dict(network.state_dict())
     return plain.eval(), tokenizer
 

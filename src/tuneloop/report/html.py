@@ -272,8 +272,13 @@ def _curve(epochs: list[dict[str, float]], column: str) -> tuple[list[int], list
     return [int(e["epoch"]) for e in epochs], [e[column] for e in epochs]
 
 
+def objective_column(metric: str) -> str:
+    """The per-epoch column that a study's metric is read from."""
+    return "val_loss" if metric == "loss" else f"val_{metric}"
+
+
 def _val_metric_figure(study: StudyRecord) -> Figure:
-    column = "val_loss" if study.metric == "loss" else f"val_{study.metric}"
+    column = objective_column(study.metric)
     best = study.best
     figure = Figure(figsize=(9, 4.2), layout="constrained")
     axes = figure.add_subplot()
@@ -465,7 +470,8 @@ def optuna_importances(study: StudyRecord) -> tuple[dict[str, float] | None, str
     import optuna
 
     try:
-        with warnings.catch_warnings(), Workspace.open(study.root) as store:  # its database: SQLite or PostgreSQL
+        # Its database (SQLite or PostgreSQL), opened read-only: drawing a report changes nothing.
+        with warnings.catch_warnings(), Workspace.open(study.root, read_only=True) as store:
             warnings.simplefilter("ignore")
             optuna_study = optuna.load_study(study_name=study.id, storage=store.optuna_storage())
             sampled = [t for t in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

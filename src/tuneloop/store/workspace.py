@@ -739,6 +739,13 @@ class Workspace:
         rows = self._db.execute("SELECT * FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
         return [dict(row) for row in rows]
 
+    def epoch_counts(self, study_id: str) -> dict[str, int]:
+        """Epochs recorded so far by each run of the study's trials, by run id (runs without one left out)."""
+        rows = self._db.execute("SELECT run_id, COUNT(*) FROM epochs WHERE run_id IN "
+                                "(SELECT run_id FROM tuneloop_trials WHERE study_id=?) GROUP BY run_id",
+                                (study_id,)).fetchall()
+        return {row[0]: row[1] for row in rows}
+
     def resolve(self, reference: str) -> RunRecord:
         """A completed run by id, unique id prefix, or 'latest' (the latest whose model is kept)."""
         completed = [r for r in self.runs() if r.status == "completed"]
