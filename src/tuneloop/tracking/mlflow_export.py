@@ -326,7 +326,7 @@ def _study(store: Workspace, study_id: str) -> dict[str, Any]:
 
 
 def _record(store: Workspace, run_id: str) -> RunRecord:
-    found = next((record for record in store.runs() if record.id == run_id), None)
+    found = store.run(run_id)  # one row, not every run: a tracked study asks once per trial
     if found is None:
         raise RunNotFoundError(f"{store.root}: no run '{run_id}'.")
     return found
