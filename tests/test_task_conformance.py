@@ -12,6 +12,7 @@ and the Bureau of Labor Statistics: US government data in the public domain).
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +47,16 @@ class Case:
     cli: list[str]
 
 
-def text_case(root: Path, tiny_model: Path) -> Case:
+def text_case(root: Path, models: dict[str, Path]) -> Case:
     data = write_csv(root / "train.csv", ["text", "label"], sentiment_rows(24))
     new = write_csv(root / "new.csv", ["text", "label"], sentiment_rows(8, seed=1))
     bad = write_csv(root / "bad.csv", ["text", "label"], sentiment_rows(3) + [["some words", ""]])
-    model = {"model": str(tiny_model), "batch_size": 8, "learning_rate": 2e-3}
+    model = {"model": str(models["encoder"]), "batch_size": 8, "learning_rate": 2e-3}
     return Case("text", data, new, bad, "bad.csv, line 8, column 'label'", model,
-                ["--model", str(tiny_model)])
+                ["--model", str(models["encoder"])])
 
 
-def table_case(root: Path, tiny_model: Path) -> Case:
+def table_case(root: Path, models: dict[str, Path]) -> Case:
     frame = sklearn_datasets.load_wine(as_frame=True).frame.sample(frac=1, random_state=0)
     frame["target"] = frame["target"].map({0: "a", 1: "b", 2: "c"})
     frame.iloc[:100].to_csv(root / "train.csv", index=False)
@@ -68,7 +69,7 @@ def table_case(root: Path, tiny_model: Path) -> Case:
                 "bad.csv, line 3, column 'target'", {"learning_rate": 1e-3, "batch_size": 16}, [])
 
 
-def image_case(root: Path, tiny_model: Path) -> Case:
+def image_case(root: Path, models: dict[str, Path]) -> Case:
     digits = sklearn_datasets.load_digits()
     keep = [i for i in range(400) if digits.target[i] < 3]
     pixels = (digits.images[keep] * 255 / 16).round().astype(np.uint8)
@@ -86,7 +87,7 @@ def image_case(root: Path, tiny_model: Path) -> Case:
                 small_cnn, ["--model", "small-cnn"])
 
 
-def series_case(root: Path, tiny_model: Path) -> Case:
+def series_case(root: Path, models: dict[str, Path]) -> Case:
     macro = pytest.importorskip("statsmodels.datasets.macrodata").load_pandas().data
     quarters = [f"{int(y)}-{3 * int(q) - 2:02d}-01" for y, q in zip(macro.year, macro.quarter, strict=True)]
     rows = [[t, g, c] for t, g, c in zip(quarters, macro.realgdp, macro.cpi, strict=True)]
@@ -98,11 +99,34 @@ def series_case(root: Path, tiny_model: Path) -> Case:
     return Case("series", data, new, bad, "bad.csv, line 5, column 'date'", small, ["--horizon", "4"])
 
 
-CASES: dict[str, Callable[[Path, Path], Case]] = {"text": text_case, "tabular": table_case, "image": image_case,
-                                                  "series": series_case}
+def instructions_case(root: Path, models: dict[str, Path]) -> Case:
+    topics = sklearn_datasets.load_wine()  # wine's classes named by its three cultivars' ordinal, as answers
+    rows = [{"prompt": f"Which cultivar has alcohol {a:.2f} and hue {h:.2f}?", "completion": f" cultivar {t}"}
+            for (a, h), t in zip(topics.data[:, [0, 10]], topics.target, strict=True)]
+    rng = np.random.default_rng(0)
+    rng.shuffle(rows)
+    data = write_jsonl(root / "train.jsonl", rows[:60])
+    new = write_jsonl(root / "new.jsonl", rows[60:100])
+    bad = write_jsonl(root / "bad.jsonl", [*rows[:2], {"prompt": "Which cultivar?", "completion": ""}])
+    tiny = {"model": str(models["causal_lm"]), "batch_size": 8, "learning_rate": 1e-2, "lora_rank": 4}
+    return Case("instructions", data, new, bad, "bad.jsonl, line 3, field 'completion'", tiny,
+                ["--model", str(models["causal_lm"])])
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+CASES: dict[str, Callable[[Path, dict[str, Path]], Case]] = {
+    "text": text_case, "tabular": table_case, "image": image_case, "series": series_case,
+    "instructions": instructions_case}
 
 
 def assert_same_predictions(first, second) -> None:
+    if first.texts is not None:  # a language model's completions
+        assert first.texts == second.texts
+        return
     if first.values is not None:  # a regressor's or forecaster's values
         np.testing.assert_allclose(first.values, second.values, rtol=1e-5, atol=1e-5)
         return
@@ -115,8 +139,9 @@ def test_every_registered_kind_of_data_has_a_case():
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def case(request, tmp_path_factory, tiny_model) -> Case:
-    return CASES[request.param](tmp_path_factory.mktemp(request.param), tiny_model)
+def case(request, tmp_path_factory, tiny_model, tiny_causal_lm) -> Case:
+    models = {"encoder": tiny_model, "causal_lm": tiny_causal_lm}
+    return CASES[request.param](tmp_path_factory.mktemp(request.param), models)
 
 
 class KillAt(Callback):
@@ -150,7 +175,9 @@ def test_one_epoch_saved_and_loaded_again_predicts_the_same(case, tmp_path):
     out = tmp_path / "predicted.csv"
     api.predict_file(run.id, case.new, out, workspace=tmp_path / "ws")
     written = list(csv.DictReader(out.open()))
-    if fresh.values is not None:
+    if fresh.texts is not None:
+        assert [row["completion"] for row in written] == fresh.texts
+    elif fresh.values is not None:
         assert [float(row["predicted_value"]) for row in written] == pytest.approx(np.ravel(fresh.values).tolist())
     else:
         assert [row["predicted_label"] for row in written] == fresh.labels

@@ -41,8 +41,8 @@ def test_a_knob_the_kind_of_data_does_not_read_is_refused_and_named():
     problems = refused.value.problems
     assert len(problems) == 2, "the rate applies to every kind; LoRA and the depth do not apply to a table"
     assert problems[0].startswith("The 'lora_rank' parameter does not apply to tabular data")
-    assert "it applies to text" in problems[0] and "Got 4" in problems[0]
-    assert "it applies to text and image" in problems[1] or "it applies to image and text" in problems[1]
+    assert "it applies to instructions and text" in problems[0] and "Got 4" in problems[0]
+    assert "it applies to image and text" in problems[1]
     check_knobs(TASKS["image"], Recipe(trainable_layers=2, mixup=0.2))
 
 

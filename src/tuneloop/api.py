@@ -172,6 +172,25 @@ def predict(run: str | Run, data: str | os.PathLike | Sequence[str], *, text_col
     return run.predict(data, text_col=text_col, image_col=image_col, precision=precision)
 
 
+def generate(run: str | Run, prompts: str | Sequence[str], *, chat: bool = False, max_new_tokens: int | None = None,
+             workspace: str | os.PathLike | None = None) -> list[str]:
+    """A language model run's greedy answer to each prompt (a single prompt: a list of one), at most
+    ``max_new_tokens`` long (by default twice the longest answer it trained on). With ``chat``, each prompt is
+    a user's message, rendered with the model's chat template."""
+    from tuneloop.data.instructions import InstructionExamples
+
+    run = run if isinstance(run, Run) else load_run(run, workspace)
+    if not getattr(run.task, "predicts_text", False):
+        raise ConfigError([f"run {run.id} is a {run.adapter} model, not a language model: use predict."])
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                       or max_new_tokens < 1):
+        raise ConfigError([f"The 'max_new_tokens' parameter must be an int >= 1. Got {max_new_tokens!r} instead."])
+    given = [prompts] if isinstance(prompts, str) else list(prompts)
+    shaped = [[{"role": "user", "content": p}] for p in given] if chat else given
+    examples = InstructionExamples(shaped, None, [f"prompt {i + 1}" for i in range(len(given))], "prompts given")
+    return run.task.predict(run, examples, max_new_tokens=max_new_tokens).texts
+
+
 def runs(workspace: str | os.PathLike | None = None) -> list[RunRecord]:
     with Workspace.open(workspace) as store:
         return store.runs()
@@ -231,11 +250,16 @@ def predict_file(run: str | Run, data: str | os.PathLike, output: str | os.PathL
                  image_col: str | None = None, workspace: str | os.PathLike | None = None,
                  precision: str = "auto") -> Predictions:
     """Predict the texts, table rows or images of ``data`` and write its rows (for images: each image's
-    path) with the predicted label and class probabilities, or the predicted value of a regressor."""
+    path) with the predicted label and class probabilities, or the predicted value of a regressor, or a language
+    model's completion of each prompt."""
     run = run if isinstance(run, Run) else load_run(run, workspace)
     examples = run.read(data, labelled=False, text_col=text_col, image_col=image_col)
     predictions = run.predict_examples(examples, precision)
     columns = run.task.output_columns(data, examples)
+    if predictions.texts is not None:  # a language model's completions
+        columns["completion"] = predictions.texts
+        write_table(output, columns)
+        return predictions
     if predictions.values is not None:
         columns["predicted_value"] = [float(v) for v in np.ravel(predictions.values)]  # a forecast's, step by step
         write_table(output, columns)
@@ -438,7 +462,8 @@ def tune(data: str | os.PathLike | Examples | None = None,
                                  EpochCheckpoint(store.root / "checkpoints" / study_id / checkpoint_name))
 
             final = FinalSteps(soup=lambda run_ids, soup_recipe: soup_run(store, task, run_ids, soup_recipe),
-                               ensemble=lambda run_ids, estimate: ensemble_run(store, task, run_ids, estimate),
+                               ensemble=(lambda run_ids, estimate: ensemble_run(store, task, run_ids, estimate))
+                               if getattr(task, "averages_predictions", True) else None,
                                cross_validate=lambda cv_recipe, k: cross_validate(task, cv_recipe, k, base.seed),
                                refit=refit_on_all if options.get("refit", True) else None,
                                shares_start=task.starts_pretrained and base.init == "pretrained")

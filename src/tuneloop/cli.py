@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "linear layers (CPU only) and checks a sample of labels against fp32 [auto]")
     _common(predict)
 
+    generate = commands.add_parser("generate", help="a language model's answer to a prompt (greedy)")
+    generate.add_argument("run", help="run id, id prefix, 'latest', or a run's model folder")
+    generate.add_argument("prompt", nargs="+", help="the prompt (several: answered one after another)")
+    generate.add_argument("--chat", action="store_true",
+                          help="send the prompt as a user's chat message, rendered with the model's chat template")
+    generate.add_argument("--max-new-tokens", type=int, metavar="N",
+                          help="the longest answer, in tokens [twice the longest answer it trained on]")
+    _common(generate)
+
     tune = commands.add_parser("tune", help="train, diagnose and adjust until a budget, a target or convergence")
     tune.add_argument("data", nargs="?", help="training data (not needed with --resume)")
     _training_data(tune)
@@ -270,8 +279,12 @@ def _callbacks(args: argparse.Namespace) -> list:
 
 
 def scores_in_words(metrics: dict[str, Any], prefix: str = "val_") -> str:
-    """A classifier's accuracy and macro-F1, a regressor's RMSE, MAE and R², or a forecaster's MASE, sMAPE, MAE
-    and RMSE, as one phrase."""
+    """A classifier's accuracy and macro-F1, a regressor's RMSE, MAE and R², a forecaster's MASE, sMAPE, MAE
+    and RMSE, or a language model's answer loss, perplexity and exact match, as one phrase."""
+    if f"{prefix}perplexity" in metrics:
+        match = metrics.get(f"{prefix}exact_match")
+        shown = f", exact match {match:.1%}" if match is not None and match == match else ""
+        return f"answer loss {metrics[f'{prefix}loss']:.4f}, perplexity {metrics[f'{prefix}perplexity']:.4g}{shown}"
     if f"{prefix}mase" in metrics:
         return (f"MASE {metrics[f'{prefix}mase']:.4f}, sMAPE {metrics[f'{prefix}smape']:.2f}%, "
                 f"MAE {metrics[f'{prefix}mae']:.4g}, RMSE {metrics[f'{prefix}rmse']:.4g}")
@@ -289,6 +302,10 @@ def baseline_in_words(metrics: dict[str, Any]) -> str:
                 f"sMAPE {metrics['seasonal_naive_smape']:.2f}%")
     if "mean_predictor_rmse" in metrics:
         return f"predicting the mean: RMSE {metrics['mean_predictor_rmse']:.4g}"
+    if "start_val_loss" in metrics:
+        return f"the model it started from: answer loss {metrics['start_val_loss']:.4f}"
+    if "majority_class_rate" not in metrics:
+        return "no baseline measured"
     return f"majority class {metrics['majority_class_rate']:.4f}"
 
 
@@ -357,6 +374,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     predictions = api.predict_file(args.run, args.data, args.output, text_col=args.text_col,
                                    image_col=args.image_col, workspace=args.workspace, precision=args.precision)
+    if predictions.texts is not None:
+        _emit(args, {"output": str(args.output), "n": len(predictions.texts)})
+        if not args.json:
+            print(f"Wrote {len(predictions.texts)} completions to {args.output}.")
+        return
     if predictions.values is not None:
         values = predictions.values
         _emit(args, {"output": str(args.output), "n": int(values.size), "mean": float(values.mean()),
@@ -381,6 +403,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"Predicted in {predictions.precision_reason}.")
         if predictions.agreement_with_fp32 is not None:
             print(f"int8 labels agree with fp32 on {predictions.agreement_with_fp32:.1%} of the sampled texts.")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from tuneloop import api
+
+    answers = api.generate(args.run, args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
+                           workspace=args.workspace)
+    _emit(args, {"answers": [{"prompt": p, "answer": a} for p, a in zip(args.prompt, answers, strict=True)]})
+    if not args.json:
+        print("\n".join(answers))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -547,7 +579,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "report": cmd_report, "evaluate": cmd_evaluate, "export": cmd_export,
             "predict": cmd_predict, "runs": cmd_runs, "gc": cmd_gc, "demo": cmd_demo, "lr-find": cmd_lr_find,
-            "dashboard": cmd_dashboard,
+            "dashboard": cmd_dashboard, "generate": cmd_generate,
             **cli_registry.COMMANDS}
 
 

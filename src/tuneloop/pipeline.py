@@ -108,6 +108,8 @@ def train_run(store: Workspace, task: Task, recipe: Recipe, callbacks: Sequence[
                    "pairs_seconds": round(phase_seconds, 3), "precision": precision,
                    "device": device.type, **task.baseline(), **_val_roc_auc(task, result, val_set),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
+        if result.stopped_by != "pruned" and hasattr(task, "final_scores"):  # what its kind measures at the end
+            metrics.update(task.final_scores(trainable, prepared.preprocessor, device, precision))
         if result.stopped_by == "pruned":
             store.fail_run(run_id, f"stopped: {result.stopped_by}", status="pruned", metrics=metrics)
             return Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, store.epochs(run_id)), result
@@ -276,13 +278,16 @@ def refit_run(store: Workspace, task: Any, recipe: Recipe, estimate: dict[str, A
 
 def _save_model(store: Workspace, run_id: str, adapter: Any, network: torch.nn.Module, preprocessor: Any,
                 classes: list[str], recipe: Recipe, metrics: dict[str, Any]) -> None:
-    """The run's model folder, written whole: weights and preprocessing, classes, recipe and metrics."""
+    """The run's model folder, written whole: weights and preprocessing, classes, recipe and metrics (and the
+    model card of an adapter that writes one: what it was trained on, how, and its scores)."""
 
     def fill(folder: Path) -> None:
         adapter.save(network, preprocessor, str(folder))
         (folder / LABELS_FILE).write_text(json.dumps(classes, indent=2))
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        if hasattr(adapter, "write_card"):
+            adapter.write_card(folder, store.run(run_id), recipe, metrics)
 
     write_dir_atomic(store.artifact_dir(run_id), fill)
 

@@ -138,12 +138,13 @@ class Run:
     def evaluate(self, data: Any, *, text_col: str | None = None, label_col: str | None = None,
                  image_col: str | None = None, precision: str = "auto") -> EvaluationReport:
         """Scores on labelled data: accuracy, macro-F1, ROC AUC and the confusion matrix, or a regressor's MAE,
-        RMSE and R², or a forecaster's MASE, sMAPE, MAE and RMSE with the seasonal-naive forecast's."""
+        RMSE and R², or a forecaster's MASE, sMAPE, MAE and RMSE with the seasonal-naive forecast's, or a language
+        model's answer loss, perplexity and exact match."""
         examples = self.read(data, labelled=True, text_col=text_col, label_col=label_col, image_col=image_col)
         true = self.task.truth(self, examples)  # a class the run does not know is an error naming it
         predictions = self.task.predict(self, examples, precision)
-        if predictions.values is not None:  # a regressor's or forecaster's scores, as its kind computes them
-            return EvaluationReport(self.task.scores(self, examples, predictions.values), None, [], len(true))
+        if not self.classes:  # a regressor's, forecaster's or language model's scores, as its kind computes them
+            return EvaluationReport(self.task.scores(self, examples, predictions), None, [], len(true))
         predicted = predictions.probabilities.argmax(1)
         k = len(self.classes)
         metrics: dict[str, Any] = classification_metrics(true, predicted, k)

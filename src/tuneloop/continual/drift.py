@@ -99,8 +99,9 @@ def drift(name: str, data: Any, *, workspace: str | os.PathLike | None = None, t
             f" its baseline's, examples it never trained on (MMD {inputs.statistic:.4g}, p = {inputs.p_value:.3g}, "
             f"{inputs.detail['n_reference']} vs {inputs.detail['n_new']} examples)",
             inputs.statistic, inputs.p_value, inputs.detail))
-        predicted = {"holdout": predict_examples(run, reference), "new": predict_examples(run, new)}
-        if not regression:
+        predicted: dict[str, Predictions | None] = {"holdout": None, "new": None}
+        if not regression:  # a regressor's errors are its kind's to compute, from predictions or not
+            predicted = {"holdout": predict_examples(run, reference), "new": predict_examples(run, new)}
             evidence.append(_confidence(predicted["holdout"], predicted["new"]))
         if has_labels:
             evidence.append(_performance(run, reference, new, regression, predicted, caveat))
@@ -177,7 +178,8 @@ def _target_shift(run, replay: Examples, new: Examples, seed: int) -> Evidence:
     now = np.asarray(run.task.truth(run, new), dtype=np.float64)
     test = mmd_permutation_test(old, now, seed=seed)
     shifted = bool(test.p_value < ALPHA)
-    return Evidence("labels", shifted, f"target values {'moved' if shifted else 'match'}: mean {old.mean():.4g} -> "
+    what = getattr(run.task, "target_name", "target values")
+    return Evidence("labels", shifted, f"{what} {'moved' if shifted else 'match'}: mean {old.mean():.4g} -> "
                     f"{now.mean():.4g}, std {old.std():.4g} -> {now.std():.4g} (MMD p = {test.p_value:.3g})",
                     test.statistic, test.p_value, {"old_mean": float(old.mean()), "new_mean": float(now.mean())})
 
@@ -192,13 +194,13 @@ def _confidence(holdout: Predictions, new: Predictions) -> Evidence:
 
 
 def _performance(run, holdout: Examples, new: Examples, regression: bool,
-                 predicted: dict[str, Predictions], caveat: str = "") -> Evidence:
+                 predicted: dict[str, Predictions | None], caveat: str = "") -> Evidence:
     before = example_scores(run, holdout, predicted["holdout"])
     now = example_scores(run, new, predicted["new"])
     noted = f" ({caveat})" if caveat else ""
     if regression:
         worse = bool(-now.mean() > 1.1 * -before.mean())
-        return Evidence("error", worse, f"mean absolute error {-now.mean():.4g} on the new data against "
+        return Evidence("error", worse, f"{run.task.error_name} {-now.mean():.4g} on the new data against "
                         f"{-before.mean():.4g} on the baseline{noted}",
                         details={"holdout": float(-before.mean()), "new": float(-now.mean()), "caveat": caveat})
     test = two_proportion_test(int(before.sum()), len(before), int(now.sum()), len(now))

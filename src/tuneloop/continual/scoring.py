@@ -24,11 +24,12 @@ def predict_examples(run: Run, examples: Examples) -> Predictions:
 def example_scores(run: Run, examples: Examples, predictions: Predictions | None = None) -> np.ndarray:
     """Per example: 1.0 where the run's label is right and 0.0 where it is wrong (a label the run does not
     know is wrong); for a regressor, the negative absolute error (a forecaster's: of its window, over its
-    series' seasonal-naive scale). Higher is better either way."""
-    predictions = predictions or predict_examples(run, examples)
+    series' seasonal-naive scale; a language model's, its answer loss). Higher is better either way. Its kind
+    computes a regressor's errors from ``predictions`` where given, else as it needs (a language model's loss
+    is of no prediction: it writes none)."""
     if is_regressor(run):
-        assert predictions.values is not None
-        return -run.task.errors(run, examples, predictions.values)
+        return -run.task.errors(run, examples, None if predictions is None else predictions.values)
+    predictions = predictions or predict_examples(run, examples)
     labels = class_labels(examples)
     return np.array([p == t for p, t in zip(predictions.labels, labels, strict=True)], dtype=np.float64)
 

@@ -35,11 +35,11 @@ MAX_LISTED = 5
 @saved_as("instructions")
 @dataclass(frozen=True)
 class InstructionExamples:
-    """Prompts (plain text, or the chat messages before the answer) and their completions, each with its place
-    in the source file for error messages."""
+    """Prompts (plain text, or the chat messages before the answer) and their completions (None where read
+    without them: prompts to answer), each with its place in the source file for error messages."""
 
     prompts: list[str | list[dict[str, str]]]
-    completions: list[str]
+    completions: list[str] | None
     locations: list[str]
     source: str
 
@@ -47,12 +47,15 @@ class InstructionExamples:
         return len(self.prompts)
 
     def subset(self, indices: list[int] | np.ndarray) -> InstructionExamples:
-        return InstructionExamples([self.prompts[i] for i in indices], [self.completions[i] for i in indices],
+        completions = None if self.completions is None else [self.completions[i] for i in indices]
+        return InstructionExamples([self.prompts[i] for i in indices], completions,
                                    [self.locations[i] for i in indices], self.source)
 
     def joined(self, other: InstructionExamples) -> InstructionExamples:
         """These examples, then ``other``'s (training and validation examples pooled)."""
-        return InstructionExamples([*self.prompts, *other.prompts], [*self.completions, *other.completions],
+        completions = (None if self.completions is None or other.completions is None
+                       else [*self.completions, *other.completions])
+        return InstructionExamples([*self.prompts, *other.prompts], completions,
                                    [*self.locations, *other.locations], self.source)
 
     def concat(self, other: InstructionExamples) -> InstructionExamples:
@@ -60,8 +63,12 @@ class InstructionExamples:
         source = self.source if self.source == other.source else f"{self.source} + {other.source}"
         return dataclasses.replace(self.joined(other), source=source)
 
+    @property
     def has_labels(self) -> bool:
-        return True  # the completion is what is learned
+        return self.completions is not None  # the completion is what is learned
+
+    def class_labels(self) -> list[str]:
+        raise ValueError(f"{self.source}: instructions have completions, not classes.")
 
     def save(self, folder: Path, stem: str) -> None:
         write_meta(folder, stem, {"kind": self.saved_name, "prompts": self.prompts, "completions": self.completions,
@@ -74,31 +81,41 @@ class InstructionExamples:
     def fingerprint(self) -> str:
         """A short hash of the prompts and completions, so a run records exactly which data it saw."""
         digest = hashlib.sha256()
-        for prompt, completion in zip(self.prompts, self.completions, strict=True):
+        completions = self.completions if self.completions is not None else [""] * len(self)
+        for prompt, completion in zip(self.prompts, completions, strict=True):
             digest.update(json.dumps(prompt, sort_keys=True).encode() + b"\x1f" + completion.encode() + b"\x1e")
         return digest.hexdigest()[:16]
 
 
-def read_instructions(path: str | Path) -> InstructionExamples:
+def holds_instructions(column_names: set[str] | list[str]) -> bool:
+    """Whether a table's columns are instructions: a 'messages' column, or 'prompt' (and 'completion')."""
+    names = set(column_names)
+    return "messages" in names or "prompt" in names
+
+
+def read_instructions(path: str | Path, labelled: bool = True) -> InstructionExamples:
     """The examples of a file, every row checked: a DataError names the file, the line and the field of the
-    first problem, with what was expected and what was found."""
+    first problem, with what was expected and what was found. Without ``labelled``, prompts alone are read (a
+    chat's messages whole, unless the last is the assistant's, which is then left out)."""
     table = read_table(path)
     names = set(table.column_names)
-    if "messages" in names:
-        prompts, completions = zip(*(_chat(table.path, where, value)
-                                     for where, value in zip(table.locations, table.columns["messages"],
-                                                             strict=True)), strict=True)
-    elif {"prompt", "completion"} <= names:
-        prompts, completions = [], []
-        for i, where in enumerate(table.locations):
-            prompts.append(_field(table.path, where, "prompt", table.columns["prompt"][i]))
-            completions.append(_field(table.path, where, "completion", table.columns["completion"][i]))
-    else:
-        raise DataError(f"{table.path}: expected a 'messages' field (a chat) or 'prompt' and 'completion' fields. "
-                        f"Found: {', '.join(sorted(names)) or 'no fields'}.")
     if not table.locations:
         raise DataError(f"{table.path}: no examples.")
-    return InstructionExamples(list(prompts), list(completions), list(table.locations), str(table.path))
+    if "messages" in names:
+        read = [_chat(table.path, where, value, labelled)
+                for where, value in zip(table.locations, table.columns["messages"], strict=True)]
+        prompts = [prompt for prompt, _ in read]
+        completions = [completion for _, completion in read] if labelled else None
+    elif "prompt" in names and ("completion" in names or not labelled):
+        prompts = [_field(table.path, where, "prompt", table.columns["prompt"][i])
+                   for i, where in enumerate(table.locations)]
+        completions = ([_field(table.path, where, "completion", table.columns["completion"][i])
+                        for i, where in enumerate(table.locations)] if labelled else None)
+    else:
+        wanted = "'prompt' and 'completion' fields" if labelled else "a 'prompt' field"
+        raise DataError(f"{table.path}: expected a 'messages' field (a chat) or {wanted}. "
+                        f"Found: {', '.join(sorted(names)) or 'no fields'}.")
+    return InstructionExamples(prompts, completions, list(table.locations), str(table.path))
 
 
 def _field(path: Path, where: str, name: str, value: Any) -> str:
@@ -108,11 +125,13 @@ def _field(path: Path, where: str, name: str, value: Any) -> str:
     return value if isinstance(value, str) else text
 
 
-def _chat(path: Path, where: str, messages: Any) -> tuple[list[dict[str, str]], str]:
-    """A chat's messages before the answer, and the answer (the last message, the assistant's)."""
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise DataError(f"{path}, {where}, field 'messages': expected a list of at least two messages (the last "
-                        f"the assistant's answer), found {_shown(messages)}.")
+def _chat(path: Path, where: str, messages: Any, labelled: bool = True) -> tuple[list[dict[str, str]], str]:
+    """A chat's messages before the answer, and the answer (the last message, the assistant's). Unlabelled: the
+    messages to answer (the last, where it is the assistant's, left out) and an empty answer."""
+    least = 2 if labelled else 1
+    if not isinstance(messages, list) or len(messages) < least:
+        shape = "at least two messages (the last the assistant's answer)" if labelled else "at least one message"
+        raise DataError(f"{path}, {where}, field 'messages': expected a list of {shape}, found {_shown(messages)}.")
     checked = []
     for n, message in enumerate(messages, start=1):
         if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(
@@ -120,6 +139,8 @@ def _chat(path: Path, where: str, messages: Any) -> tuple[list[dict[str, str]], 
             raise DataError(f"{path}, {where}, field 'messages', message {n}: expected an object with a 'role' "
                             f"({', '.join(ROLES)}) and non-empty text 'content', found {_shown(message)}.")
         checked.append({"role": message["role"], "content": message["content"]})
+    if not labelled:
+        return (checked[:-1] if checked[-1]["role"] == "assistant" and len(checked) > 1 else checked), ""
     if checked[-1]["role"] != "assistant":
         raise DataError(f"{path}, {where}, field 'messages': the last message must be the assistant's answer (what "
                         f"is learned); found role '{checked[-1]['role']}'.")
@@ -191,6 +212,23 @@ def encode(tokenizer: Any, examples: InstructionExamples, max_length: int) -> li
                                                      if len(too_long) > MAX_LISTED else "")
         raise DataError(f"{examples.source}: {len(too_long)} of {len(examples)} examples are longer than "
                         f"max_length {max_length} tokens: {listed}. Shorten them, or raise --max-length.")
+    return encoded
+
+
+def encode_prompts(tokenizer: Any, examples: InstructionExamples, max_length: int) -> list[list[int]]:
+    """Each example's prompt as the model reads it before answering; a prompt of ``max_length`` tokens or more
+    (no room left to answer) is an error naming it."""
+    encoded, too_long = [], []
+    for prompt, where in zip(examples.prompts, examples.locations, strict=True):
+        ids = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        if len(ids) >= max_length:
+            too_long.append(f"{where} ({len(ids)} tokens)")
+        encoded.append(ids)
+    if too_long:
+        listed = "; ".join(too_long[:MAX_LISTED]) + (f"; and {len(too_long) - MAX_LISTED} more"
+                                                     if len(too_long) > MAX_LISTED else "")
+        raise DataError(f"{examples.source}: {len(too_long)} of {len(examples)} prompts leave no room for an answer "
+                        f"in max_length {max_length} tokens: {listed}. Shorten them.")
     return encoded
 
 
@@ -283,3 +321,17 @@ def pack(encoded: list[Encoded], max_length: int) -> InstructionRows:
         rows[slot].append(example)
         room[slot] -= size
     return InstructionRows(rows)
+
+
+def write_instructions(examples: InstructionExamples, path: str | Path) -> Path:
+    """``examples`` as a JSON Lines file of ``prompt``/``completion`` (or ``messages``) objects, written whole or
+    not at all: what ``read_instructions`` reads back."""
+    from tuneloop.store.atomic import write_text_atomic
+
+    lines = []
+    for prompt, completion in zip(examples.prompts, examples.completions, strict=True):
+        row = ({"prompt": prompt, "completion": completion} if isinstance(prompt, str)
+               else {"messages": [*prompt, {"role": "assistant", "content": completion}]})
+        lines.append(json.dumps(row, ensure_ascii=False))
+    write_text_atomic(Path(path), "\n".join(lines) + "\n")
+    return Path(path)

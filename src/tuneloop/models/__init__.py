@@ -40,4 +40,11 @@ def get_adapter(name: str) -> ModelAdapter:
     return ADAPTERS[name]
 
 
-from tuneloop.models import ensemble, hf_text, image_nets, series_nets, tabular_mlp  # noqa: E402,F401  (each registers itself)
+from tuneloop.models import (  # noqa: E402,F401  (each registers itself)
+    causal_lm,
+    ensemble,
+    hf_text,
+    image_nets,
+    series_nets,
+    tabular_mlp,
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,8 +59,10 @@ class ProgressDisplay(Callback):
 
 
 def epoch_scores(record: EpochRecord) -> str:
-    if record.val_accuracy is None and record.val_rmse is None:
+    if not math.isfinite(record.val_loss):
         return "(no validation: every labelled example trains)"
+    if record.val_accuracy is None and record.val_rmse is None:  # a language model: its loss is its score
+        return f"perplexity {math.exp(min(record.val_loss, 50)):.4g}"
     if record.val_mase is not None:
         return f"MASE {record.val_mase:.4f} sMAPE {record.val_smape:.2f}% MAE {record.val_mae:.4g}"
     if record.val_rmse is not None:

@@ -621,8 +621,9 @@ def _regression_section(task: Any, run: Any, heading: str) -> str:
     forecaster's: every forecast point; and, where the examples draw themselves, the series with their
     forecasts)."""
     true = np.asarray(run.task.truth(run, task.val), dtype=np.float64)
-    predicted = np.asarray(run.predict_examples(task.val, precision=run.recipe.precision).values, dtype=np.float64)
-    scores = run.task.scores(run, task.val, predicted)
+    predictions = run.predict_examples(task.val, precision=run.recipe.precision)
+    predicted = np.asarray(predictions.values, dtype=np.float64)
+    scores = run.task.scores(run, task.val, predictions)
     true, points = true.reshape(-1), predicted.reshape(-1)
     figure = Figure(figsize=(5.2, 5.0), layout="constrained")
     axes = figure.add_subplot()
@@ -649,6 +650,31 @@ def _regression_section(task: Any, run: Any, heading: str) -> str:
     return "<section><h2>Predictions of the best model</h2>" + body + "</section>"
 
 
+ANSWERS_SHOWN = 20
+PROMPT_SHOWN = 160  # characters of a prompt a row shows (its end: where the question is)
+
+
+def _answers_section(task: Any, run: Any, heading: str) -> str:
+    """A language model's greedy answers to the first ANSWERS_SHOWN validation prompts, next to the expected
+    completions, with its answer loss, perplexity and exact match on them, measured now."""
+    sample = task.val.subset(range(min(len(task.val), ANSWERS_SHOWN)))
+    predictions = run.predict_examples(sample, precision=run.recipe.precision)
+    scores = run.task.scores(run, sample, predictions)
+    rows = []
+    for prompt, expected, answer in zip(sample.prompts, sample.completions or [], predictions.texts or [],
+                                        strict=True):
+        text = prompt if isinstance(prompt, str) else " | ".join(m["content"] for m in prompt)
+        shown = text if len(text) <= PROMPT_SHOWN else "..." + text[-PROMPT_SHOWN:]
+        mark = "yes" if answer.strip() == expected.strip() else "no"
+        rows.append(f"<tr><td>{_e(shown)}</td><td>{_e(expected.strip())}</td><td>{_e(answer)}</td>"
+                    f"<td>{mark}</td></tr>")
+    note = (f"{len(sample)} validation examples, {_e(heading)}: answer loss {scores['loss']:.4f}, perplexity "
+            f"{scores['perplexity']:.3g}, exact match {scores['exact_match']:.1%} (greedy answers, measured now).")
+    return ("<section><h2>Answers of the best model</h2>"
+            f"<p>{note}</p><table><thead><tr><th>prompt</th><th>expected</th><th>answered</th><th>match</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+
+
 def confusion_section(study: StudyRecord) -> str:
     """Where the best model goes wrong, measured now rather than read back, so it is never stale."""
     best = study.best
@@ -672,7 +698,9 @@ def confusion_section(study: StudyRecord) -> str:
 def prediction_section(task: Any, run: Any, heading: str,
                        title: str = "<h2>Confusion matrix on the validation set</h2>") -> str:
     """``run``'s model on ``task``'s validation examples, measured now: a classifier's confusion matrix, a
-    regressor's predicted against true values."""
+    regressor's predicted against true values; a language model's answers next to the expected ones."""
+    if getattr(run.task, "predicts_text", False):
+        return _answers_section(task, run, heading)
     if not run.classes:
         return _regression_section(task, run, heading)
     matrix, classes, note = _validation_confusion(task, run)

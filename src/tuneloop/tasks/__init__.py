@@ -40,6 +40,7 @@ class Predictions:
     classes: list[str]
     agreement_with_fp32: float | None = None  # int8 only: share of sampled labels that fp32 predicts too
     values: np.ndarray | None = None  # regression: the predicted targets, in their own units
+    texts: list[str] | None = None  # a language model: each prompt's completion
     precision: str | None = None  # where "auto" was asked for texts: what it chose, and why
     precision_reason: str | None = None
 
@@ -312,9 +313,10 @@ def check_knobs(task: type[Task], recipe: Recipe) -> None:
     problems = []
     for name in sorted(set(recipe.to_dict()) - task.knobs):
         if getattr(recipe, name) != getattr(default, name):
-            readers = [t.modality for t in TASKS.values() if name in t.knobs]
+            readers = sorted(t.modality for t in TASKS.values() if name in t.knobs)
+            readers = ", ".join(readers[:-1]) + " and " + readers[-1] if len(readers) > 1 else "".join(readers)
             problems.append(f"The '{name}' parameter does not apply to {task.modality} data ({task.default_model}); "
-                            f"{'it applies to ' + ' and '.join(readers) if readers else 'nothing reads it'}. "
+                            f"{'it applies to ' + readers if readers else 'nothing reads it'}. "
                             f"Got {getattr(recipe, name)!r}; leave it out.")
     if problems:
         raise ConfigError(problems)
@@ -394,4 +396,4 @@ def network_of(task: Any, recipe: Any) -> str:
     return f"{type(task).__name__} {task.backbone}{shape}, {knobs}"
 
 
-from tuneloop.tasks import image, series, table, text  # noqa: E402,F401  (each registers itself)
+from tuneloop.tasks import image, instructions, series, table, text  # noqa: E402,F401  (each registers itself)

@@ -374,10 +374,11 @@ class SeriesTask:
                               for i in range(0, len(contexts), PREDICT_BATCH)]).numpy()
 
     @classmethod
-    def scores(cls, run: Any, examples: SeriesExamples, values: np.ndarray) -> dict[str, float]:
-        """MASE, sMAPE, MAE, RMSE and R² of forecasts ``values``, and the seasonal-naive forecast's."""
+    def scores(cls, run: Any, examples: SeriesExamples, predictions: Predictions) -> dict[str, float]:
+        """MASE, sMAPE, MAE, RMSE and R² of the forecasts, and the seasonal-naive forecast's."""
         saved = run.model()[1]
-        return {**scored(values, examples, saved.season, saved.context), **naive_scores(examples, saved.season)}
+        return {**scored(predictions.values, examples, saved.season, saved.context),
+                **naive_scores(examples, saved.season)}
 
     @classmethod
     def naive_errors(cls, run: Any, examples: SeriesExamples) -> np.ndarray:
@@ -386,8 +387,10 @@ class SeriesTask:
         return cls.errors(run, examples, seasonal_naive(examples.contexts(max(season, 1)), examples.horizon, season))
 
     @classmethod
-    def errors(cls, run: Any, examples: SeriesExamples, values: np.ndarray) -> np.ndarray:
-        """Each window's mean absolute error over its series' seasonal-naive scale (its MASE)."""
+    def errors(cls, run: Any, examples: SeriesExamples, values: np.ndarray | None = None) -> np.ndarray:
+        """Each window's mean absolute error over its series' seasonal-naive scale (its MASE) (of forecasts
+        ``values``, else forecast now)."""
+        values = cls.predict(run, examples).values if values is None else values
         scale = examples.naive_scales(run.model()[1].season)
         return np.abs(values - examples.targets()).mean(1) / scale
 

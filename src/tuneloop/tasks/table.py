@@ -186,13 +186,14 @@ class TableTask:
         return Predictions([run.classes[i] for i in probabilities.argmax(1)], probabilities, run.classes)
 
     @classmethod
-    def scores(cls, run: Any, rows: TableExamples, values: np.ndarray) -> dict[str, float]:
+    def scores(cls, run: Any, rows: TableExamples, predictions: Predictions) -> dict[str, float]:
         """A regressor's MAE, RMSE (in the target's units) and R² on rows with targets."""
-        return regression_metrics(true=cls.truth(run, rows), predicted=values)
+        return regression_metrics(true=cls.truth(run, rows), predicted=predictions.values)
 
     @classmethod
-    def errors(cls, run: Any, rows: TableExamples, values: np.ndarray) -> np.ndarray:
-        """A regressor's absolute error on each row, in the target's units."""
+    def errors(cls, run: Any, rows: TableExamples, values: np.ndarray | None = None) -> np.ndarray:
+        """A regressor's absolute error on each row, in the target's units (of ``values``, else predicted now)."""
+        values = cls.predict(run, rows).values if values is None else values
         return np.abs(values - cls.truth(run, rows))
 
     error_name = "mean absolute error"

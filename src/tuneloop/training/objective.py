@@ -168,7 +168,7 @@ class LanguageModelling:
 
     name = "language_modelling"
     metrics = ()
-    predicts_values = False
+    predicts_values = True  # per sequence, numbers (not class probabilities): compared as values
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         return outputs[:, 0].float().sum() / outputs[:, 1].float().sum().clamp(min=1)

@@ -114,7 +114,7 @@ def needed_validation_size(accuracy: float, half_width: float, z: float = 1.96) 
 
 
 def diagnose(history: Sequence[EpochRecord], *, diverged: bool, n_val: int, num_classes: int,
-             metric: str = "macro_f1", objective: str = "classification",
+             metric: str = "macro_f1", objective: str = "classification", start_loss: float | None = None,
              thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Diagnosis:
     """Label a trial from its per-epoch history; see the module docstring for the rules and their order.
 
@@ -123,6 +123,9 @@ def diagnose(history: Sequence[EpochRecord], *, diverged: bool, n_val: int, num_
     (``objective`` "regression") chance is predicting the mean: R² 0 and a standardized MSE of 1; so it is for
     a forecaster (``objective`` "forecast", its errors standardized by each window's context: chance is
     forecasting the context's mean); the accuracy interval does not apply, and ``num_classes`` is not read.
+    A language model (``objective`` "language_modelling") has no chance level: a pretrained one starts far
+    below ln(vocabulary). What it learned is measured against ``start_loss``, the validation loss of the model
+    it started from (where known); its quality is its validation loss.
     """
     regression = objective != "classification"
     allowed = [*OBJECTIVE_METRICS[objective], "loss"]
@@ -143,7 +146,8 @@ def diagnose(history: Sequence[EpochRecord], *, diverged: bool, n_val: int, num_
                          "Got an empty history instead.")
 
     t = thresholds
-    curves = _Curves(history, metric, num_classes)
+    curves = _Curves(history, metric, num_classes, start_loss if objective == "language_modelling" else None,
+                     objective == "language_modelling")
     evidence = curves.evidence(n_val)
     accuracy = curves.best.val_accuracy
     noisy, noise_finding, noisy_note = False, "", ""
@@ -178,13 +182,18 @@ def _diagnosis(label: str, evidence: Evidence, finding: str, noisy_note: str) ->
 class _Curves:
     """The history as the columns and derived numbers the rules read."""
 
-    def __init__(self, history: Sequence[EpochRecord], metric: str, num_classes: int):
+    def __init__(self, history: Sequence[EpochRecord], metric: str, num_classes: int,
+                 start_loss: float | None = None, language_model: bool = False):
         self.history = list(history)
         self.train = [r.train_loss for r in self.history]
         self.val = [r.val_loss for r in self.history]
         self.num_classes = num_classes
         self.metric = metric
-        if num_classes:
+        if language_model:  # no chance level; the loss is the quality (higher quality: lower loss)
+            self.chance_loss = start_loss if start_loss is not None and start_loss > 0 else math.inf
+            self.chance_quality, self.chance_name = -math.inf, "the starting model's validation loss"
+            self.quality_name = "loss"
+        elif num_classes:
             self.chance_loss, self.chance_quality = math.log(num_classes), 1.0 / num_classes
             self.chance_name = f"ln({num_classes})"
             # Chance-level and falling-metric checks need a higher-is-better score in [0, 1].
@@ -192,7 +201,7 @@ class _Curves:
         else:  # a regressor: chance predicts the mean, R² 0 and MSE 1 on the standardized target
             self.chance_loss, self.chance_quality, self.chance_name = 1.0, 0.0, "(the MSE of the mean)"
             self.quality_name = "r2"
-        self.quality = [r.metric(self.quality_name) for r in self.history]
+        self.quality = [-r.val_loss if language_model else r.metric(self.quality_name) for r in self.history]
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
         # As the loop picks it: the first epoch with the best metric, ties going to the lower val loss.
         self.best_index = max(range(len(self.history)),
@@ -205,8 +214,8 @@ class _Curves:
             "epochs": len(self.history), "best_epoch": self.best.epoch, "metric": self.metric,
             "best_metric": self.best.metric(self.metric), "val_accuracy": self.best.val_accuracy,
             "first_train_loss": self.train[0], "last_train_loss": self.train[-1],
-            "min_val_loss": min(self.val), "last_val_loss": self.val[-1], "chance_loss": self.chance_loss,
-            "n_val": n_val,
+            "min_val_loss": min(self.val), "last_val_loss": self.val[-1],
+            "chance_loss": self.chance_loss if math.isfinite(self.chance_loss) else None, "n_val": n_val,
         }
 
 
@@ -250,7 +259,9 @@ def _overfitting_rule(c: _Curves, diverged: bool, t: Thresholds) -> _Found:
         best_at = c.quality.index(c.best_quality) + 1
         return ("overfitting", {"gap_ratio": ratio, "metric_drop": drop},
                 f"train loss {c.train[-1]:.3f} is {ratio:.0%} below val loss {c.val[-1]:.3f} and "
-                f"{c.quality_name} fell from {c.best_quality:.3f} (epoch {best_at}) to {c.quality[-1]:.3f}")
+                + (f"val loss rose from {-c.best_quality:.3f} (epoch {best_at}) to {-c.quality[-1]:.3f}"
+                   if c.quality_name == "loss" else
+                   f"{c.quality_name} fell from {c.best_quality:.3f} (epoch {best_at}) to {c.quality[-1]:.3f}"))
     return None
 
 

@@ -810,7 +810,8 @@ class _StudyDriver:
             record.status = trial_status(outcome.stopped_by, proposal.reason.startswith(SEED_CHECK_PREFIX))
             record.diagnosis = diagnose(outcome.history, diverged=outcome.diverged, n_val=len(self.task.val),
                                         num_classes=len(self.task.classes), metric=metric,
-                                        objective=self.task.objective.name)
+                                        objective=self.task.objective.name,
+                                        start_loss=getattr(self.task, "chance_loss", lambda: None)())
             self._compare(record, outcome.predictions)
             if record.status != "completed":
                 self.study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
