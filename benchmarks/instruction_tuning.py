@@ -25,10 +25,11 @@ is an error on both sides), seed 0, and precision ``--precision`` (auto: bf16 au
 natively, AVX-512 BF16 or AMX, else fp32; the weights stay fp32). Completion-only loss on both: the prompt's tokens
 are not learned; the end-of-sequence token after the completion is. tuneloop's early stopping is off (patience 0),
 but as always it keeps its best validation epoch; Trainer keeps its last step.
-Where they differ by design: tuneloop packs short training examples into rows of up to 256 tokens (a batch is 8 rows,
-about twice as many examples, so about half as many steps), sorts batches by length and validates once per epoch;
-the peer pads each batch of 8 examples to its longest, draws batches at random (Trainer's default) and validates
-every quarter epoch for its curve.
+Both draw batches of similar lengths (tuneloop always; the peer with ``train_sampling_strategy="group_by_length"``,
+the least padding Trainer offers). Where they differ by design: tuneloop packs a batch's shorter examples together
+into rows as long as its longest one, computes the output layer only where an answer token is learned, and
+validates once per epoch; the peer pads each batch of 8 examples to its longest, computes the logits of every
+position, and validates every quarter epoch for its curve.
 
 Validation loss at equal wall time: each side gets ``--wall-s`` (300) seconds of training, its validation passes
 not counted, checked after every step (a Trainer callback sets ``should_training_stop``; a tuneloop callback raises
@@ -49,9 +50,9 @@ Metrics, per side:
   by the same harness code for both (``sft_peer.exact_match``), and for tuneloop also on its own
   ``run.predict`` texts.
 - training tokens/s: the non-pad tokens of every training batch (prompt and completion) over the training seconds,
-  validation left out. Peer: Trainer's non-padding token count. tuneloop: ``train_tokens_per_s`` where its run
-  records it, else the training set's tokens times the epochs done (a part-epoch by its share of steps) over the
-  training seconds its callback timed.
+  validation left out. Peer: Trainer's non-padding token count. tuneloop: the training set's tokens times the
+  epochs done (a part-epoch by its share of steps) over the training seconds its callback timed (its run's own
+  ``train_tokens_per_s`` is kept beside it).
 - peak memory: the process's ``ru_maxrss`` when training ends (each side runs in its own process: model loading,
   data, training and the side's own validation passes; not saving or the harness's scoring); also read when the
   whole fit returns (for tuneloop that includes merging and saving its model).
@@ -227,10 +228,7 @@ def tuneloop_side(spec: dict[str, Any]) -> dict[str, Any]:
         own = sum(t.split("\n", 1)[0].strip() == e.completion.strip() for t, e in zip(texts, test, strict=True))
     return {"train_tokens": epoch_tokens * clock.epochs_done, "train_seconds": train_seconds,
             "eval_seconds": clock.eval_seconds,
-            "tokens_per_s": reported if reported is not None else measured,
-            "tokens_per_s_source": ("tuneloop's train_tokens_per_s" if reported is not None else
-                                    "training-set tokens x epochs done over training seconds (harness)"),
-            "tokens_per_s_harness": measured, "peak_rss_mib": clock.peak_rss_mib,
+            "tokens_per_s": measured, "tokens_per_s_reported": reported, "peak_rss_mib": clock.peak_rss_mib,
             "peak_rss_after_fit_mib": peak_after_fit, "fit_seconds": fit_seconds, "steps": clock.steps,
             "epochs_done": round(clock.epochs_done, 3), "steps_per_epoch": clock.steps_per_epoch,
             "stopped_by_wall": clock.stopped_by_wall, "curve": clock.curve,

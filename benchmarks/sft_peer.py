@@ -261,6 +261,8 @@ def peer_sft(train: str | Path, val: str | Path, test: str | Path, model_folder:
             eval_strategy="steps", eval_steps=max(1, round(steps_per_epoch / EVALUATIONS_PER_EPOCH)),
             save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
             use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16", dataloader_num_workers=0,
+            # Batches of similar lengths: the least padding Trainer offers (its default draws them at random).
+            train_sampling_strategy="group_by_length",
             include_num_input_tokens_seen="non_padding", label_names=["labels"], remove_unused_columns=False)
         trainer = Trainer(model=model, args=args, data_collator=CompletionCollator(tokenizer.pad_token_id),
                           train_dataset=train_rows, eval_dataset=val_rows, processing_class=tokenizer,

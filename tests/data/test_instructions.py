@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from tuneloop.data import load_examples
-from tuneloop.data.instructions import IGNORED, InstructionExamples, encode, one_per_row, pack, read_instructions
+from tuneloop.data.instructions import (
+    IGNORED,
+    InstructionExamples,
+    encode,
+    for_training,
+    one_per_row,
+    read_instructions,
+)
 from tuneloop.errors import DataError
 from tuneloop.models.causal_lm import CausalLMNetwork, load_causal_lm
 from tuneloop.training.objective import LANGUAGE_MODELLING
@@ -84,35 +91,37 @@ def test_an_example_too_long_is_an_error_that_counts_and_names_them(lm):
 
 def test_packed_examples_train_as_if_each_were_alone(lm):
     network, tokenizer = lm
-    examples = InstructionExamples(["crude oil prices fell", "wheat", "ships sailed from the port"],
-                                   ["crude", "grain", "ship"], ["line 1", "line 2", "line 3"], "x")
+    examples = InstructionExamples(["crude oil prices fell", "wheat", "ships sailed from the port", "corn"],
+                                   ["crude", "grain", "ship", "grain"], ["line 1", "line 2", "line 3", "line 4"], "x")
     encoded = encode(tokenizer, examples, 24)
-    assert [len(e.input_ids) for e in encoded] == [6, 3, 7]
-    rows = pack(encoded, 12)
-    assert [len(row) for row in rows.rows] == [2, 1], "first fit: the short second example joins the first"
-    assert rows.label_ids == [encoded[0].completion_tokens + encoded[1].completion_tokens,
-                              encoded[2].completion_tokens], "a row's labels: its learned tokens"
-    batch = rows.batch(np.arange(2))
-    assert batch.inputs["position_ids"][0, 6] == 0, "positions restart at each example"
+    assert [len(e.input_ids) for e in encoded] == [6, 3, 7, 3]
+    rows = for_training(encoded)
+    assert len(rows) == 4, "an epoch still counts examples: they are packed per batch"
+    batch = rows.batch(np.arange(4))
+    assert batch.inputs["input_ids"].shape == (3, 7), "rows as long as the longest example: the two short ones share"
+    assert len(batch) == 4 and batch.labels.tolist() == [2, 2, 4], "a row's labels: its learned tokens"
+    assert batch.inputs["position_ids"][2].tolist() == [0, 1, 2, 0, 1, 2, 0], "positions restart at each example"
     with torch.no_grad():
         logits = network(input_ids=batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"],
                          position_ids=batch.inputs["position_ids"]).logits
-        starts = [(0, 0), (0, 6), (1, 0)]
+        starts = [(1, 0), (2, 0), (0, 0), (2, 3)]
         for example, (row, at) in zip(encoded, starts, strict=True):
             alone = network(input_ids=torch.tensor([example.input_ids])).logits[0]
             torch.testing.assert_close(logits[row, at:at + len(example.input_ids)], alone, atol=1e-5, rtol=1e-4)
-    assert (batch.inputs["targets"][1, 7:] == IGNORED).all(), "padding is never learned"
+    assert batch.inputs["targets"][1, 6] == IGNORED and batch.inputs["targets"][2, 6] == IGNORED, \
+        "padding is never learned"
 
 
 def test_the_loss_of_a_packed_batch_is_the_mean_over_the_learned_tokens_of_each_example_alone(lm):
     network, tokenizer = lm
-    examples = InstructionExamples(["crude oil prices fell", "wheat", "ships sailed from the port"],
-                                   ["crude", "grain", "ship"], ["line 1", "line 2", "line 3"], "x")
+    examples = InstructionExamples(["crude oil prices fell", "wheat", "ships sailed from the port", "corn"],
+                                   ["crude", "grain", "ship", "grain"], ["line 1", "line 2", "line 3", "line 4"], "x")
     encoded = encode(tokenizer, examples, 24)
     wrapped = CausalLMNetwork(network).eval()
     with torch.no_grad():
-        packed = wrapped(**pack(encoded, 12).batch(np.arange(2)).inputs)
-        alone = wrapped(**one_per_row(encoded).batch(np.arange(3)).inputs)
+        packed = wrapped(**for_training(encoded).batch(np.arange(4)).inputs)
+        alone = wrapped(**one_per_row(encoded).batch(np.arange(4)).inputs)
+    assert len(packed) == 3, "the two short examples share a row"
     torch.testing.assert_close(packed.sum(0), alone.sum(0), atol=1e-4, rtol=1e-5)
     assert alone[:, 1].tolist() == [e.completion_tokens for e in encoded]
     loss = LANGUAGE_MODELLING.loss(alone, torch.tensor([]))

@@ -72,7 +72,7 @@ def test_the_packaged_smollm2_is_converted_once_and_read_from_the_cache_after(tm
 
 def test_the_training_loop_trains_a_causal_lm_on_packed_instructions_and_the_validation_loss_falls(tiny_causal_lm):
     from tuneloop.config import Recipe
-    from tuneloop.data.instructions import InstructionExamples, encode, one_per_row, pack
+    from tuneloop.data.instructions import InstructionExamples, encode, for_training, one_per_row
     from tuneloop.models.causal_lm import CausalLMNetwork
     from tuneloop.training.loop import evaluate, train
     from tuneloop.training.objective import LANGUAGE_MODELLING
@@ -88,9 +88,9 @@ def test_the_training_loop_trains_a_causal_lm_on_packed_instructions_and_the_val
     network, tokenizer = load_causal_lm(tiny_causal_lm)
     # The whole tiny network trains: its random output layer is too weak to move far with adapters alone.
     model = CausalLMNetwork(network)
-    train_rows = pack(encode(tokenizer, examples.subset(range(45)), 32), 32)
+    train_rows = for_training(encode(tokenizer, examples.subset(range(45)), 32))
     val_rows = one_per_row(encode(tokenizer, examples.subset(range(45, 60)), 32))
-    assert len(train_rows) < 45, "packed: fewer rows than examples"
+    assert len(train_rows) == 45, "an epoch counts examples, packed or not"
     before = evaluate(model, val_rows, torch.device("cpu"), "fp32", LANGUAGE_MODELLING).loss
     result = train(model, train_rows, val_rows, Recipe(epochs=8, learning_rate=3e-2, batch_size=4, patience=0,
                                                        warmup_ratio=0.0), torch.device("cpu"), "fp32",

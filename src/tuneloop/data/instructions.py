@@ -273,11 +273,15 @@ def laid_out(rows: list[list[Encoded]]) -> Packed:
 
 @dataclass(frozen=True)
 class InstructionRows:
-    """What the training loop trains and validates on: rows of one example each, or of several packed end to
-    end (``pack``). A batch is the network's inputs (token ids, the 4D mask, positions, and the ids each
-    position should predict) and, as labels, each row's count of learned tokens."""
+    """What the training loop trains and validates on: ``rows`` of examples, one each as ``one_per_row`` makes
+    them (a validation example's loss is its own). Where ``packs`` (``for_training``), a batch's examples are
+    packed into as few rows as ``packed`` fits them in, so a batch still holds ``batch_size`` examples (the steps
+    an epoch takes do not change) but computes less padding. A batch is the network's inputs (token ids, the 4D
+    mask, positions, and the ids each position should predict) and, as labels, each row's count of learned
+    tokens; its ``indices`` are the examples it holds."""
 
     rows: list[list[Encoded]]
+    packs: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -290,13 +294,25 @@ class InstructionRows:
     def label_ids(self) -> list[int]:
         return [sum(e.completion_tokens for e in row) for row in self.rows]
 
+    @property
+    def tokens(self) -> int:
+        """Every token of every example (prompt and answer): what a pass over them reads."""
+        return int(self.lengths.sum())
+
+    def examples(self) -> list[Encoded]:
+        return [example for row in self.rows for example in row]
+
     def batch(self, indices: np.ndarray):
         from tuneloop.data.batches import Batch
 
-        packed = laid_out([self.rows[i] for i in indices])
-        inputs = {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask(),
-                  "position_ids": packed.position_ids, "targets": packed.labels}
-        return Batch(inputs, torch.tensor([self.label_ids[i] for i in indices]), np.asarray(indices))
+        rows = [self.rows[i] for i in indices]
+        if self.packs:
+            rows = packed([example for row in rows for example in row])
+        laid = laid_out(rows)
+        inputs = {"input_ids": laid.input_ids, "attention_mask": laid.attention_mask(),
+                  "position_ids": laid.position_ids, "targets": laid.labels}
+        return Batch(inputs, torch.tensor([sum(e.completion_tokens for e in row) for row in rows]),
+                     np.asarray(indices))
 
 
 def one_per_row(encoded: list[Encoded]) -> InstructionRows:
@@ -304,23 +320,32 @@ def one_per_row(encoded: list[Encoded]) -> InstructionRows:
     return InstructionRows([[example] for example in encoded])
 
 
-def pack(encoded: list[Encoded], max_length: int) -> InstructionRows:
-    """``encoded`` laid end to end, in their order, into as few rows of at most ``max_length`` tokens as first
-    fit allows (an example never splits across rows): fewer, fuller sequences, so less compute on padding."""
-    if any(len(e.input_ids) > max_length for e in encoded):
-        raise ValueError(f"every example must fit in max_length {max_length} tokens; encode() checks that")
+def for_training(encoded: list[Encoded]) -> InstructionRows:
+    """Each example a row of its own, a batch's examples packed (``packed``) when it is drawn."""
+    return InstructionRows([[example] for example in encoded], packs=True)
+
+
+def packed(examples: list[Encoded]) -> list[list[Encoded]]:
+    """``examples`` laid end to end into as few rows as first fit, longest first, puts them in, each row at most
+    as long as the longest example (which is what a batch of them is padded to anyway): the padding the shorter
+    examples would leave is filled with other examples, and no row costs more attention than the longest
+    example alone. An example never splits across rows."""
+    if not examples:
+        return []
+    order = sorted(examples, key=lambda e: -len(e.input_ids))
+    capacity = len(order[0].input_ids)
     rows: list[list[Encoded]] = []
     room: list[int] = []
-    for example in encoded:
+    for example in order:
         size = len(example.input_ids)
         slot = next((i for i, left in enumerate(room) if left >= size), None)
         if slot is None:
             rows.append([])
-            room.append(max_length)
+            room.append(capacity)
             slot = len(rows) - 1
         rows[slot].append(example)
         room[slot] -= size
-    return InstructionRows(rows)
+    return rows
 
 
 def write_instructions(examples: InstructionExamples, path: str | Path) -> Path:

@@ -206,10 +206,12 @@ class CausalLMNetwork(nn.Module):
                                   position_ids=position_ids).last_hidden_state
         following = targets[:, 1:]
         learned = following != IGNORED
-        logits = model.get_output_embeddings()(hidden[:, :-1][learned])
-        # The loss in fp32: bf16 log-softmax over a large vocabulary loses exactly the small probabilities the
-        # loss is made of.
-        nll = F.cross_entropy(logits.float(), following[learned], reduction="none")
+        # The output layer and the loss in fp32 whatever the precision the rest computes in: logits of 20 or 30
+        # rounded to bf16 are off by an eighth or more, which moves a token's log-likelihood by as much, and
+        # only the learned positions (a few per example) pay for it.
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = model.get_output_embeddings()(hidden[:, :-1][learned].float())
+        nll = F.cross_entropy(logits, following[learned], reduction="none")
         rows = torch.zeros(len(input_ids), dtype=nll.dtype, device=nll.device)
         rows = rows.index_add(0, learned.nonzero()[:, 0], nll)
         return torch.stack([rows, learned.sum(1).to(nll.dtype)], dim=1)

@@ -2,9 +2,10 @@
 packaged SmolLM2-135M-Instruct by default, or any local Hugging Face causal LM), with LoRA adapters by default.
 
 Examples are prompt/completion pairs or chats (``data/instructions.py``); the loss covers the answers only, and
-short training examples are packed into full rows without seeing each other. The metric is the validation loss
-(the mean negative log-likelihood of an answer token; perplexity is its exponential); where answers are short
-(a known answer: a topic, a label, a number), a finished run also measures exact match after greedy generation.
+the short examples of a training batch are packed into the rows its longest one needs, without seeing each other.
+The metric is the validation loss (the mean negative log-likelihood of an answer token; perplexity is its
+exponential); where answers are short (a known answer: a topic, a label, a number), a finished run also measures
+exact match after greedy generation.
 What a model that learned nothing scores is the validation loss of the model the fine-tune started from.
 
 A saved run writes completions (``predict``), is judged by the promotion gate on each held-out example's loss
@@ -31,9 +32,9 @@ from tuneloop.data.instructions import (
     InstructionExamples,
     encode,
     encode_prompts,
+    for_training,
     holds_instructions,
     one_per_row,
-    pack,
     read_instructions,
 )
 from tuneloop.errors import ConfigError, DataError
@@ -146,20 +147,21 @@ class InstructionTask:
                             weight_decay=0.0, patience=1)
 
     def encoded(self, tokenizer: Any, max_length: int) -> tuple[Any, Any]:
-        """Training rows (packed) and validation rows (one example each) for ``max_length``, encoded once."""
+        """Training rows (each batch packed) and validation rows (one example each) for ``max_length``, encoded
+        once."""
         if max_length not in self._encoded:
-            self._encoded[max_length] = (pack(encode(tokenizer, self.train, max_length), max_length),
+            self._encoded[max_length] = (for_training(encode(tokenizer, self.train, max_length)),
                                          one_per_row(encode(tokenizer, self.val, max_length)))
         return self._encoded[max_length]
 
     def prepare(self, recipe: Recipe, device: torch.device, precision: str, *, cache_features: bool = True
                 ) -> Prepared:
-        """The causal LM for ``recipe`` (LoRA adapters where ``lora_rank`` > 0) and its packed training rows.
+        """The causal LM for ``recipe`` (LoRA adapters where ``lora_rank`` > 0) and its training rows.
         The first time, the model as it starts is scored on the validation rows: what it learns is measured
         against that."""
         network, tokenizer = get_adapter(self.adapter_name).build(self.backbone, recipe, model_cache())
         train_rows, val_rows = self.encoded(tokenizer, recipe.max_length)
-        network.answer_tokens = max(e.completion_tokens for row in train_rows.rows for e in row)
+        network.answer_tokens = max(e.completion_tokens for e in train_rows.examples())
         if recipe.max_length not in self._start_loss:
             self._start_loss[recipe.max_length] = evaluate(network, val_rows, device, precision, self.objective).loss
         return Prepared(network, tokenizer, network, train_rows, val_rows)
@@ -179,14 +181,18 @@ class InstructionTask:
         start = self.chance_loss()
         return {} if start is None else {"start_val_loss": start, "start_val_perplexity": math.exp(min(start, 50))}
 
-    def final_scores(self, network: Any, tokenizer: Any, device: torch.device, precision: str) -> dict[str, Any]:
-        """A finished run's validation perplexity, and where answers are short, its exact match on up to
+    def final_scores(self, network: Any, tokenizer: Any, device: torch.device, precision: str,
+                     trained: dict[str, Any]) -> dict[str, Any]:
+        """A finished run's validation perplexity, its training tokens per second (prompt and answer tokens, from
+        the examples per second in ``trained``), and where answers are short, its exact match on up to
         EXACT_MATCH_LIMIT validation examples (greedy generation)."""
-        val_rows = next(iter(self._encoded.values()))[1]
+        train_rows, val_rows = next(iter(self._encoded.values()))
         scored = evaluate(network, val_rows, device, precision, self.objective)
-        found: dict[str, Any] = {"val_perplexity": math.exp(min(scored.loss, 50))}
+        found: dict[str, Any] = {"val_perplexity": math.exp(min(scored.loss, 50)),
+                                 "train_tokens_per_s": trained["train_samples_per_s"] * train_rows.tokens
+                                 / max(len(train_rows), 1)}
         sample = self.val.subset(range(min(len(self.val), EXACT_MATCH_LIMIT)))
-        longest = max(e.completion_tokens for row in val_rows.rows for e in row)
+        longest = max(e.completion_tokens for e in val_rows.examples())
         if longest <= SHORT_ANSWER_TOKENS:
             answers = greedy_completions(network, tokenizer, encode_prompts(tokenizer, sample, 10**9), longest + 2,
                                          device, precision)
