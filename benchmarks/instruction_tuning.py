@@ -352,8 +352,8 @@ def main() -> None:
                         "file or a local Hugging Face causal-LM folder")
     parser.add_argument("--cache", type=Path, default=None, help="where a GGUF model is converted (tuneloop's model "
                         "cache: $TUNELOOP_MODEL_CACHE, else ~/.cache/tuneloop/models)")
-    parser.add_argument("--wall-s", type=float, default=300.0, help="training seconds per side, validation excluded")
-    parser.add_argument("--epochs", type=int, default=2, help="at most this many epochs per side")
+    parser.add_argument("--wall-s", type=float, default=150.0, help="training seconds per side, validation excluded")
+    parser.add_argument("--epochs", type=int, default=3, help="at most this many epochs per side")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--lora-alpha", type=float, default=16.0)
     parser.add_argument("--lora-dropout", type=float, default=0.05)

