@@ -20,18 +20,18 @@ The same settings for both (each an option): LoRA rank 8, alpha 16, dropout 0.05
 o_proj; AdamW (fused), learning rate 2e-4 (the rate LoRA fine-tunes commonly use: the adapters start at zero and
 need a larger step than a full fine-tune's 2e-5; it is also tuneloop's own LoRA default), linear schedule after a
 warmup over 5% of the steps (Trainer rounds the warmup steps up, tuneloop down), weight decay 0, gradient clipping
-at 1.0 (both sides' default), batch size 8, at most 2 epochs, examples up to 256 tokens (none is cut: a longer one
-is an error on both sides), seed 0, and precision ``--precision`` (auto: bf16 autocast where the CPU computes bf16
-natively, AVX-512 BF16 or AMX, else fp32; the weights stay fp32). Completion-only loss on both: the prompt's tokens
-are not learned; the end-of-sequence token after the completion is. tuneloop's early stopping is off (patience 0),
-but as always it keeps its best validation epoch; Trainer keeps its last step.
+at 1.0 (both sides' default), batch size 8, at most 3 epochs (tuneloop's default), examples up to 256 tokens (none
+is cut: a longer one is an error on both sides), seed 0, and precision ``--precision`` (auto: bf16 autocast where
+the CPU computes bf16 natively, AVX-512 BF16 or AMX, else fp32; the weights stay fp32). Completion-only loss on
+both: the prompt's tokens are not learned; the end-of-sequence token after the completion is. tuneloop's early
+stopping is off (patience 0), but as always it keeps its best validation epoch; Trainer keeps its last step.
 Both draw batches of similar lengths (tuneloop always; the peer with ``train_sampling_strategy="group_by_length"``,
 the least padding Trainer offers). Where they differ by design: tuneloop packs a batch's shorter examples together
 into rows as long as its longest one, computes the output layer only where an answer token is learned, and
 validates once per epoch; the peer pads each batch of 8 examples to its longest, computes the logits of every
 position, and validates every quarter epoch for its curve.
 
-Validation loss at equal wall time: each side gets ``--wall-s`` (300) seconds of training, its validation passes
+Validation loss at equal wall time: each side gets ``--wall-s`` (150) seconds of training, its validation passes
 not counted, checked after every step (a Trainer callback sets ``should_training_stop``; a tuneloop callback raises
 ``StopTraining``, after which tuneloop validates the part-epoch), and the same epoch cap: a side that finishes its
 epochs first stops there.
@@ -42,9 +42,11 @@ Metrics, per side:
   validation set, token-weighted, computed by the harness in fp32 for both (``sft_peer.validation_loss``): for
   tuneloop on its saved model folder, for the peer on its model with the adapters merged. Each side's own curve is
   kept too (Trainer's eval_loss every quarter epoch, each batch's token mean averaged over examples; tuneloop's
-  val_loss every epoch), in the precision it trained in. Those are not comparable with the final figures: under
-  bf16 autocast the logits are rounded to bf16, and a LoRA-tuned SmolLM2 then reads about 0.4 nats higher than in
-  fp32 on the same weights (6.69 against 6.26 after one epoch at 1e-3; 9.08 against 9.07 before training).
+  val_loss every epoch), in the precision it trained in. The peer's are not comparable with the final figures:
+  under bf16 autocast its logits are rounded to bf16, and a LoRA-tuned SmolLM2 then reads about 0.4 nats higher
+  than in fp32 on the same weights (6.69 against 6.26 after one epoch at 1e-3; 9.08 against 9.07 before
+  training). tuneloop computes the output layer and the loss in fp32 under bf16 autocast, so its own curve ends
+  where the harness's fp32 figure is (0.6476 against 0.6464 in the stored bf16 run).
 - exact match on the test set, with a 95% Wilson interval: greedy generation (at most the longest test completion's
   tokens + 2), decoded without special tokens, cut at the first newline, stripped, against the stripped completion;
   by the same harness code for both (``sft_peer.exact_match``), and for tuneloop also on its own
@@ -63,15 +65,16 @@ Each side runs in a fresh process (``--side peer|tuneloop --spec SPEC --out RESU
 reads the result), in the order ``--sides`` gives (peer, then tuneloop). Printed first: the CPU, its core count and
 whether /proc/cpuinfo has avx2 and avx512_bf16; then a line per side, a table of both and the tuneloop/peer ratios.
 
-Reproduce (from the repository root, CPU; about 15 minutes with the defaults on 2 cores, where neither side finishes
-its 2 epochs in 300 s: the peer took about 7.7 s a step of 8 examples, tuneloop about 12 s a step of 8 packed rows):
+Reproduce (from the repository root, CPU; about 7 minutes with the defaults on 2 cores of an Intel Xeon with AMX
+and AVX-512 BF16 in bf16, where the peer reached its 150 s after 62 of its 96 steps (2.4 s a step of 8 examples) and
+tuneloop finished its 3 epochs in 139 s (1.5 s a step); longer in fp32 and on AVX2-only CPUs):
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python benchmarks/instruction_tuning.py \\
         --json benchmarks/results/instruction_tuning.json
 
-A quick look at the peer alone: ``--sides peer --train-size 64 --val-size 16 --test-size 20 --wall-s 120``. The
-figures a run prints come from the CPU its first line names; this script was written on a 2-core Intel Xeon with
-avx2, avx512f and avx512_bf16 (bf16 native: both sides train under bf16 autocast there by default).
+``--precision fp32`` trains both sides in fp32 (the fast path, and ``auto``'s choice, on a CPU without native
+bf16). A quick look: ``--train-size 64 --val-size 16 --test-size 20 --wall-s 120``. The figures a run prints come
+from the CPU its first line names.
 """
 
 from __future__ import annotations

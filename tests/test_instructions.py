@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import run_tuneloop
 
 from tuneloop import api
+from tuneloop.config import Recipe
 from tuneloop.data.instructions import InstructionExamples, read_instructions, write_instructions
 from tuneloop.errors import ConfigError
 
@@ -132,3 +133,24 @@ def test_lora_on_the_packaged_smollm2_learns_reuters_topics_and_saves_a_plain_mo
     assert isinstance(answer, str)
     plain = AutoModelForCausalLM.from_pretrained(run.path)
     assert not any("lora" in name for name, _ in plain.named_parameters()), "merged: no adapters left"
+
+
+@pytest.mark.parametrize("strategy", ["grid", "random", "bayes"])
+def test_every_search_strategy_searches_the_language_models_space(tmp_path, tiny_causal_lm, strategy):
+    train = write_instructions(topic_examples(24), tmp_path / "train.jsonl")
+    result = api.tune(train, model=str(tiny_causal_lm), workspace=tmp_path / "ws", budget="2trials",
+                      strategy=strategy, seed_check=False, refit=False, recipe=Recipe(epochs=1))
+    searched = [trial for trial in result.trials if trial.kind == "search"]
+    assert len(searched) == 2 and result.best_run is not None
+    assert all(trial.recipe.lora_rank in (4, 8, 16, 32) for trial in searched), [t.recipe for t in searched]
+    assert len({trial.recipe for trial in searched}) == 2, "two recipes, not one twice"
+
+
+def test_the_seed_check_reruns_a_language_models_best_recipes(tmp_path, tiny_causal_lm):
+    train = write_instructions(topic_examples(24), tmp_path / "train.jsonl")
+    val = write_instructions(topic_examples(30).subset(range(24, 30)), tmp_path / "val.jsonl")
+    result = api.tune(train, val, model=str(tiny_causal_lm), workspace=tmp_path / "ws", budget="8trials",
+                      seed_check=True, refit=False, recipe=Recipe(epochs=1))
+    kinds = [trial.kind for trial in result.trials]
+    assert kinds[:2] == ["search", "search"] and "seed check" in kinds, (kinds, result.choice)
+    assert result.best_run.predict(["topic of: oil barrels"]).texts is not None

@@ -6,7 +6,8 @@ leaves nothing behind; register -> drift -> adapt -> gate runs. A new kind bring
 Data: the tiny random BERT of conftest.py on toy sentences; scikit-learn's bundled wine table and 8x8 digits
 (BSD-licensed with scikit-learn; from the UCI repository), the digits as PNG files in class folders; statsmodels'
 bundled US macroeconomic data (quarterly real GDP and CPI, 1959-2009, from the Federal Reserve Bank of St. Louis
-and the Bureau of Labor Statistics: US government data in the public domain).
+and the Bureau of Labor Statistics: US government data in the public domain); for instructions, the wine table as
+prompts (two of a wine's measurements) and completions (its cultivar), tuned on conftest.py's tiny random Llama.
 """
 
 from __future__ import annotations

@@ -95,3 +95,24 @@ def test_the_training_loop_trains_a_causal_lm_on_packed_instructions_and_the_val
     assert result.history[0].train_loss > result.history[-1].train_loss
     assert min(losses) < before / 2, f"the answers are learned: validation loss {before:.2f} -> {losses}"
     assert result.best_epoch == 1 + losses.index(min(losses)), "the metric is the loss: lowest is best"
+
+
+def test_l2sp_holds_a_lora_update_near_the_model_it_started_from(tiny_causal_lm):
+    from tuneloop.config import Recipe
+    from tuneloop.data.instructions import InstructionExamples, encode, for_training
+    from tuneloop.models.causal_lm import CausalLMNetwork
+    from tuneloop.training.loop import train
+    from tuneloop.training.objective import LANGUAGE_MODELLING
+
+    examples = InstructionExamples([f"topic of: item {i}" for i in range(16)], [" crude", " grain"] * 8,
+                                   [f"line {i + 1}" for i in range(16)], "x.jsonl")
+    drift = {}
+    for strength in (0.0, 50.0):
+        network, tokenizer = load_causal_lm(tiny_causal_lm)
+        model = CausalLMNetwork(with_lora(network, rank=4, alpha=8.0, dropout=0.0, targets="attention"))
+        assert model.pretrained_parameter_names() and all("lora_" in n for n in model.pretrained_parameter_names())
+        rows = for_training(encode(tokenizer, examples, 32))
+        train(model, rows, None, Recipe(epochs=3, learning_rate=1e-2, batch_size=4, warmup_ratio=0.0, l2sp=strength),
+              torch.device("cpu"), "fp32", objective=LANGUAGE_MODELLING)
+        drift[strength] = sum(p.norm().item() for n, p in model.named_parameters() if "lora_B" in n)
+    assert drift[50.0] < drift[0.0] / 2, f"the update (lora_B, zero at the start) is pulled back toward zero: {drift}"

@@ -199,6 +199,11 @@ class CausalLMNetwork(nn.Module):
     def uses_lora(self) -> bool:
         return self.plain is not self.lm
 
+    def pretrained_parameter_names(self) -> list[str]:
+        """Every trainable weight, for L2-SP: each starts where the model the fine-tune starts from is (its own
+        weights, or LoRA adapters whose update starts at zero), so pulling them back keeps the model near it."""
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor:
         model = self.plain

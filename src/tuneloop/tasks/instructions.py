@@ -85,7 +85,7 @@ class InstructionTask:
     default_model = "packaged SmolLM2-135M-Instruct"
     knobs = frozenset({"learning_rate", "epochs", "batch_size", "weight_decay", "warmup_ratio", "schedule",
                        "grad_clip", "patience", "metric", "precision", "seed", "init_seed", "max_length",
-                       "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"})
+                       "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "l2sp"})
     kind = KIND
     adapter_name = "causal_lm"
     objective = LANGUAGE_MODELLING
