@@ -111,6 +111,12 @@ def test_a_guided_tune_of_a_language_model_moves_its_own_knobs(tmp_path, tiny_ca
     assert all(trial.diagnosis is None or trial.diagnosis.label in {"underfitting", "too_slow", "good_fit",
                                                                      "overfitting", "diverged", "noisy_validation"}
                for trial in result.trials)
+    report = tmp_path / "report.html"
+    done = run_tuneloop("report", result.study_id, "-o", report, "--workspace", tmp_path / "ws")
+    assert done.returncode == 0, done.stderr
+    page = report.read_text()
+    assert "Answers of the best model" in page and "Confusion matrix" not in page
+    assert "exact match" in page and "<td>topic of:" in page
 
 
 @pytest.mark.e2e

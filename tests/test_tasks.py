@@ -54,3 +54,10 @@ def test_the_command_line_refuses_lora_on_a_table_before_writing_anything(tmp_pa
     done = run_tuneloop("fit", str(path), "--lora-rank", "4", "--workspace", str(tmp_path / "ws"), "--quiet")
     assert done.returncode == 2 and "'lora_rank' parameter does not apply to tabular data" in done.stderr
     assert not (tmp_path / "ws").exists()
+
+
+def test_every_kind_inherits_the_defaults_that_others_read_without_asking():
+    from tuneloop.tasks import TASKS, KindDefaults
+
+    assert all(issubclass(task, KindDefaults) for task in TASKS.values())
+    assert [m for m, t in TASKS.items() if t.predicts_text] == ["instructions"]

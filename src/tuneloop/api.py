@@ -180,7 +180,7 @@ def generate(run: str | Run, prompts: str | Sequence[str], *, chat: bool = False
     from tuneloop.data.instructions import InstructionExamples
 
     run = run if isinstance(run, Run) else load_run(run, workspace)
-    if not getattr(run.task, "predicts_text", False):
+    if not run.task.predicts_text:
         raise ConfigError([f"run {run.id} is a {run.adapter} model, not a language model: use predict."])
     if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
                                        or max_new_tokens < 1):
@@ -463,7 +463,7 @@ def tune(data: str | os.PathLike | Examples | None = None,
 
             final = FinalSteps(soup=lambda run_ids, soup_recipe: soup_run(store, task, run_ids, soup_recipe),
                                ensemble=(lambda run_ids, estimate: ensemble_run(store, task, run_ids, estimate))
-                               if getattr(task, "averages_predictions", True) else None,
+                               if task.averages_predictions else None,
                                cross_validate=lambda cv_recipe, k: cross_validate(task, cv_recipe, k, base.seed),
                                refit=refit_on_all if options.get("refit", True) else None,
                                shares_start=task.starts_pretrained and base.init == "pretrained")

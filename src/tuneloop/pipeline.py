@@ -108,7 +108,7 @@ def train_run(store: Workspace, task: Task, recipe: Recipe, callbacks: Sequence[
                    "pairs_seconds": round(phase_seconds, 3), "precision": precision,
                    "device": device.type, **task.baseline(), **_val_roc_auc(task, result, val_set),
                    "train_samples_per_s": float(np.mean([e.train_samples_per_s for e in result.history]))}
-        if result.stopped_by != "pruned" and hasattr(task, "final_scores"):  # what its kind measures at the end
+        if result.stopped_by != "pruned":  # what its kind measures at the end
             metrics.update(task.final_scores(trainable, prepared.preprocessor, device, precision, metrics))
         if result.stopped_by == "pruned":
             store.fail_run(run_id, f"stopped: {result.stopped_by}", status="pruned", metrics=metrics)

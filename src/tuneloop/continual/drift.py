@@ -178,7 +178,7 @@ def _target_shift(run, replay: Examples, new: Examples, seed: int) -> Evidence:
     now = np.asarray(run.task.truth(run, new), dtype=np.float64)
     test = mmd_permutation_test(old, now, seed=seed)
     shifted = bool(test.p_value < ALPHA)
-    what = getattr(run.task, "target_name", "target values")
+    what = run.task.target_name
     return Evidence("labels", shifted, f"{what} {'moved' if shifted else 'match'}: mean {old.mean():.4g} -> "
                     f"{now.mean():.4g}, std {old.std():.4g} -> {now.std():.4g} (MMD p = {test.p_value:.3g})",
                     test.statistic, test.p_value, {"old_mean": float(old.mean()), "new_mean": float(now.mean())})

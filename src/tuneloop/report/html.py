@@ -699,7 +699,7 @@ def prediction_section(task: Any, run: Any, heading: str,
                        title: str = "<h2>Confusion matrix on the validation set</h2>") -> str:
     """``run``'s model on ``task``'s validation examples, measured now: a classifier's confusion matrix, a
     regressor's predicted against true values; a language model's answers next to the expected ones."""
-    if getattr(run.task, "predicts_text", False):
+    if run.task.predicts_text:
         return _answers_section(task, run, heading)
     if not run.classes:
         return _regression_section(task, run, heading)

@@ -165,6 +165,26 @@ class DataSource:
         return read_table(self.data) if self.is_path and not self.is_folder else None
 
 
+class KindDefaults:
+    """What a kind of data is where it says nothing else: every kind's task class inherits these, so that no module
+    outside a kind asks whether a task has a member, only what it is."""
+
+    predicts_text: ClassVar[bool] = False  # its predictions are generated text (Predictions.texts)
+    averages_predictions: ClassVar[bool] = True  # an ensemble of its runs averages their predictions
+    target_name: ClassVar[str] = "target values"  # what a drift check calls the targets it compares
+
+    def chance_loss(self) -> float | None:
+        """The validation loss of a model that learned nothing, where the kind measures one (None: the
+        diagnosis reads chance from the objective: ln(classes), or the mean's error)."""
+        return None
+
+    def final_scores(self, network: Any, preprocessor: Any, device: torch.device, precision: str,
+                     trained: dict[str, Any]) -> dict[str, Any]:
+        """What a finished run of this kind measures beyond its epochs' scores, given the scores so far
+        (``trained``); nothing by default."""
+        return {}
+
+
 class Task(Protocol):
     """What every kind of data implements, in its own module, registered by its ``modality`` (``register``).
 
@@ -182,6 +202,10 @@ class Task(Protocol):
     adapter_name: ClassVar[str]  # the model adapter its runs are saved with
     default_model: ClassVar[str]  # what it trains where no model is named, in words
     knobs: ClassVar[frozenset[str]]  # the recipe knobs that apply to it (COMMON_KNOBS and its own)
+    predicts_text: ClassVar[bool]  # these three, chance_loss and final_scores: KindDefaults has them, a kind says
+    # only where it differs
+    averages_predictions: ClassVar[bool]
+    target_name: ClassVar[str]
     train: Any
     val: Any
     data_options: DataOptions | None
@@ -241,6 +265,11 @@ class Task(Protocol):
     def cache_in(self, folder: Path) -> None: ...
 
     def baseline(self) -> dict[str, float]: ...
+
+    def chance_loss(self) -> float | None: ...
+
+    def final_scores(self, network: Any, preprocessor: Any, device: torch.device, precision: str,
+                     trained: dict[str, Any]) -> dict[str, Any]: ...
 
     # -- a saved run of this kind, on new data ----------------------------------------------------------------
 

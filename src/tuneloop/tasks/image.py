@@ -35,6 +35,7 @@ from tuneloop.tasks import (
     COMMON_KNOBS,
     DataOptions,
     DataSource,
+    KindDefaults,
     Predictions,
     Prepared,
     class_ids,
@@ -74,7 +75,7 @@ IMAGE_SCRATCH_FAMILY = Family("image-scratch", IMAGE_SCRATCH_RULES, IMAGE_SCRATC
 
 @register
 @dataclass
-class ImageTask:
+class ImageTask(KindDefaults):
     """Checked training and validation images with their classes, and the network they train."""
 
     train: ImageExamples

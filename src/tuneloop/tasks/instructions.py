@@ -40,7 +40,7 @@ from tuneloop.data.instructions import (
 from tuneloop.errors import ConfigError, DataError
 from tuneloop.models import get_adapter
 from tuneloop.models.causal_lm import SMOLLM2, answer_limit, greedy_completions, model_cache, model_source
-from tuneloop.tasks import DataOptions, DataSource, Predictions, Prepared, label_folds, register
+from tuneloop.tasks import DataOptions, DataSource, KindDefaults, Predictions, Prepared, label_folds, register
 from tuneloop.training.device import pick_device
 from tuneloop.training.loop import evaluate, predict_outputs
 from tuneloop.training.objective import LANGUAGE_MODELLING
@@ -74,7 +74,7 @@ def lm_learning_rate(trainable_layers: int | str, lora_rank: int = 0) -> float:
 
 @register
 @dataclass
-class InstructionTask:
+class InstructionTask(KindDefaults):
     """Checked training and validation instructions, the causal LM they tune, and their tokens per length."""
 
     train: InstructionExamples

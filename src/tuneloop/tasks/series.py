@@ -35,7 +35,16 @@ from tuneloop.data.series import (
 from tuneloop.errors import ConfigError, DataError
 from tuneloop.models import get_adapter
 from tuneloop.models.series_nets import SeriesPreprocessing
-from tuneloop.tasks import COMMON_KNOBS, DataOptions, DataSource, Predictions, Prepared, register, saved_classes
+from tuneloop.tasks import (
+    COMMON_KNOBS,
+    DataOptions,
+    DataSource,
+    KindDefaults,
+    Predictions,
+    Prepared,
+    register,
+    saved_classes,
+)
 from tuneloop.training.device import pick_device, resolve_precision
 from tuneloop.training.loop import predict_outputs
 from tuneloop.training.objective import FORECAST, forecast_metrics
@@ -133,7 +142,7 @@ def windows_of(examples: SeriesExamples, context: int, season: int) -> Windows:
 
 @register
 @dataclass
-class SeriesTask:
+class SeriesTask(KindDefaults):
     """Checked training and validation windows of some series, and how they were read."""
 
     train: SeriesExamples

@@ -38,6 +38,7 @@ from tuneloop.tasks import (
     COMMON_KNOBS,
     DataOptions,
     DataSource,
+    KindDefaults,
     Predictions,
     Prepared,
     classes_keeping,
@@ -61,7 +62,7 @@ EMBED_BATCH = 256  # rows embedded at a time
 
 @register
 @dataclass
-class TableTask:
+class TableTask(KindDefaults):
     """Checked training and validation rows, their fitted preprocessing, and the vectors it gives."""
 
     train: TableExamples

@@ -44,6 +44,7 @@ from tuneloop.tasks import (
     COMMON_KNOBS,
     DataOptions,
     DataSource,
+    KindDefaults,
     Phase,
     Predictions,
     Prepared,
@@ -125,7 +126,7 @@ class AugmentedTexts(PerEpoch):
 
 @register
 @dataclass
-class TextTask:
+class TextTask(KindDefaults):
     """Checked training and validation texts with their classes; tokenized once per tokenizer length."""
 
     train: TextExamples

@@ -811,7 +811,7 @@ class _StudyDriver:
             record.diagnosis = diagnose(outcome.history, diverged=outcome.diverged, n_val=len(self.task.val),
                                         num_classes=len(self.task.classes), metric=metric,
                                         objective=self.task.objective.name,
-                                        start_loss=getattr(self.task, "chance_loss", lambda: None)())
+                                        start_loss=self.task.chance_loss())
             self._compare(record, outcome.predictions)
             if record.status != "completed":
                 self.study.tell(proposal.trial, state=optuna.trial.TrialState.PRUNED)
