@@ -65,7 +65,7 @@ def scripted_study(tmp_path, strategy, budget: str, values, predictions=None, ob
     # validation examples: enough to tell trials apart)
     predictions = predictions or [np.eye(3)[[i // 3**k % 3 for k in range(5)] * 20] for i in range(len(values))]
     n = len(predictions[0])
-    task = SimpleNamespace(val=list(range(n)), classes=["a", "b", "c"], objective=objective)
+    task = SimpleNamespace(val=list(range(n)), classes=["a", "b", "c"], objective=objective, chance_loss=lambda: None)
     counter = iter(range(1000))
     store = Workspace.open(tmp_path / "ws", create=True)
 
