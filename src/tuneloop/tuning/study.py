@@ -494,15 +494,27 @@ class _StudyDriver:
         if self.deadline is None:
             return None
         if self._validation_is_small():
-            chosen = candidates([t.row() for t in self._search_trials()])[:MAX_MEMBERS]
-            cost = sum(self._refit_cost(self.trials[row["number"]]) for row in chosen)
-            # A head on cached vectors is always cross-validated first (seconds, but not none: a 30 s budget
-            # that leaves it no time has no time for its final fit either).
-            cost += sum(self._folds_seconds(self.trials[row["number"]], self._fold_count) for row in chosen
-                        if _cached_head(self.trials[row["number"]].recipe) and self._fold_count >= 2)
+            # Held back: what the final choice of each recipe in the running takes (a head on cached vectors is
+            # cross-validated first; then the fit on every example, at its own epochs, else at its best epoch,
+            # as _final_fit tries), for those that fit in FINAL_SHARE of the budget. What could not buy a final
+            # fit is not held back: the search spends it (else the search stops early and the time goes unused).
+            cap = FINAL_SHARE * self.budget.seconds
+            cost = 0.0
+            for row in candidates([t.row() for t in self._search_trials()])[:MAX_MEMBERS]:
+                trial = self.trials[row["number"]]
+                folds = (self._folds_seconds(trial, self._fold_count)
+                         if _cached_head(trial.recipe) and self._fold_count >= 2 else 0.0)
+                best_epoch = (trial.diagnosis.evidence.get("best_epoch") if trial.diagnosis else None)
+                fits = [self._refit_cost(trial)]
+                if best_epoch and best_epoch < trial.recipe.epochs:
+                    fits.append(self._refit_cost(trial, trial.recipe.replace(epochs=int(best_epoch))))
+                need = next((folds + fit for fit in fits
+                             if (cost + folds + fit) * RESERVE_MARGIN + RESERVE_SECONDS <= cap), None)
+                if need is not None:
+                    cost += need
             # With a margin: the search ends after this point (a trial's last step and its saving), and an
             # estimate from one trial's times is only that; without it the final fit would never fit.
-            return self.deadline - min(cost * RESERVE_MARGIN + RESERVE_SECONDS, FINAL_SHARE * self.budget.seconds)
+            return self.deadline - (cost * RESERVE_MARGIN + RESERVE_SECONDS) if cost else self.deadline
         if seed_check:
             planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
             cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
