@@ -63,10 +63,11 @@ def test_overfitting_first_raises_weight_decay():
     assert decision.reason == f"overfitting: {finding} -> more weight decay: weight_decay 0.01 -> 0.05"
 
 
-def test_underfitting_on_a_head_first_trains_two_layers_and_brings_the_rate_down_with_them():
+def test_underfitting_on_a_head_first_trains_the_whole_encoder_and_brings_the_rate_down_with_it():
     decision = first("underfitting", Recipe(trainable_layers=0, learning_rate=1e-3))
-    assert decision.changes == {"trainable_layers": (0, 2), "learning_rate": (1e-3, 2e-4)}
-    assert decision.reason.endswith("more trainable layers: trainable_layers 0 -> 2, learning_rate 0.001 -> 0.0002")
+    assert decision.changes == {"trainable_layers": (0, "all"), "learning_rate": (1e-3, 2e-4)}
+    assert decision.reason.endswith(
+        "more trainable layers: the whole encoder: trainable_layers 0 -> all, learning_rate 0.001 -> 0.0002")
 
 
 def test_underfitting_of_a_full_fine_tune_doubles_the_learning_rate():
@@ -92,8 +93,16 @@ def test_good_fit_first_nudges_the_learning_rate_up():
     assert decision.changes == {"learning_rate": (5e-5, 7.5e-5)}
 
 
-def test_good_fit_of_a_frozen_encoder_unfreezes_first():
+def test_good_fit_of_a_frozen_encoder_unfreezes_it_whole_first():
     decision = first("good_fit", Recipe(trainable_layers=0, learning_rate=8e-3))
+    assert decision.changes == {"trainable_layers": (0, "all"), "learning_rate": (8e-3, 2e-4)}
+    assert "converged at this depth: the whole encoder" in decision.reason
+
+
+def test_a_text_encoder_climbs_a_step_only_where_the_whole_is_tried():
+    head = Recipe(trainable_layers=0, learning_rate=8e-3)
+    whole = first("good_fit", head).recipe
+    decision = first("good_fit", head, tried=[whole])
     assert decision.changes == {"trainable_layers": (0, 2), "learning_rate": (8e-3, 2e-4)}
     assert "unfreeze more layers" in decision.reason
 
@@ -170,9 +179,15 @@ def test_no_weight_decay_becomes_some():
 
 @pytest.mark.parametrize(("layers", "num_layers", "expected"),
                          [(0, 6, 2), (2, 6, 4), (4, 6, "all"), (1, 6, 2), (2, 4, "all"), (2, None, 4)])
-def test_underfitting_climbs_the_trainable_depth(layers, num_layers, expected):
-    decision = first("underfitting", Recipe(trainable_layers=layers), num_layers=num_layers)
+def test_underfitting_climbs_a_pretrained_image_bodys_trainable_depth(layers, num_layers, expected):
+    decision = next_recipe(diagnosis("underfitting"), Recipe(trainable_layers=layers), (), num_layers=num_layers,
+                           family=FAMILIES["image"])
     assert decision.changes["trainable_layers"] == (layers, expected)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2, 4])
+def test_an_underfitting_text_encoder_trains_whole(layers):
+    assert first("underfitting", Recipe(trainable_layers=layers)).changes["trainable_layers"] == (layers, "all")
 
 
 def test_underfitting_lowers_regularization_last_and_switches_tiny_weight_decay_off():
@@ -360,15 +375,13 @@ def test_l2sp_strength_scales_with_the_rate_and_the_length_of_the_run():
     """The pull adds up to lr x strength x steps: the first setting makes that 0.5 at any rate."""
     slow = Recipe(trainable_layers="all", learning_rate=2e-4, epochs=5, batch_size=16)
     fast = slow.replace(learning_rate=4e-4)
-    for recipe in (slow, fast):
-        weight_decay = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=128).recipe
-        decision = next_recipe(diagnosis("overfitting"), recipe, [weight_decay], num_layers=6, train_size=128)
+    for recipe in (slow, fast):  # weight decay would need 12.5 (or 6.25) to be felt, beyond its cap: passed
+        decision = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=128)
         strength = decision.changes["l2sp"][1]
         steps = 8 * 5
         assert recipe.learning_rate * strength * steps == pytest.approx(0.5, rel=1e-3)
     pulled = slow.replace(l2sp=62.5)
-    weight_decay = next_recipe(diagnosis("overfitting"), pulled, [], num_layers=6, train_size=128).recipe
-    stronger = next_recipe(diagnosis("overfitting"), pulled, [weight_decay], num_layers=6, train_size=128)
+    stronger = next_recipe(diagnosis("overfitting"), pulled, [], num_layers=6, train_size=128)
     assert stronger.changes["l2sp"] == (62.5, 100.0), "then x5, within its range"
 
 
@@ -376,8 +389,11 @@ def test_weight_decay_rises_to_a_felt_pull_where_the_run_is_known():
     recipe = Recipe(trainable_layers=2, learning_rate=1e-4, epochs=4, batch_size=16)
     decision = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=6400)
     assert decision.changes == {"weight_decay": (0.01, 0.625)}  # 0.1 / (1e-4 x 400 steps x 4 epochs)
+    within = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=4800)
+    assert within.changes == {"weight_decay": (0.01, 0.8333)}  # 0.1 / (1e-4 x 300 steps x 4 epochs)
     short = next_recipe(diagnosis("overfitting"), recipe, [], num_layers=6, train_size=1600)
-    assert short.changes == {"weight_decay": (0.01, 1.0)}, "within its range"
+    assert "weight_decay" not in short.changes, "2.5 would be felt, beyond its cap of 1: no trial that asks nothing"
+    assert short.changes == {"l2sp": (0.0, 12.5)}, "the next move instead: 0.5 / (1e-4 x 100 steps x 4 epochs)"
 
 
 def test_a_move_without_effect_is_taken_once_further_then_left():
@@ -488,8 +504,10 @@ def test_a_move_too_costly_for_the_time_left_is_cut_to_fit_or_passed_over():
         return strategy, strategy.propose(study, Recipe(), history, None, seconds_left)
 
     _, roomy = propose(1000.0)
-    assert roomy.recipe.trainable_layers == 2 and roomy.recipe.epochs == 3, "converged head: unfreeze two layers"
-    strategy, cut = propose(3.0)  # 0.8 s reading the four frozen layers once, then 1.07 s an epoch
+    assert roomy.recipe.trainable_layers == "all" and roomy.recipe.epochs == 9, "converged head: the whole encoder"
+    _, cut_whole = propose(10.0)  # 3.2 s an epoch
+    assert cut_whole.recipe.trainable_layers == "all" and cut_whole.recipe.epochs == 3
+    strategy, cut = propose(3.0)  # the whole passed over; 0.8 s reading four frozen layers, then 1.07 s an epoch
     assert cut.recipe.trainable_layers == 2 and cut.recipe.epochs == 2
     assert "2 of its 3 epochs" in cut.reason
     after = [*history, TrialOutcome(cut.recipe, "completed", 0.7, diagnosis("good_fit"), 1, 0)]
@@ -497,7 +515,8 @@ def test_a_move_too_costly_for_the_time_left_is_cut_to_fit_or_passed_over():
     assert again.recipe.trainable_layers != 2, "the move was made, shorter: not again, shorter still"
     strategy, other = propose(2.0)
     assert other.recipe.trainable_layers != 2, "one epoch of the top two layers fits, two do not"
-    assert "trainable_layers 0 -> 2" in strategy.passed_over[0]
+    assert "trainable_layers 0 -> all" in strategy.passed_over[0]
+    assert "trainable_layers 0 -> 2" in strategy.passed_over[1]
     _, unlimited = propose(None)
     assert unlimited.recipe == roomy.recipe, "without a time limit nothing is cut"
     strategy.passed_over = [f"move {i}" for i in range(5)]

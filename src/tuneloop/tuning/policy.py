@@ -216,7 +216,10 @@ class Felt:
     Each step moves a weight by lr x value of its distance, so over a run of T steps the pull adds up to about
     lr x value x T. A fixed step ignores that: weight decay 0.01 -> 0.05 at a rate of 2e-4 over 300 steps adds
     up to 0.003 and changes no prediction. The first raise therefore goes to at least ``total`` / (lr x T),
-    where the run's length is known (``Context.train_size``); later raises multiply by ``factor``.
+    where the run's length is known (``Context.train_size``); later raises multiply by ``factor``. Where even
+    ``high`` would not add up to ``total`` (a whole encoder at 2e-4 for 150 steps needs weight decay 3.3, and
+    at its cap of 1 the run's predictions matched its parent's on 199 of 200 texts), the move is not made: it
+    would be a trial that asks nothing.
     """
 
     total: float
@@ -228,6 +231,8 @@ class Felt:
         old = getattr(recipe, knob)
         steps = context.steps(recipe)
         felt = self.total / (recipe.learning_rate * steps) if steps else 0.0
+        if felt > self.high:
+            return {}
         new = max(old * self.factor, self.first, felt)
         return {knob: _tidy(min(self.high, new))}
 
@@ -365,7 +370,13 @@ _EXPLOIT = (
 
 _PAIRS = Move("contrastive", ContrastivePairs(),
               "few examples per class: tune the encoder on pairs of texts first, then the head (SetFit)")
-_TEXT_EXPLOIT = (_PAIRS, *_EXPLOIT)
+# A text encoder is a stack of alike transformer layers, fine-tuned whole in common practice; the climb
+# 0 -> 2 -> 4 -> all suits a CNN, whose lower layers hold generic features. Measured on R8 at 1,000 texts, the
+# climb spent the budget on the top two layers (test accuracy 0.967) where Trainer + Optuna's whole fine-tunes
+# in the same time scored 0.975. The whole encoder comes first; the next step up stays for where the whole
+# does not fit the time left.
+_WHOLE = Move("trainable_layers", Deepest(), "converged at this depth: the whole encoder")
+_TEXT_EXPLOIT = (_PAIRS, _WHOLE, *_EXPLOIT)
 # Where validation cannot tell small changes apart, each approach is tried once (a head, the whole encoder,
 # pairs) and the final choice between them is left to cross-validation over every example, or to an ensemble of
 # those still within noise; knob nudges after that, since the validation set will not show what they do. The
@@ -391,6 +402,7 @@ TEXT_RULES: dict[str, tuple[Move, ...]] = {
     ),
     "underfitting": (
         _PAIRS,
+        Move("trainable_layers", Deepest(), "more trainable layers: the whole encoder"),
         Move("trainable_layers", Deeper(), "more trainable layers"),
         Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
         Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
@@ -409,6 +421,7 @@ TEXT_RULES: dict[str, tuple[Move, ...]] = {
         Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
         Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
         _PAIRS,
+        Move("trainable_layers", Deepest(), "still slow at the highest rate: the whole encoder"),
         Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers"),
     ),
     "good_fit": _TEXT_EXPLOIT,
@@ -482,7 +495,11 @@ IMAGE_RULES: dict[str, tuple[Move, ...]] = {
         Move("augment", Step(-0.2), "less augmentation"),
     ),
     "diverged": TEXT_RULES["diverged"],
-    "too_slow": TEXT_RULES["too_slow"],
+    "too_slow": (
+        Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
+        Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+        Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers"),
+    ),
     "good_fit": _EXPLOIT,
     "noisy_validation": _EXPLOIT,
 }
