@@ -163,9 +163,13 @@ def test_guided_tuning_of_a_table_makes_capacity_decisions_and_reports_them(wine
     assert all(t["recipe"]["trainable_layers"] == trials[0]["recipe"]["trainable_layers"] for t in trials), \
         "no encoder knobs are moved for a table"
     assert result["best_metrics"]["val_accuracy"] > 0.9
-    # 36 validation rows cannot tell MLPs apart: the final model is the chosen one trained on all 178 rows
+    # 36 validation rows cannot tell MLPs apart: the final model is the chosen one trained on all 178 rows,
+    # averaged with the chosen trial's own MLP (a second draw of the same recipe)
     (refit,) = [t for t in result["trials"] if t["kind"] == "refit"]
-    assert result["best_run"] == refit["run"] and "all 178 labelled examples" in result["choice"]
+    (ensemble,) = [t for t in result["trials"] if t["kind"] == "ensemble"]
+    assert ensemble["parent"] == refit["number"] and result["best_run"] == ensemble["run"]
+    assert "all 178 labelled examples" in result["choice"]
+    assert f"trial {refit['parent']}'s own model (the same recipe on the 142 training examples)" in result["choice"]
     report = tmp_path / "report.html"
     reported = tuneloop("report", "wine", "--workspace", str(workspace), "-o", str(report))
     assert reported.returncode == 0, reported.stderr
@@ -202,7 +206,8 @@ def test_guided_tuning_of_a_regression_table_scores_by_rmse(diabetes, tmp_path):
     # 88 validation rows are too few for a regressor: the final MLP is chosen by its estimate (cross-validation
     # over every row where the folds fit) and trained on all of them, and it reports that estimate
     (refit,) = [t for t in result["trials"] if t["kind"] == "refit"]
-    assert result["best_run"] == refit["run"]
+    (ensemble,) = [t for t in result["trials"] if t["kind"] == "ensemble"]
+    assert result["best_run"] == ensemble["run"] and ensemble["parent"] == refit["number"]
     assert result["best_metrics"]["val_rmse"] == pytest.approx(-refit["value"])
     assert refit["value"] >= max(t["value"] for t in completed) - 10, "an estimate of the same kind of model"
     assert result["trials"][0]["reason"].startswith("start with the cheapest capacity: an MLP")

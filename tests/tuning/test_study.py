@@ -148,19 +148,49 @@ def test_recipes_within_noise_are_trained_on_every_example_and_handed_back_as_an
     assert [t.recipe.trainable_layers for t in refits] == [
         result.trials[t.parent].recipe.trainable_layers for t in refits]
     assert {str(t.recipe.trainable_layers) for t in refits} == {"0", "all"}
-    assert ensemble.evidence["members"] == [t.number for t in refits] and ensemble.parent == refits[0].number
+    lead = result.trials[refits[0].parent]
+    # A fine-tune's final fit is joined by the trial's own model (a second draw of the same recipe); a head's
+    # final fit is not (a head on cached vectors trains near-deterministically).
+    members = ([refits[0], lead, refits[1]] if lead.recipe.trainable_layers == "all" else refits)
+    assert ensemble.evidence["members"] == [t.number for t in members] and ensemble.parent == refits[0].number
     assert ensemble.value == refits[0].value, "scored by its lead's estimate: nothing is left to score it on"
-    assert result.best_run.id == ensemble.run_id and result.choice.startswith("an ensemble of final fits on all 80")
+    assert result.best_run.id == ensemble.run_id
+    assert result.choice.startswith(f"an ensemble averaging the predictions of the recipe of trial {lead.number}")
+    assert "and of the final fits on all 80 labelled examples of the recipes within noise of it" in result.choice
     texts = ["good fine", "bad sad", "fine"]
-    members = [api.load_run(t.run_id, workspace).predict(texts).probabilities for t in refits]
+    probabilities = [api.load_run(t.run_id, workspace).predict(texts).probabilities for t in members]
     reloaded = api.load_run(ensemble.run_id, workspace)
-    np.testing.assert_allclose(reloaded.predict(texts).probabilities, np.mean(members, axis=0), atol=1e-5)
+    np.testing.assert_allclose(reloaded.predict(texts).probabilities, np.mean(probabilities, axis=0), atol=1e-5)
     with Workspace.open(workspace) as store:
         (row,) = [r for r in store.runs() if r.id == ensemble.run_id]
         assert row.n_train == 80 and row.adapter == "hf_text" and row.metrics["ensemble_of"] == [
-            t.run_id for t in refits]
+            t.run_id for t in members]
     version = register("sentiment", ensemble.run_id, workspace=workspace)
     assert version.run_id == ensemble.run_id
+
+
+def test_a_fine_tunes_final_fit_is_averaged_with_the_trials_own_model(tiny_model, toy_csv, workspace,
+                                                                     monkeypatch):
+    """One whole fine-tune chosen on 16 validation examples: its fit on all 80 is one noisy draw that nothing
+    is left to check, so the study hands back its average with the trial's own model (trained on the 64
+    training examples), a second draw of the same recipe that costs no training."""
+    use_text_grid(monkeypatch, {"trainable_layers": ["all"], "lr_multiplier": [1.0]})
+    result = tune(tiny_model, toy_csv, workspace, budget="1trials", refit=True, strategy="grid", prune="none")
+    (trial,) = [t for t in result.trials if t.kind == "search"]
+    (refit,) = [t for t in result.trials if t.kind == "refit"]
+    (ensemble,) = [t for t in result.trials if t.kind == "ensemble"]
+    assert refit.parent == trial.number and ensemble.evidence["members"] == [refit.number, trial.number]
+    assert f"the final fit of trial {trial.number} (trial {refit.number}), trial {trial.number}'s own model" in (
+        ensemble.reason)
+    assert result.best_run.id == ensemble.run_id
+    assert result.choice == (f"an ensemble averaging the predictions of the recipe of trial {trial.number}, chosen "
+                             f"by {result.choice.split('chosen by ')[1].split(', trained on')[0]}, trained on all 80 "
+                             f"labelled examples for {refit.recipe.epochs} epochs and trial {trial.number}'s own "
+                             f"model (the same recipe on the 64 training examples)")
+    texts = ["good fine", "bad sad", "fine"]
+    probabilities = [api.load_run(t.run_id, workspace).predict(texts).probabilities for t in (refit, trial)]
+    np.testing.assert_allclose(api.load_run(ensemble.run_id, workspace).predict(texts).probabilities,
+                               np.mean(probabilities, axis=0), atol=1e-5)
 
 
 def test_without_the_leaders_final_fit_its_own_model_leads_the_ensemble(tiny_model, toy_csv, workspace,

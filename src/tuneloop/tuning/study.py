@@ -577,6 +577,16 @@ class _StudyDriver:
         # Without the leader's final fit, its own model (trained on the training examples) still leads the
         # others' final fits where any fit: their average hedges a choice made on a handful of examples.
         fitted = [(number, lead or self.trials[number])]
+        # With it, a fine-tune's final fit is one draw of a noisy run that nothing is left to check (a recipe's
+        # test accuracy moves by points from seed to seed, arXiv:2002.06305); the trial's own model of the same
+        # recipe is a second draw the search already paid for, and their average varies less than either. A
+        # head on cached vectors trains near-deterministically: its own model would add nothing.
+        own = self.trials[number]
+        with_own = (lead is not None and own.run_id is not None and not _cached_head(own.recipe)
+                    and self.final.ensemble is not None)
+        if with_own:  # in place of the last recipe within noise: at most MAX_MEMBERS models predict together
+            fitted.append((number, own))
+            members = members[:MAX_MEMBERS - 1]
         fitted += [(member, record) for member in members[1:]
                    if (record := self._final_fit(member, estimates[member], best_epochs.get(member))) is not None]
         n = len(labels)
@@ -588,13 +598,19 @@ class _StudyDriver:
                     f"any recipe within noise of it: that would not fit in the budget left")
         self._ensemble(fitted, estimates[number])
         others = ", ".join(f"trial {member} ({estimates[member].sentence(self.base.metric)})"
-                           for member, _ in fitted[1:])
+                           for member, model in fitted[1:] if model.number != number)
         if lead is None:
             return (f"an ensemble averaging the predictions of trial {number}'s own model (chosen by {said}; "
                     f"trained again on every labelled example it would not fit in the budget left) and of the "
                     f"final fits on all {n} labelled examples of the recipes within noise of it: {others}")
-        return (f"an ensemble of final fits on all {n} labelled examples, averaging their predictions: the recipe "
-                f"of trial {number}, chosen by {said}, and the recipes within noise of it: {others}")
+        said_lead = (f"the recipe of trial {number}, chosen by {said}, trained on all {n} labelled examples for "
+                     f"{lead.recipe.epochs} epochs")
+        own_model = (f" and trial {number}'s own model (the same recipe on the {len(self.task.train)} training "
+                     f"examples)" if with_own else "")
+        if not others:
+            return f"an ensemble averaging the predictions of {said_lead}{own_model}"
+        return (f"an ensemble averaging the predictions of {said_lead}{own_model}, and of the final fits on all "
+                f"{n} labelled examples of the recipes within noise of it: {others}")
 
     def _final_fit(self, number: int, estimate: Estimate, cross_validated_epoch: int | None
                    ) -> TrialRecord | None:
@@ -717,6 +733,8 @@ class _StudyDriver:
                                        "ci_low": estimate.low, "ci_high": estimate.high})
         scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
                   "ensemble_of_trials": numbers}
+        # Its lead's scores, as a refit reports its recipe's: what the choice was made by.
+        scores.update({k: v for k, v in self.store.run_metrics(lead.run_id).items() if k.startswith("val_")})
         self._final_model(record, estimate.value, lambda: self.final.ensemble([m.run_id for m in models], scores),
                           errors=(TuneloopError, OSError))
 
