@@ -117,3 +117,16 @@ def test_l2sp_holds_a_lora_update_near_the_model_it_started_from(tiny_causal_lm)
               torch.device("cpu"), "fp32", objective=LANGUAGE_MODELLING)
         drift[strength] = sum(p.norm().item() for n, p in model.named_parameters() if "lora_B" in n)
     assert drift[50.0] < drift[0.0] / 2, f"the update (lora_B, zero at the start) is pulled back toward zero: {drift}"
+
+
+def test_the_gguf_readers_own_bar_is_off_while_tuneloop_converts_and_back_after(capsys):
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    from tuneloop.models.causal_lm import _no_gguf_bar
+
+    bar = reader.tqdm
+    with _no_gguf_bar():
+        for _ in reader.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert "Converting" not in capsys.readouterr().err
+    assert reader.tqdm is bar, "the reader's own tqdm is put back"

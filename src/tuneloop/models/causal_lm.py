@@ -10,7 +10,9 @@ another ``.gguf`` file, works too. No remote code runs: ``trust_remote_code`` st
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -18,6 +20,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +99,9 @@ def _from_gguf(path: Path) -> tuple[Any, Any]:
 
     quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        network = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with _no_gguf_bar():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            network = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, ImportError) as exc:
         raise ModelError(f"{path}: could not be read as a GGUF causal language model ({exc}).") from exc
     # transformers marks a model read from GGUF as quantized, and then neither saves it nor trains it as a
@@ -107,6 +111,23 @@ def _from_gguf(path: Path) -> tuple[Any, Any]:
     plain = AutoModelForCausalLM.from_config(network.config, dtype=torch.float32)
     plain.load_state_dict(network.state_dict())
     return plain.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _no_gguf_bar() -> Iterator[None]:
+    """Without the bar transformers' GGUF reader draws with its own tqdm, which its switch for progress bars
+    does not reach: the conversion runs once, inside work that shows its own progress."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    bar = getattr(reader, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
 
 
 def quiet_transformers() -> None:
