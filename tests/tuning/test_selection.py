@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from tuneloop.tuning.selection import candidates, fold_count, folds, validation_is_small
+from tuneloop.tuning.selection import candidates, final_reserve, fold_count, folds, validation_is_small
 
 
 def row(number: int, value: float, depth: object, noise: float = 0.12, no_effect: str = "", reason: str = "move",
@@ -101,3 +102,24 @@ def test_a_fits_time_is_the_trials_fixed_part_once_and_its_mean_epoch_per_epoch(
     assert fit_seconds(10.0, [2.0, 2.0], epochs=8, scale=1.25) == 6.0 + 2.0 * 8 * 1.25
     assert fit_seconds(4.0, [1.0, 1.0, 1.0, 1.0], epochs=4) == 4.0, "an epoch per epoch, nothing fixed"
     assert fit_seconds(3.0, [], epochs=5, scale=2.0) == 6.0, "no epochs recorded: the trial's time, scaled"
+
+
+def test_the_reserve_holds_the_leads_final_fit_where_it_fits_the_final_share():
+    """Tweets at 1,000 on a 2-core EPYC: a 151 s budget (cap 75.5 s), the whole fine-tune's final fit estimated
+    at 62 s and the head's folds and fit at 4 s. Both are held, with the margin, up to the cap."""
+    assert final_reserve([[62.0], [4.0]], cap=75.5) == 75.5, "66 s x 1.25 + 2 s is over the cap: the cap"
+    assert final_reserve([[40.0], [4.0]], cap=75.5) == pytest.approx(44 * 1.25 + 2)
+
+
+def test_a_final_fit_that_cannot_fit_the_share_holds_nothing_back_but_a_cheaper_one_still_counts():
+    # A 61 s budget: the whole fine-tune's fit (49 s) is over the cap of 30.5 s, its best-epoch fit (15 s) is not.
+    assert final_reserve([[49.0, 15.0], [3.0]], cap=30.5) == pytest.approx(18 * 1.25 + 2)
+    assert final_reserve([[49.0, 40.0], [3.0]], cap=30.5) == pytest.approx(3 * 1.25 + 2), "only the head's"
+    assert final_reserve([[49.0]], cap=30.5) == 0.0, "time that buys no final fit is the search's"
+    assert final_reserve([], cap=30.5) == 0.0
+
+
+def test_the_lead_is_counted_before_the_others_within_noise():
+    # Counted in order: once the lead's 50 s is in, the next recipe's 20 s no longer fits a cap of 60 s.
+    assert final_reserve([[50.0], [20.0], [5.0]], cap=60.0) == 60.0
+    assert final_reserve([[20.0], [50.0], [5.0]], cap=60.0) == pytest.approx(min(25 * 1.25 + 2, 60.0))

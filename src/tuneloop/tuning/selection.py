@@ -26,6 +26,7 @@ MAX_FOLDS = 5
 MAX_CANDIDATES = 4
 MAX_MEMBERS = 3  # of an ensemble of final fits
 FINAL_SHARE = 0.5  # of a time budget, the most the final choice on every example (folds, a final fit) may take
+RESERVE_MARGIN, RESERVE_SECONDS = 1.25, 2.0  # the time kept for final fits: their estimate x 1.25, + 2 s
 
 
 def approach(recipe: dict[str, Any]) -> tuple[Any, ...]:
@@ -160,6 +161,21 @@ def ensemble_members(estimates: dict[int, Estimate], lead: int, most: int = MAX_
     others = sorted((n for n in estimates if n != lead and estimates[n].within_noise_of(estimates[lead])),
                     key=lambda n: estimates[n].value, reverse=True)
     return [lead, *others][:most]
+
+
+def final_reserve(needs: Sequence[Sequence[float]], cap: float) -> float:
+    """Seconds the search leaves for the final choice on every example. ``needs`` holds, for each recipe in the
+    running (the lead first), the seconds its final choice takes, best first (its folds and its final fit at its
+    own epochs; then at its best epoch); each recipe counts the first of them that fits in ``cap`` with those
+    already counted, one that none fits counts nothing (else the search would stop early and the time go
+    unused). What is held is that total with a margin (the search ends after its deadline: a trial's last step
+    and its saving), at most ``cap``; nothing where nothing fits."""
+    cost = 0.0
+    for seconds in needs:
+        need = next((s for s in seconds if cost + s + RESERVE_SECONDS <= cap), None)
+        if need is not None:
+            cost += need
+    return min(cost * RESERVE_MARGIN + RESERVE_SECONDS, cap) if cost else 0.0
 
 
 def fit_seconds(trial_seconds: float, epoch_seconds: Sequence[float], epochs: int, scale: float = 1.0) -> float:

@@ -60,6 +60,7 @@ from tuneloop.tuning.selection import (
     candidates,
     choose,
     ensemble_members,
+    final_reserve,
     fit_seconds,
     fold_count,
     holdout_estimate,
@@ -78,7 +79,6 @@ from tuneloop.tuning.strategies import (
 )
 
 EARLY_STOP_SHARE = 0.2  # a plateau ends a study with more of its budget left only when nothing is left to try
-RESERVE_MARGIN, RESERVE_SECONDS = 1.25, 2.0  # the time kept for final fits: their estimate x 1.25, + 2 s
 SEED_CHECK_SHARE = 0.25  # the most of a budget the seed check may spend (a choice on every example: FINAL_SHARE)
 # A final fit's time estimated from its trial's is low by up to a third (tweets, 64 per class, on a 2-core AVX2
 # CPU: 35 s estimated, 47 s taken: saving and the longer epochs of more examples): it must fit with this margin.
@@ -496,10 +496,8 @@ class _StudyDriver:
         if self._validation_is_small():
             # Held back: what the final choice of each recipe in the running takes (a head on cached vectors is
             # cross-validated first; then the fit on every example, at its own epochs, else at its best epoch,
-            # as _final_fit tries), for those that fit in FINAL_SHARE of the budget. What could not buy a final
-            # fit is not held back: the search spends it (else the search stops early and the time goes unused).
-            cap = FINAL_SHARE * self.budget.seconds
-            cost = 0.0
+            # as _final_fit tries), for those that fit in FINAL_SHARE of the budget.
+            needs = []
             for row in candidates([t.row() for t in self._search_trials()])[:MAX_MEMBERS]:
                 trial = self.trials[row["number"]]
                 folds = (self._folds_seconds(trial, self._fold_count)
@@ -508,13 +506,8 @@ class _StudyDriver:
                 fits = [self._refit_cost(trial)]
                 if best_epoch and best_epoch < trial.recipe.epochs:
                     fits.append(self._refit_cost(trial, trial.recipe.replace(epochs=int(best_epoch))))
-                need = next((folds + fit for fit in fits
-                             if (cost + folds + fit) * RESERVE_MARGIN + RESERVE_SECONDS <= cap), None)
-                if need is not None:
-                    cost += need
-            # With a margin: the search ends after this point (a trial's last step and its saving), and an
-            # estimate from one trial's times is only that; without it the final fit would never fit.
-            return self.deadline - (cost * RESERVE_MARGIN + RESERVE_SECONDS) if cost else self.deadline
+                needs.append([folds + fit for fit in fits])
+            return self.deadline - final_reserve(needs, FINAL_SHARE * self.budget.seconds)
         if seed_check:
             planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
             cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
