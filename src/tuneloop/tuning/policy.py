@@ -377,6 +377,10 @@ _PAIRS = Move("contrastive", ContrastivePairs(),
 # does not fit the time left.
 _WHOLE = Move("trainable_layers", Deepest(), "converged at this depth: the whole encoder")
 _TEXT_EXPLOIT = (_PAIRS, _WHOLE, *_EXPLOIT)
+# Training too slowly on a pretrained body: a higher rate, longer, then more layers (a text encoder: whole first).
+_FASTER_THEN_LONGER = (Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
+                       Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"))
+_SLOW_DEEPER = Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers")
 # Where validation cannot tell small changes apart, each approach is tried once (a head, the whole encoder,
 # pairs) and the final choice between them is left to cross-validation over every example, or to an ensemble of
 # those still within noise; knob nudges after that, since the validation set will not show what they do. The
@@ -418,11 +422,10 @@ TEXT_RULES: dict[str, tuple[Move, ...]] = {
         Move("grad_clip", SwitchOn(1.0), "gradient clipping on"),
     ),
     "too_slow": (
-        Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
-        Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
+        *_FASTER_THEN_LONGER,
         _PAIRS,
         Move("trainable_layers", Deepest(), "still slow at the highest rate: the whole encoder"),
-        Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers"),
+        _SLOW_DEEPER,
     ),
     "good_fit": _TEXT_EXPLOIT,
     "noisy_validation": _TEXT_NOISY,
@@ -495,11 +498,7 @@ IMAGE_RULES: dict[str, tuple[Move, ...]] = {
         Move("augment", Step(-0.2), "less augmentation"),
     ),
     "diverged": TEXT_RULES["diverged"],
-    "too_slow": (
-        Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
-        Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"),
-        Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers"),
-    ),
+    "too_slow": (*_FASTER_THEN_LONGER, _SLOW_DEEPER),
     "good_fit": _EXPLOIT,
     "noisy_validation": _EXPLOIT,
 }

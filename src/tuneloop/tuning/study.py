@@ -583,9 +583,10 @@ class _StudyDriver:
         fitted += [(member, record) for member in members[1:]
                    if (record := self._final_fit(member, estimates[member], best_epochs.get(member))) is not None]
         n = len(labels)
+        said_lead = (f"the recipe of trial {number}, chosen by {said}, trained on all {n} labelled examples for "
+                     f"{lead.recipe.epochs} epochs" if lead is not None else "")
         if len(fitted) == 1 and lead is not None:
-            return (f"the recipe of trial {number}, chosen by {said}, trained on all {n} labelled examples for "
-                    f"{lead.recipe.epochs} epochs")
+            return said_lead
         if len(fitted) == 1:
             return (f"the recipe of trial {number} by {said}; not trained again on every labelled example, nor "
                     f"any recipe within noise of it: that would not fit in the budget left")
@@ -596,8 +597,6 @@ class _StudyDriver:
             return (f"an ensemble averaging the predictions of trial {number}'s own model (chosen by {said}; "
                     f"trained again on every labelled example it would not fit in the budget left) and of the "
                     f"final fits on all {n} labelled examples of the recipes within noise of it: {others}")
-        said_lead = (f"the recipe of trial {number}, chosen by {said}, trained on all {n} labelled examples for "
-                     f"{lead.recipe.epochs} epochs")
         own_model = (f" and trial {number}'s own model (the same recipe on the {len(self.task.train)} training "
                      f"examples)" if with_own else "")
         if not others:
@@ -727,7 +726,7 @@ class _StudyDriver:
         scores = {"estimated_by": estimate.by, "estimate_interval": [estimate.low, estimate.high],
                   "ensemble_of_trials": numbers}
         # Its lead's scores, as a refit reports its recipe's: what the choice was made by.
-        scores.update({k: v for k, v in self.store.run_metrics(lead.run_id).items() if k.startswith("val_")})
+        scores.update({k: v for k, v in self._run_metrics(lead).items() if k.startswith("val_")})
         self._final_model(record, estimate.value, lambda: self.final.ensemble([m.run_id for m in models], scores),
                           errors=(TuneloopError, OSError))
 
