@@ -315,6 +315,8 @@ def _fit_summary(metrics: dict[str, Any], run_id: str, path: str) -> str:
     baseline = baseline_in_words(metrics)
     if metrics.get("soup_of"):
         how = f"the weight average of {len(metrics['soup_of'])} runs, val"
+    elif metrics.get("averaged_predictions_of"):
+        how = f"the averaged predictions of {len(metrics['averaged_predictions_of'])} runs, val"
     elif metrics.get("estimated_by"):
         how = (f"trained on all {metrics['refit_on']} labelled examples for {metrics['epochs_run']} epochs, "
                f"estimated by {metrics['estimated_by']}:")

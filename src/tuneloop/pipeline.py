@@ -22,7 +22,7 @@ import torch
 from tuneloop.config import LOWER_IS_BETTER, Recipe
 from tuneloop.errors import ConfigError, DataError, ModelError
 from tuneloop.models import get_adapter
-from tuneloop.models.ensemble import write_ensemble
+from tuneloop.models.ensemble import Ensemble, EnsembleAdapter, write_ensemble
 from tuneloop.run import METRICS_FILE, RECIPE_FILE, Run
 from tuneloop.store.atomic import write_dir_atomic, write_text_atomic
 from tuneloop.store.workspace import RunRecord, Workspace
@@ -323,37 +323,59 @@ def ensemble_run(store: Workspace, task: Any, run_ids: Sequence[str], estimate: 
 
 
 def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe) -> tuple[Run, np.ndarray]:
-    """The uniform weight average of the models of ``run_ids`` (a model soup, Wortsman et al. 2022: runs
-    fine-tuned from the same weights average into one model, often better than each), scored on the task's
-    validation data and saved as a run of its own. Returns the run and its validation predictions."""
+    """The runs of one recipe, started from the same weights, combined into one model, scored on the task's
+    validation data and saved as a run of its own: their uniform weight average (a model soup, Wortsman et al.
+    2022: runs fine-tuned from the same weights average into one model, often better than each), or, where the
+    task averages predictions and that scores higher on validation, the runs predicting together (their class
+    probabilities or values averaged: one forward pass a run, but it never depends on the runs sharing a basin,
+    Lakshminarayanan et al. 2017). Returns the run and its validation predictions."""
     recipe = recipe.for_objective(task.objective.name)
     members = [Run.from_dir(store.artifact_dir(run_id), run_id) for run_id in run_ids]
     adapter = get_adapter(members[0].adapter)
-    network, preprocessor = adapter.load(str(members[0].path))
-    states = [network.state_dict()] + [adapter.load(str(m.path))[0].state_dict() for m in members[1:]]
+    loaded = [adapter.load(str(member.path)) for member in members]
+    networks, preprocessor = [network for network, _ in loaded], loaded[0][1]
+    states = [network.state_dict() for network in networks]
     averaged = {name: torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)
                 if tensor.is_floating_point() else tensor for name, tensor in states[0].items()}
-    network.load_state_dict(averaged)
+    soup = adapter.load(str(members[0].path))[0]
+    soup.load_state_dict(averaged)
     device = pick_device()
     precision = training_precision(task, recipe.precision, device, recipe)
     started = time.perf_counter()
     # The validation examples as the saved model reads them (token ids, pixels, rows): nothing cached.
     val_set = task.prepare(recipe.replace(lora_rank=0, contrastive=0), device, precision,
                            cache_features=False).val_set
-    scored = evaluate_model(network, val_set, device, precision, task.objective)
+    scored, network = evaluate_model(soup, val_set, device, precision, task.objective), soup
+    average = "values" if task.objective.predicts_values else "probabilities"
+    together = None
+    if task.averages_predictions:
+        together = Ensemble(networks, average)
+        voted = evaluate_model(together, val_set, device, precision, task.objective)
+        if combine_by(scored, voted, recipe.metric) == "predictions":
+            scored, network = voted, together
+    combined = "averaged_predictions_of" if network is together else "soup_of"
     metrics = {**{f"val_{name}": value for name, value in scored.metrics.items()}, "val_loss": scored.loss,
-               "soup_of": list(run_ids), "seconds": round(time.perf_counter() - started, 3),
+               combined: list(run_ids), "seconds": round(time.perf_counter() - started, 3),
                "precision": precision, "device": device.type, **task.baseline()}
     if task.objective.name == "classification":
         area = roc_auc(np.asarray(val_set.label_ids), scored.probabilities)
         metrics.update({} if area is None else {"val_roc_auc": area})
-    run_id = store.start_run(task=task.kind, adapter=adapter.name, backbone=task.backbone,
-                             train_source=task.train.source, val_source=task.val.source,
+    run_id = store.start_run(task=task.kind, adapter=EnsembleAdapter.name if network is together else adapter.name,
+                             backbone=task.backbone, train_source=task.train.source, val_source=task.val.source,
                              train_fingerprint=task.train.fingerprint(), val_fingerprint=task.val.fingerprint(),
                              n_train=len(task.train), n_val=len(val_set), recipe=recipe.to_dict(),
                              data_options=stored_options(task))
     try:
-        _save_model(store, run_id, adapter, network, preprocessor, task.classes, recipe, metrics)
+        if network is together:
+            def fill(folder: Path) -> None:
+                write_ensemble(folder, [member.path for member in members], average)
+                (folder / LABELS_FILE).write_text(json.dumps(task.classes, indent=2))
+                (folder / RECIPE_FILE).write_text(recipe.to_yaml())
+                (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+            write_dir_atomic(store.artifact_dir(run_id), fill)
+        else:
+            _save_model(store, run_id, adapter, network, preprocessor, task.classes, recipe, metrics)
         store.complete_run(run_id, metrics, None, metrics["seconds"])
     except BaseException as exc:
         store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip())
@@ -361,6 +383,16 @@ def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe
     run = Run(run_id, store.artifact_dir(run_id), recipe, metrics, task.classes, [],
               (network.cpu().eval(), preprocessor))
     return run, scored.probabilities
+
+
+def combine_by(weights: Any, predictions: Any, metric: str) -> str:
+    """How runs are combined, from the validation evaluations of their weight average and of their averaged
+    predictions: "predictions" where those score higher by ``metric``, else "weights" (one model to run)."""
+    def score(evaluation: Any) -> float:  # higher is better
+        value = evaluation.loss if metric == "loss" else evaluation.metrics[metric]
+        return -value if metric in LOWER_IS_BETTER else value
+
+    return "predictions" if score(predictions) > score(weights) else "weights"
 
 
 def task_of_run(record: RunRecord, data: Any = None, val: Any = None) -> Any:

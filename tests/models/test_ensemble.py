@@ -66,3 +66,16 @@ def test_members_of_different_kinds_are_refused(tiny_model, toy_csv, tmp_path):
     (other / "tuneloop-model.json").write_text(json.dumps({"adapter": "tabular_mlp"}))
     with pytest.raises(ValueError, match="one kind"):
         write_ensemble(tmp_path / "mixed", [run.path, other], "probabilities")
+
+
+def test_runs_are_combined_by_averaged_predictions_only_where_those_score_higher():
+    from tuneloop.pipeline import combine_by
+    from tuneloop.training.loop import Evaluation
+
+    def scored(accuracy: float, loss: float) -> Evaluation:
+        return Evaluation(loss, None, {"accuracy": accuracy, "rmse": loss})
+
+    assert combine_by(scored(0.90, 0.3), scored(0.92, 0.3), "accuracy") == "predictions"
+    assert combine_by(scored(0.90, 0.3), scored(0.90, 0.2), "accuracy") == "weights", "a tie: one model to run"
+    assert combine_by(scored(0.90, 0.3), scored(0.80, 0.2), "loss") == "predictions", "a loss: lower is better"
+    assert combine_by(scored(0.90, 0.2), scored(0.95, 0.3), "rmse") == "weights"

@@ -70,6 +70,22 @@ def test_a_soup_is_handed_back_where_it_scores_at_least_its_runs_mean():
     assert [len(g.trials) for g in groups] == [2, 2], "a soup is no seed of its recipe"
 
 
+def test_draws_of_the_lead_alone_are_one_group_whose_combination_is_handed_back_at_its_mean():
+    """Where the check could not change the answer, the lead's recipe alone was drawn again: one group, which
+    wins by itself once it has more than one run; its combination is handed back where it scores their mean."""
+    rows = [row(0, 0.90, lr=1e-3), row(1, 0.80, lr=2e-3),
+            row(2, 0.86, 43, 1e-3, "seed check: another draw of the recipe of trial 0, seed 43")]
+    (group,) = seed_groups(rows)
+    assert group.original == 0 and group.values == [0.90, 0.86]
+    assert seed_verdict([group]).startswith("the recipe of trial 0 ran with 2 seeds: 0.8800 ±")
+    combined = row(3, 0.885, 42, 1e-3, "soup: trials 0, 2 combined")
+    assert best_trial([*rows, combined])["number"] == 3, "0.885 >= the mean 0.88, though below the lead's 0.90"
+    assert best_trial([*rows, {**combined, "value": 0.87}])["number"] == 0, "below the mean: the best run"
+    failed = {**rows[2], "status": "failed", "value": None}
+    assert best_trial([*rows[:2], failed])["number"] == 0, "a single completed run: nothing to combine"
+    assert "only one recipe completed" in seed_verdict(seed_groups([*rows[:2], failed]))
+
+
 def test_a_seed_check_run_cut_short_by_the_budget_enters_no_mean():
     from tuneloop.tuning.study import trial_status
 

@@ -97,6 +97,52 @@ def test_seed_check_reruns_the_top_two_recipes_and_weighs_the_lead(tiny_model, t
         assert result.best_run.id == max(same_recipe, key=lambda t: t.value).run_id
 
 
+@pytest.mark.parametrize("combined_by", ["weights", "predictions"])
+def test_time_the_search_leaves_buys_draws_of_the_lead_combined_with_it(combined_by, tiny_model, toy_csv,
+                                                                      workspace, monkeypatch):
+    """A grid of one whole fine-tune is done after one trial, with most of a 120 s budget left and nothing to
+    choose between: the lead's recipe runs again with two other seeds from its initial weights, and the three
+    runs are combined (weight average or averaged predictions, whichever validation prefers: both are forced
+    here), handed back where the combination scores at least their mean; it reloads, predicts and registers."""
+    from tuneloop import pipeline
+    from tuneloop.continual.versions import register
+
+    use_text_grid(monkeypatch, {"trainable_layers": ["all"], "lr_multiplier": [1.0]})
+    monkeypatch.setattr(pipeline, "combine_by", lambda weights, predictions, metric: combined_by)
+    result = tune(tiny_model, toy_csv, workspace, budget="120s", seed_check=True, strategy="grid", prune="none")
+    lead = result.trials[0]
+    draws = [t for t in result.trials if t.kind == "seed check"]
+    assert "nothing left" in result.stop_reason and len(draws) == 2, result.seed_check.verdict
+    assert all(f"another draw of the recipe of trial {lead.number}" in t.reason for t in draws)
+    assert all(t.recipe.init_seed == lead.recipe.seed for t in draws), "from the lead's initial weights"
+    assert [t.recipe.seed for t in draws] == [lead.recipe.seed + 1, lead.recipe.seed + 2]
+    (group,) = result.seed_check.groups
+    assert group.original == lead.number and len(group.values) == 3
+    assert result.seed_check.verdict.startswith("not needed to choose (only one distinct model completed")
+    (soup,) = [t for t in result.trials if t.kind == "soup"]
+    assert soup.evidence["combined_by"] == {"weights": "weight average", "predictions": "averaged predictions"}[
+        combined_by]
+    chosen = soup if soup.value >= group.mean else max((lead, *draws), key=lambda t: t.value)
+    assert result.best_run.id == chosen.run_id
+    with Workspace.open(workspace) as store:
+        (row,) = [r for r in store.runs() if r.id == soup.run_id]
+    key = "soup_of" if combined_by == "weights" else "averaged_predictions_of"
+    assert row.metrics[key] == [t.run_id for t in (lead, *draws)]
+    loaded = api.load_run(soup.run_id, workspace)
+    assert loaded.predict(["good fine", "bad sad"]).labels
+    assert register("sentiment", soup.run_id, workspace=workspace).version == 1
+
+
+def test_no_draws_of_a_head_on_cached_vectors_nor_with_a_trial_budget(tiny_model, toy_csv, workspace,
+                                                                      monkeypatch):
+    use_text_grid(monkeypatch, {"trainable_layers": [0], "lr_multiplier": [1.0]})
+    result = tune(tiny_model, toy_csv, workspace, budget="120s", seed_check=True, strategy="grid", prune="none")
+    assert [t.kind for t in result.trials] == ["search"] and result.seed_check.verdict.startswith("not run")
+    use_text_grid(monkeypatch, {"trainable_layers": ["all"], "lr_multiplier": [1.0]})
+    result = tune(tiny_model, toy_csv, workspace, budget="3trials", seed_check=True, strategy="grid", prune="none")
+    assert [t.kind for t in result.trials] == ["search"], "the user counted the trials"
+
+
 def test_no_two_trials_share_their_validation_predictions_unless_marked_without_effect(tiny_model, tmp_path,
                                                                                        workspace):
     data = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(150))  # 60 validation texts

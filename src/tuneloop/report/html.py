@@ -244,8 +244,11 @@ def header_section(study: StudyRecord) -> str:
                    f"{_e(_objective_name(study.metric))} <b>{_value(best['value'])}</b> — "
                    + ", ".join(f"{_e(k)} {_e(v)}" for k, v in shown) + "</p>")
         if is_soup(best):
-            outcome += ('<p class="note">A weight average (soup) of the runs of the recipe with the best mean over '
-                        "seeds, which scored at least their mean (see the seed check).</p>")
+            combined = ("their averaged predictions"
+                        if (best.get("evidence") or {}).get("combined_by") == "averaged predictions"
+                        else "a weight average (soup) of them")
+            outcome += (f'<p class="note">The runs of the recipe with the best mean over seeds combined, {combined}, '
+                        "which scored at least their mean (see the seed check).</p>")
         elif kind_of(best) == ENSEMBLE_PREFIX:
             members = ", ".join(map(str, (best.get("evidence") or {}).get("members", [])))
             outcome += ('<p class="note">An ensemble of the recipes that validation could not tell apart, each '

@@ -1,8 +1,9 @@
 """The seed check, as pure functions over stored trial rows: whether it can change the answer (which recipes
 to re-run, or why not), which recipes were re-run with other seeds, their mean and 95% interval over seeds,
-whether the leader's lead is larger than seed noise, and which trial is therefore the best: a weight average
-of the winning recipe's runs (a soup) where it scores at least their mean. The study driver and the report
-both read these, so they cannot disagree.
+whether the leader's lead is larger than seed noise, and which trial is therefore the best: the winning
+recipe's runs combined (a soup: their weight average, or their averaged predictions) where that scores at least
+their mean. Where the check cannot change the answer, the lead's recipe alone may be re-run to be combined so
+(a single group). The study driver and the report both read these, so they cannot disagree.
 
 A trial row is a dict with ``number``, ``reason``, ``status``, ``value`` and ``recipe`` (a dict), as
 ``Workspace.trials`` returns it; ``no_effect`` and ``evidence`` are read where present.
@@ -132,6 +133,10 @@ def seed_verdict(groups: list[SeedGroup]) -> str:
     the gap of the means against the 95% t half-width of their difference; but a recipe with a single
     completed run says nothing about noise, and the verdict says so rather than calling any lead real."""
     measured = [g for g in groups if g.values]
+    if len(measured) == 1 and len(measured[0].values) > 1:  # more draws of one recipe, to combine
+        only = measured[0]
+        return (f"the recipe of trial {only.original} ran with {len(only.values)} seeds: {only.mean:.4f} "
+                f"±{only.half_width:.4f} over seeds")
     if len(measured) < 2:
         return "only one recipe completed: nothing to compare it with"
     first, second = sorted(measured, key=lambda g: g.mean, reverse=True)[:2]
@@ -150,9 +155,12 @@ def seed_verdict(groups: list[SeedGroup]) -> str:
 
 
 def winning_group(trials: list[dict[str, Any]]) -> SeedGroup | None:
-    """After a seed check of two or more recipes, the group of the recipe with the best mean over seeds."""
+    """After a seed check, the group of the recipe with the best mean over seeds: of two or more recipes, or
+    of the one recipe whose runs were drawn again to be combined (where it completed more than once)."""
     groups = [g for g in seed_groups(trials) if g.values]
-    return max(groups, key=lambda g: g.mean) if len(groups) >= 2 else None
+    if len(groups) == 1:
+        return groups[0] if len(groups[0].values) > 1 else None
+    return max(groups, key=lambda g: g.mean) if groups else None
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:

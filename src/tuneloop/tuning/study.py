@@ -83,6 +83,7 @@ SEED_CHECK_SHARE = 0.25  # the most of a budget the seed check may spend (a choi
 # A final fit's time estimated from its trial's is low by up to a third (tweets, 64 per class, on a 2-core AVX2
 # CPU: 35 s estimated, 47 s taken: saving and the longer epochs of more examples): it must fit with this margin.
 REFIT_MARGIN = 1.3
+DRAW_MARGIN = 1.15  # another draw of a trial's recipe must fit in the time left with this margin (and the soup)
 CHEAP_FOLDS_SECONDS = 60.0  # with a trial budget, cross-validation of a recipe that trains more than a head
 
 
@@ -881,14 +882,46 @@ class _StudyDriver:
     def _seed_check(self) -> SeedCheck:
         """Re-run the top two recipes with more seeds, so that the winner's lead can be weighed against seed
         noise before it is called best: only where that can change the answer, and within a quarter of the
-        budget (of its time; of a trial budget, as many runs again)."""
+        budget (of its time; of a trial budget, as many runs again). Where it cannot change the answer, time
+        the search left unspent buys more draws of the lead's recipe instead (``_draws``)."""
         planned, why_not = seed_check_plan([t.row() for t in self._search_trials()])
         if not planned:
-            return SeedCheck([], f"not run: {why_not}")
+            return self._draws(why_not)
         originals = [self.trials[n] for n in planned]
         seeds = self._affordable_seeds(originals)
         if seeds == 0:
             return SeedCheck([], "not run: its re-runs do not fit in a quarter of the budget")
+        self._rerun(originals, seeds, "the recipe of trial {number} with seed {seed}")
+        groups = seed_groups([t.row() for t in self.trials])
+        return SeedCheck(groups, seed_verdict(groups))
+
+    def _draws(self, why_not: str) -> SeedCheck:
+        """Where the seed check cannot change the answer and the search stopped with time left (its strategy had
+        nothing left to try), the lead's recipe trained again with other seeds from the same initial weights,
+        as many runs as fit before the deadline (at most SEED_CHECK_SEEDS), so that ``_soup`` can combine
+        them with the lead: a fine-tune's accuracy moves by points from seed to seed (arXiv:2002.06305), and
+        the combination of several draws varies less than any one. Not for a head on cached vectors (it trains
+        near-deterministically), nor where runs start from different weights, nor with a trial budget (the
+        user counted the trials)."""
+        not_run = SeedCheck([], f"not run: {why_not}")
+        lead = _best(self._search_trials())
+        if (lead is None or lead.run_id is None or lead.no_effect or _cached_head(lead.recipe)
+                or self.deadline is None or self.budget.trials is not None or self.final.soup is None
+                or not self.final.shares_start or lead.seconds <= 0):
+            return not_run
+        seeds = min(SEED_CHECK_SEEDS, int((self.deadline - time.monotonic()) // (DRAW_MARGIN * lead.seconds)))
+        if seeds == 0:
+            return not_run
+        self._rerun([lead], seeds, "another draw of the recipe of trial {number}, seed {seed}, in the time the "
+                                   "search left")
+        groups = seed_groups([t.row() for t in self.trials])
+        return SeedCheck(groups, f"not needed to choose ({why_not}); with the time the search left, "
+                                 f"{seed_verdict(groups)}")
+
+    def _rerun(self, originals: list[TrialRecord], seeds: int, says: str) -> None:
+        """Train each of ``originals``' recipes again with ``seeds`` other seeds (from the same initial weights
+        where runs can start alike), as seed-check trials whose reason ``says`` (formatted with the original's
+        number and the seed)."""
         for trial in originals:
             for offset in range(1, seeds + 1):
                 recipe = trial.recipe.replace(seed=(trial.recipe.seed + offset) % 2**32)
@@ -898,15 +931,13 @@ class _StudyDriver:
                     continue
                 optuna_trial = self.study.ask()
                 optuna_trial.set_user_attr("tuneloop_recipe", recipe.to_dict())
-                reason = f"{SEED_CHECK_PREFIX}: the recipe of trial {trial.number} with seed {recipe.seed}"
+                reason = f"{SEED_CHECK_PREFIX}: {says.format(number=trial.number, seed=recipe.seed)}"
                 name = f"seed-{trial.number}-{recipe.seed}"
                 while len(self.pending) >= (self.executor.workers if self.executor is not None else 1):
                     self._collect()
                 self._launch(Proposal(optuna_trial, recipe, reason, trial.number), name)
         while self.pending:
             self._collect()
-        groups = seed_groups([t.row() for t in self.trials])
-        return SeedCheck(groups, seed_verdict(groups))
 
     def _affordable_seeds(self, originals: list[TrialRecord]) -> int:
         """Seeds per recipe (at most SEED_CHECK_SEEDS) whose re-runs fit in SEED_CHECK_SHARE of the budget, and
@@ -919,8 +950,9 @@ class _StudyDriver:
         return min(SEED_CHECK_SEEDS, int(allowance // one_each)) if one_each > 0 else SEED_CHECK_SEEDS
 
     def _soup(self) -> None:
-        """Average the weights of the winning recipe's runs into one model, where they started from the same
-        weights and really differ; it is handed back where it scores at least their mean (seeds.best_trial)."""
+        """Combine the winning recipe's runs into one model (their weight average, or their averaged predictions
+        where those score higher: ``FinalSteps.soup``), where they started from the same weights and really
+        differ; it is handed back where it scores at least their mean (seeds.best_trial)."""
         winner = winning_group([t.row() for t in self.trials])
         if winner is None or self.final.soup is None or not self.final.shares_start:
             return
@@ -932,8 +964,9 @@ class _StudyDriver:
         recipe = members[0].recipe
         optuna_trial.set_user_attr("tuneloop_recipe", recipe.to_dict())
         numbers = ", ".join(str(t.number) for t in members)
-        reason = (f"{SOUP_PREFIX}: the weight average of trials {numbers}, one recipe over {len(members)} seeds "
-                  f"from the same initial weights")
+        reason = (f"{SOUP_PREFIX}: trials {numbers} combined, one recipe over {len(members)} seeds from the same "
+                  f"initial weights: their weight average, or their averaged predictions where those score higher "
+                  f"on validation")
         record = TrialRecord(len(self.trials), recipe, reason, parent=members[0].number)
         self._open(record, optuna_trial.number)
         started = time.monotonic()
@@ -946,6 +979,8 @@ class _StudyDriver:
         else:
             record.run_id, record.status = run.id, "completed"
             record.value = objective_value(run.metrics, self.base.metric)
+            record.evidence = {"combined_by": "averaged predictions" if run.metrics.get("averaged_predictions_of")
+                               else "weight average"}
             self._compare(record, predictions)
             self.study.tell(optuna_trial, record.value)
         record.seconds = time.monotonic() - started
