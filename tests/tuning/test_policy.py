@@ -237,6 +237,9 @@ def test_weight_decay_and_dropout_caps():
     assert first("overfitting", Recipe(weight_decay=0.5)).changes == {"weight_decay": (0.5, 1.0)}
     assert first("overfitting", Recipe(weight_decay=1.0, dropout=0.45, l2sp=100.0)).changes == {
         "dropout": (0.45, 0.5)}
+    # A raise the cap cuts to a small step (x1.2) is not made: the next move is.
+    assert first("overfitting", Recipe(weight_decay=0.8, dropout=0.45, l2sp=100.0)).changes == {
+        "dropout": (0.45, 0.5)}
 
 
 @pytest.mark.parametrize("label", LABELS)

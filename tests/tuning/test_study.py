@@ -118,12 +118,18 @@ def test_time_the_search_leaves_buys_draws_of_the_lead_combined_with_it(combined
     assert [t.recipe.seed for t in draws] == [lead.recipe.seed + 1, lead.recipe.seed + 2]
     (group,) = result.seed_check.groups
     assert group.original == lead.number and len(group.values) == 3
-    assert result.seed_check.verdict.startswith("not needed to choose (only one distinct model completed")
+    assert result.seed_check.verdict.startswith("not run to choose (only one distinct model completed")
     (soup,) = [t for t in result.trials if t.kind == "soup"]
     assert soup.evidence["combined_by"] == {"weights": "weight average", "predictions": "averaged predictions"}[
         combined_by]
     chosen = soup if soup.value >= group.mean else max((lead, *draws), key=lambda t: t.value)
     assert result.best_run.id == chosen.run_id
+    if chosen is soup:
+        assert result.choice.endswith(f"handed back: trial {soup.number}, the {soup.evidence['combined_by']} of the "
+                                      f"recipe's runs ({soup.value:.4f} on validation, at least their mean)")
+    else:
+        assert result.choice.endswith(f"handed back: trial {chosen.number}'s own model, the best run of the recipe "
+                                      "with the best mean over seeds")
     with Workspace.open(workspace) as store:
         (row,) = [r for r in store.runs() if r.id == soup.run_id]
     key = "soup_of" if combined_by == "weights" else "averaged_predictions_of"

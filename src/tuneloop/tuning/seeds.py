@@ -190,6 +190,15 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
             if candidates else None)
 
 
+def combined_in_words(best: dict[str, Any]) -> str:
+    """What ``best_trial`` handed back after a seed check, in words: the runs' combination, or the best run."""
+    if is_soup(best):
+        by = (best.get("evidence") or {}).get("combined_by", "weight average")
+        return (f"trial {best['number']}, the {by} of the recipe's runs ({best['value']:.4f} on validation, at "
+                f"least their mean)")
+    return f"trial {best['number']}'s own model, the best run of the recipe with the best mean over seeds"
+
+
 def recipe_without_seed(recipe: dict[str, Any]) -> str:
     """Two trials with the same key ran the same experiment with possibly different seeds."""
     return json.dumps({k: v for k, v in recipe.items() if k not in ("seed", "init_seed")}, sort_keys=True)

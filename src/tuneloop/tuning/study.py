@@ -46,6 +46,7 @@ from tuneloop.tuning.seeds import (
     SOUP_PREFIX,
     SeedGroup,
     best_trial,
+    combined_in_words,
     is_search,
     kind_of,
     seed_check_plan,
@@ -404,6 +405,8 @@ class _StudyDriver:
         best = _best_after_check(self.trials)
         if check is not None and not check.groups and best is not None:
             choice = f"trial {best.number}'s own model, the best by validation score (the seed check was {choice})"
+        elif check is not None and best is not None:
+            choice = f"{choice}; handed back: {combined_in_words(best.row())}"
         self.store.finish_study(self.study_id, stop_reason, choice)
         return StudyResult(self.study_id, self.trials, best, stop_reason, time.monotonic() - self.started, check,
                            choice)
@@ -890,17 +893,18 @@ class _StudyDriver:
         originals = [self.trials[n] for n in planned]
         seeds = self._affordable_seeds(originals)
         if seeds == 0:
-            return SeedCheck([], "not run: its re-runs do not fit in a quarter of the budget")
+            return self._draws("its re-runs do not fit in a quarter of the budget")
         self._rerun(originals, seeds, "the recipe of trial {number} with seed {seed}")
         groups = seed_groups([t.row() for t in self.trials])
         return SeedCheck(groups, seed_verdict(groups))
 
     def _draws(self, why_not: str) -> SeedCheck:
-        """Where the seed check cannot change the answer and the search stopped with time left (its strategy had
-        nothing left to try), the lead's recipe trained again with other seeds from the same initial weights,
-        as many runs as fit before the deadline (at most SEED_CHECK_SEEDS), so that ``_soup`` can combine
-        them with the lead: a fine-tune's accuracy moves by points from seed to seed (arXiv:2002.06305), and
-        the combination of several draws varies less than any one. Not for a head on cached vectors (it trains
+        """Where the seed check cannot change the answer (or its re-runs do not fit in its share) and the search
+        stopped with time left (its strategy had nothing left to try), the lead's recipe trained again with
+        other seeds from the same initial weights, as many runs as fit before the deadline (at most
+        SEED_CHECK_SEEDS), so that ``_soup`` can combine them with the lead: a fine-tune's accuracy moves by
+        points from seed to seed (arXiv:2002.06305), and the combination of several draws varies less than any
+        one. Not for a head on cached vectors (it trains
         near-deterministically), nor where runs start from different weights, nor with a trial budget (the
         user counted the trials)."""
         not_run = SeedCheck([], f"not run: {why_not}")
@@ -915,7 +919,7 @@ class _StudyDriver:
         self._rerun([lead], seeds, "another draw of the recipe of trial {number}, seed {seed}, in the time the "
                                    "search left")
         groups = seed_groups([t.row() for t in self.trials])
-        return SeedCheck(groups, f"not needed to choose ({why_not}); with the time the search left, "
+        return SeedCheck(groups, f"not run to choose ({why_not}); with the time the search left, "
                                  f"{seed_verdict(groups)}")
 
     def _rerun(self, originals: list[TrialRecord], seeds: int, says: str) -> None:
