@@ -98,3 +98,11 @@ def test_a_seed_check_run_cut_short_by_the_budget_enters_no_mean():
              "status": trial_status("budget", seed_check_run=True)}]
     (group,) = seed_groups(rows)
     assert group.values == [0.90, 0.88], "the truncated run's 0.50 is not a seed sample"
+
+
+def test_the_seed_check_is_left_time_only_where_one_rerun_of_each_recipe_fits_its_share():
+    from tuneloop.tuning.seeds import seed_check_reserve
+
+    assert seed_check_reserve(30.0, 2, 100.0) == 60.0
+    assert seed_check_reserve(80.0, 2, 100.0) == 100.0, "one seed each fits: the whole share"
+    assert seed_check_reserve(247.0, 2, 93.5) == 0.0, "not one fits: the search keeps the time"

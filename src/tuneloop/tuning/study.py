@@ -50,6 +50,7 @@ from tuneloop.tuning.seeds import (
     is_search,
     kind_of,
     seed_check_plan,
+    seed_check_reserve,
     seed_groups,
     seed_verdict,
     winning_group,
@@ -514,8 +515,9 @@ class _StudyDriver:
             return self.deadline - final_reserve(needs, FINAL_SHARE * self.budget.seconds)
         if seed_check:
             planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
-            cost = SEED_CHECK_SEEDS * sum(self.trials[n].seconds for n in planned)
-            return self.deadline - min(cost, SEED_CHECK_SHARE * self.budget.seconds)
+            one_each = sum(self.trials[n].seconds for n in planned)
+            return self.deadline - seed_check_reserve(one_each, SEED_CHECK_SEEDS,
+                                                      SEED_CHECK_SHARE * self.budget.seconds)
         return self.deadline
 
     def _validation_is_small(self) -> bool:
