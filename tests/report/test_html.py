@@ -109,6 +109,24 @@ def test_seed_check_groups_the_reruns_by_recipe(study, report):
     assert html.escape(result.seed_check.verdict.capitalize()) in section
 
 
+@pytest.mark.parametrize("combined_by, said", [("averaged predictions", "their averaged predictions"),
+                                                ("weight average", "a weight average (soup) of them")])
+def test_a_combination_of_runs_handed_back_says_how_they_were_combined(study, combined_by, said):
+    from tuneloop.tuning.seeds import seed_groups
+
+    result, workspace = study
+    rows = [r for r in trial_rows(workspace, "s1") if not r["reason"].startswith("soup")]
+    winner = max(seed_groups(rows), key=lambda g: g.mean)
+    lead = next(r for r in rows if r["number"] == winner.original)
+    combined = {**lead, "reason": "soup: the winner's runs combined", "value": max(winner.values),
+                "evidence": {"combined_by": combined_by}, "diagnosis": None, "diagnosis_summary": None}
+    study_id = f"combined-{combined_by.split()[0]}"
+    copy_study(workspace, "s1", study_id, [*rows, combined])
+    header = write_report(workspace, study_id).read_text(encoding="utf-8").split("<h2>")[0]
+    assert f"The runs of the recipe with the best mean over seeds combined, {said}, which scored at least" in (
+        html.unescape(header))
+
+
 def test_unknown_study_is_named_with_the_known_ones(study):
     _, workspace = study
     with pytest.raises(RunNotFoundError, match=r"no study 'nope'.*s1"):
