@@ -6,6 +6,7 @@ face (``tuneloop.api``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -307,19 +308,27 @@ def ensemble_run(store: Workspace, task: Any, run_ids: Sequence[str], estimate: 
                              val_fingerprint=task.val.fingerprint(), n_train=len(everything.train), n_val=0,
                              recipe=lead.recipe.to_dict(), data_options=stored_options(task))
 
-    def fill(folder: Path) -> None:
-        write_ensemble(folder, [member.path for member in members], average)
-        (folder / LABELS_FILE).write_text(json.dumps(lead.classes, indent=2))
-        (folder / RECIPE_FILE).write_text(lead.recipe.to_yaml())
-        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-
     try:
-        write_dir_atomic(store.artifact_dir(run_id), fill)
+        _save_ensemble(store, run_id, members, average, lead.classes, lead.recipe, metrics)
         store.complete_run(run_id, metrics, None, 0.0)
     except BaseException as exc:
         store.fail_run(run_id, "".join(traceback.format_exception_only(exc)).strip())
         raise
     return Run(run_id, store.artifact_dir(run_id), lead.recipe, metrics, lead.classes, [])
+
+
+def _save_ensemble(store: Workspace, run_id: str, members: Sequence[Run], average: str, classes: list[str],
+                   recipe: Recipe, metrics: dict[str, Any]) -> None:
+    """The run's folder, written whole: the ``members``' model folders predicting together (``average``: their
+    probabilities or values), with the classes, recipe and metrics."""
+
+    def fill(folder: Path) -> None:
+        write_ensemble(folder, [member.path for member in members], average)
+        (folder / LABELS_FILE).write_text(json.dumps(classes, indent=2))
+        (folder / RECIPE_FILE).write_text(recipe.to_yaml())
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+    write_dir_atomic(store.artifact_dir(run_id), fill)
 
 
 def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe) -> tuple[Run, np.ndarray]:
@@ -337,7 +346,7 @@ def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe
     states = [network.state_dict() for network in networks]
     averaged = {name: torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)
                 if tensor.is_floating_point() else tensor for name, tensor in states[0].items()}
-    soup = adapter.load(str(members[0].path))[0]
+    soup = copy.deepcopy(networks[0])
     soup.load_state_dict(averaged)
     device = pick_device()
     precision = training_precision(task, recipe.precision, device, recipe)
@@ -367,13 +376,7 @@ def soup_run(store: Workspace, task: Any, run_ids: Sequence[str], recipe: Recipe
                              data_options=stored_options(task))
     try:
         if network is together:
-            def fill(folder: Path) -> None:
-                write_ensemble(folder, [member.path for member in members], average)
-                (folder / LABELS_FILE).write_text(json.dumps(task.classes, indent=2))
-                (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-                (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-
-            write_dir_atomic(store.artifact_dir(run_id), fill)
+            _save_ensemble(store, run_id, members, average, task.classes, recipe, metrics)
         else:
             _save_model(store, run_id, adapter, network, preprocessor, task.classes, recipe, metrics)
         store.complete_run(run_id, metrics, None, metrics["seconds"])

@@ -906,9 +906,8 @@ class _StudyDriver:
         other seeds from the same initial weights, as many runs as fit before the deadline (at most
         SEED_CHECK_SEEDS), so that ``_soup`` can combine them with the lead: a fine-tune's accuracy moves by
         points from seed to seed (arXiv:2002.06305), and the combination of several draws varies less than any
-        one. Not for a head on cached vectors (it trains
-        near-deterministically), nor where runs start from different weights, nor with a trial budget (the
-        user counted the trials)."""
+        one. Not for a head on cached vectors (it trains near-deterministically), nor where runs start from
+        different weights, nor with a trial budget (the user counted the trials)."""
         not_run = SeedCheck([], f"not run: {why_not}")
         lead = _best(self._search_trials())
         if (lead is None or lead.run_id is None or lead.no_effect or _cached_head(lead.recipe)
