@@ -421,3 +421,32 @@ def test_memory_does_not_grow_over_forty_trials(tiny_model, toy_csv, workspace):
     assert len(result.trials) == 40
     growth = probe.samples[-1] - probe.samples[14]
     assert growth < 40, f"resident memory grew {growth:.0f} MiB from trial 15 to trial 40: {probe.samples}"
+
+
+def test_the_driver_measures_a_lead_on_its_trials_predictions_once_per_pair():
+    """The seed check's judgement of a lead reads the two trials' stored validation predictions against the
+    validation labels in the task's class order; where it cannot (a metric other than accuracy or macro-F1, a
+    regressor, predictions of another validation set) it says so with None, and the accuracy interval judges."""
+    from types import SimpleNamespace
+
+    from tuneloop.tuning.noise import paired_difference
+
+    labels = ["pos", "neg", "neg", "pos"] * 25
+    ids = np.array([1 if label == "pos" else 0 for label in labels])
+    first, second = ids.copy(), ids.copy()
+    second[:20] = 1 - ids[:20]
+
+    def driver(metric="accuracy", objective="classification", predictions=(first, second)):
+        task = SimpleNamespace(classes=["neg", "pos"], val_labels=labels, objective=SimpleNamespace(name=objective))
+        trials = [SimpleNamespace(predictions=p) for p in predictions]
+        return SimpleNamespace(trials=trials, task=task, base=Recipe(metric=metric), differences={})
+
+    fake = driver()
+    found = _StudyDriver._paired(fake, 0, 1)
+    assert found == paired_difference(ids, first, second, 2, "accuracy") and found.value == pytest.approx(0.2)
+    assert found.beyond_noise
+    fake.trials[0].predictions = second  # measured once: a pair's predictions do not change
+    assert _StudyDriver._paired(fake, 0, 1) is found
+    assert _StudyDriver._paired(driver(metric="loss"), 0, 1) is None
+    assert _StudyDriver._paired(driver(objective="regression"), 0, 1) is None
+    assert _StudyDriver._paired(driver(predictions=(first[:50], second)), 0, 1) is None

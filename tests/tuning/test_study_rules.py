@@ -65,7 +65,10 @@ def scripted_study(tmp_path, strategy, budget: str, values, predictions=None, ob
     # validation examples: enough to tell trials apart)
     predictions = predictions or [np.eye(3)[[i // 3**k % 3 for k in range(5)] * 20] for i in range(len(values))]
     n = len(predictions[0])
-    task = SimpleNamespace(val=list(range(n)), classes=["a", "b", "c"], objective=objective, chance_loss=lambda: None)
+    # Every validation label "c", which the first two trials (digits 0 and 1 only) never predict: between them the
+    # scripted values alone differ, and the lead the seed check measures on their predictions is nothing.
+    task = SimpleNamespace(val=list(range(n)), val_labels=["c"] * n, classes=["a", "b", "c"], objective=objective,
+                           chance_loss=lambda: None)
     counter = iter(range(1000))
     store = Workspace.open(tmp_path / "ws", create=True)
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from tuneloop.tuning.noise import Difference
 
 SEED_CHECK_PREFIX = "seed check"
 SOUP_PREFIX = "soup"
@@ -69,12 +72,15 @@ def cross_validated_values(trials: list[dict[str, Any]]) -> dict[int, float]:
             if t["reason"].startswith(CROSS_VALIDATION_PREFIX) and scored(t) and "of_trial" in (t["evidence"] or {})}
 
 
-def seed_check_plan(trials: list[dict[str, Any]]) -> tuple[list[int], str]:
+def seed_check_plan(trials: list[dict[str, Any]],
+                    paired: Callable[[int, int], Difference | None] | None = None) -> tuple[list[int], str]:
     """The search trials whose recipes a seed check re-runs (the top two distinct models), or none and why.
 
-    It can change the answer only where the top two are within the leader's validation noise of each other
-    (the half-width of its accuracy interval; a regressor has none, so it always can) and really are two
-    models: a trial whose predictions repeat an earlier one's (no effect) is the earlier one again."""
+    It can change the answer only where the top two are within validation noise of each other and really are
+    two models: a trial whose predictions repeat an earlier one's (no effect) is the earlier one again. The
+    noise is the paired interval of their difference in the chosen metric (``paired``: trial numbers -> a
+    ``noise.Difference``, or None where it cannot be measured); else the half-width of the leader's accuracy
+    interval; a regressor has neither, so the check always can."""
     ranked = sorted((t for t in trials if is_search(t) and scored(t) and not t.get("no_effect")),
                     key=lambda t: t["value"], reverse=True)
     top: list[dict[str, Any]] = []
@@ -86,8 +92,14 @@ def seed_check_plan(trials: list[dict[str, Any]]) -> tuple[list[int], str]:
     if len(top) < 2:
         return [], "only one distinct model completed: there is nothing to compare it with"
     first, second = top
-    noise = (first.get("evidence") or {}).get("ci_half_width")
     lead = first["value"] - second["value"]
+    difference = paired(first["number"], second["number"]) if paired is not None else None
+    if difference is not None:
+        if difference.beyond_noise:
+            return [], (f"trial {first['number']} leads trial {second['number']} by {lead:.4f}, more than validation "
+                        f"noise ({difference.sentence()}): other seeds would not change the answer")
+        return [first["number"], second["number"]], ""
+    noise = (first.get("evidence") or {}).get("ci_half_width")
     if noise is not None and lead > noise:
         return [], (f"trial {first['number']} leads trial {second['number']} by {lead:.4f}, more than validation "
                     f"noise (±{noise:.4f}): other seeds would not change the answer")

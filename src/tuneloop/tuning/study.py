@@ -36,6 +36,8 @@ from tuneloop.store.workspace import Workspace
 from tuneloop.training.loop import Callback, EpochRecord, StopTraining
 from tuneloop.tuning.diagnose import Diagnosis, diagnose
 from tuneloop.tuning.effect import compact, same_as
+from tuneloop.tuning.noise import METRICS as PAIRED_METRICS
+from tuneloop.tuning.noise import Difference, paired_difference
 from tuneloop.tuning.policy import FEW_PER_CLASS
 from tuneloop.tuning.retention import KEEP_MODELS, models_to_discard
 from tuneloop.tuning.seeds import (
@@ -391,6 +393,7 @@ class _StudyDriver:
         self.deadline = self.started + budget.seconds if budget.seconds else None
         self.accounted = time.monotonic()  # the study's spent time is recorded up to here
         self.pending: dict[int, tuple[TrialRecord, Proposal, str]] = {}  # trials training in the executor
+        self.differences: dict[tuple[int, int], Difference | None] = {}  # paired comparisons made so far
 
     def run(self, seed_check: bool) -> StudyResult:
         self.seed_check = seed_check
@@ -514,11 +517,29 @@ class _StudyDriver:
                 needs.append([folds + fit for fit in fits])
             return self.deadline - final_reserve(needs, FINAL_SHARE * self.budget.seconds)
         if seed_check:
-            planned, _ = seed_check_plan([t.row() for t in self._search_trials()])
+            planned, _ = seed_check_plan([t.row() for t in self._search_trials()], self._paired)
             one_each = sum(self.trials[n].seconds for n in planned)
             return self.deadline - seed_check_reserve(one_each, SEED_CHECK_SEEDS,
                                                       SEED_CHECK_SHARE * self.budget.seconds)
         return self.deadline
+
+    def _paired(self, first: int, second: int) -> Difference | None:
+        """Trial ``first``'s score minus trial ``second``'s in the chosen metric, with the paired interval of that
+        difference over the validation examples (``noise.paired_difference``); None where it cannot be measured
+        (a regressor, a loss, predictions of another validation set). Measured once per pair."""
+        key = (first, second)
+        if key not in self.differences:
+            self.differences[key] = None
+            mine, theirs = self.trials[first].predictions, self.trials[second].predictions
+            if (self.task.objective.name != "classification" or self.base.metric not in PAIRED_METRICS
+                    or mine is None or theirs is None):
+                return None
+            index = {str(name): i for i, name in enumerate(self.task.classes)}
+            labels = [index.get(str(label)) for label in self.task.val_labels]
+            if None not in labels and len(mine) == len(theirs) == len(labels) > 0:
+                self.differences[key] = paired_difference(np.asarray(labels), mine, theirs, len(self.task.classes),
+                                                          self.base.metric)
+        return self.differences[key]
 
     def _validation_is_small(self) -> bool:
         """Whether the final model is chosen on every labelled example (validation too small, refit allowed)."""
@@ -889,7 +910,7 @@ class _StudyDriver:
         noise before it is called best: only where that can change the answer, and within a quarter of the
         budget (of its time; of a trial budget, as many runs again). Where it cannot change the answer, time
         the search left unspent buys more draws of the lead's recipe instead (``_draws``)."""
-        planned, why_not = seed_check_plan([t.row() for t in self._search_trials()])
+        planned, why_not = seed_check_plan([t.row() for t in self._search_trials()], self._paired)
         if not planned:
             return self._draws(why_not)
         originals = [self.trials[n] for n in planned]
