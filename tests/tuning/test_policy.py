@@ -229,23 +229,7 @@ def test_a_rate_already_above_its_cap_is_not_lowered_by_a_raise():
 
 def test_epochs_double_up_to_the_cap():
     assert first("too_slow", Recipe(learning_rate=2e-4, epochs=15)).changes == {"epochs": (15, MAX_EPOCHS)}
-    slowest = Recipe(learning_rate=2e-4, epochs=20, batch_size=8)
-    assert next_recipe(diagnosis("too_slow"), slowest, [], num_layers=6) is None
-
-
-def test_too_slow_at_the_rate_cap_after_more_epochs_halves_the_batch():
-    # The whole encoder at its cap (2e-4), with 6 epochs already tried: twice the steps per epoch instead.
-    whole = Recipe(trainable_layers="all", learning_rate=2e-4, epochs=3, batch_size=16)
-    decision = first("too_slow", whole, [whole.replace(epochs=6)])
-    assert decision.changes == {"batch_size": (16, 8), "learning_rate": (2e-4, 1.414e-4)}
-    assert "smaller batches: twice the steps an epoch, the rate x 1/sqrt(2)" in decision.reason
-    assert next_recipe(diagnosis("too_slow"), whole.replace(batch_size=8), [whole.replace(batch_size=8, epochs=6)],
-                       num_layers=6) is None, "not below 8"
-    assert first("too_slow", whole.replace(batch_size=12), [whole.replace(batch_size=12, epochs=6)]).changes[
-        "batch_size"] == (12, 8), "halved, but not below 8"
-    # A head on cached vectors is not given smaller batches: its next move is the whole encoder.
-    head = Recipe(trainable_layers=0, learning_rate=1e-2, epochs=10)
-    assert first("too_slow", head, [head.replace(epochs=20)]).changes["trainable_layers"] == (0, "all")
+    assert next_recipe(diagnosis("too_slow"), Recipe(learning_rate=2e-4, epochs=20), [], num_layers=6) is None
 
 
 def test_weight_decay_and_dropout_caps():
@@ -450,8 +434,6 @@ def test_exploring_tries_the_larger_moves_once_each():
                     {"contrastive": (0, 20)},
                     {"epochs": (5, 10)}, {"learning_rate": (2e-3, 4e-3)}]
     assert untried(best, tried, num_layers=6, examples_per_class=16) == []
-    whole = Recipe(learning_rate=2e-4, batch_size=16)
-    assert explore(whole, [whole.replace(epochs=6)], num_layers=6).changes["batch_size"] == (16, 8)
     assert untried(best, tried[:1], num_layers=6, examples_per_class=16) == [
         "few examples per class: tune the encoder on pairs of texts first, then the head (SetFit)",
         "longer training", "a higher learning rate"]

@@ -50,7 +50,6 @@ MIN_CONTRASTIVE_PAIRS = 4  # fewer pairs per example than this are not worth a t
 # whole fine-tune; such runs get more epochs (and a fine-tune smaller batches) until they have these many.
 MIN_HEAD_STEPS = 100
 MIN_FINETUNE_STEPS = 60
-MIN_FINETUNE_BATCH = 8  # smaller batches than this make a fine-tune's steps mostly noise
 MAX_HEAD_EPOCHS = 100
 
 
@@ -295,7 +294,7 @@ class Deepest:
                                    "learning_rate": min(recipe.learning_rate, learning_rate_cap(deeper))}
         # A few dozen examples make a handful of steps an epoch: smaller batches, more epochs.
         if context.train_size and context.train_size < MIN_FINETUNE_STEPS * recipe.batch_size / MAX_EPOCHS:
-            deeper = deeper.replace(batch_size=min(recipe.batch_size, MIN_FINETUNE_BATCH))
+            deeper = deeper.replace(batch_size=min(recipe.batch_size, 8))
             changes["batch_size"] = deeper.batch_size
         changes["epochs"] = epochs_for_steps(deeper, context.train_size, MIN_FINETUNE_STEPS, MAX_EPOCHS)
         return changes
@@ -311,22 +310,6 @@ class EncoderOnly:
 
     def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
         return {} if recipe.trainable_layers == 0 else self.change.apply(recipe, knob, context)
-
-
-@dataclass(frozen=True)
-class SmallerBatches:
-    """Half the batch (not below ``low``) at the rate x 1/sqrt(2): twice the steps an epoch, each as noisy as
-    before. Adam's rate scales with the square root of the batch (arXiv:2205.10287); halving the batch at the
-    same rate would be a higher rate in effect, past the cap that keeps pretrained layers whole. Measured on R8
-    at 1,000 texts: batch 16 -> 8 at 2e-4 scored 0.757 validation macro-F1 where its parent scored 0.845."""
-
-    low: int
-
-    def apply(self, recipe: Recipe, knob: str, context: Context) -> dict[str, Any]:
-        batch = max(self.low, recipe.batch_size // 2)
-        if batch >= recipe.batch_size:
-            return {}
-        return {knob: batch, "learning_rate": _tidy(recipe.learning_rate * math.sqrt(batch / recipe.batch_size))}
 
 
 @dataclass(frozen=True)
@@ -404,14 +387,6 @@ _TEXT_EXPLOIT = (_PAIRS, _WHOLE, *_EXPLOIT)
 _FASTER_THEN_LONGER = (Move("learning_rate", Scale(2, high=learning_rate_cap), "higher learning rate"),
                        Move("epochs", Scale(2, high=MAX_EPOCHS), "more epochs"))
 _SLOW_DEEPER = Move("trainable_layers", Deeper(), "still slow at the highest rate: more trainable layers")
-# Pretrained layers cap the rate (2e-4), and twice the epochs may overfit: smaller batches instead, twice the
-# steps an epoch at the same noise per step. Measured on R8 at 1,000 texts: the whole encoder at 2e-4, batch 16,
-# 3 epochs was too slow and 6 epochs overfit; Trainer + Optuna's best was batch 8 at 1.25e-4 for 4 epochs (0.976
-# test accuracy against 0.968). Not for a head on cached vectors (its steps cost nothing; its next move is more
-# capacity). On 2 cores of an AMD EPYC an example of 128 tokens trained as fast in a batch of 8 as of 16 (15-17
-# a second in bf16, 10 in fp32); a GPU runs small batches slower.
-_SMALLER_BATCHES = Move("batch_size", EncoderOnly(SmallerBatches(MIN_FINETUNE_BATCH)),
-                        "smaller batches: twice the steps an epoch, the rate x 1/sqrt(2)")
 # Where validation cannot tell small changes apart, each approach is tried once (a head, the whole encoder,
 # pairs) and the final choice between them is left to cross-validation over every example, or to an ensemble of
 # those still within noise; knob nudges after that, since the validation set will not show what they do. The
@@ -455,7 +430,6 @@ TEXT_RULES: dict[str, tuple[Move, ...]] = {
     "too_slow": (
         *_FASTER_THEN_LONGER,
         _PAIRS,
-        _SMALLER_BATCHES,
         Move("trainable_layers", Deepest(), "still slow at the highest rate: the whole encoder"),
         _SLOW_DEEPER,
     ),
@@ -578,7 +552,7 @@ IMAGE_SCRATCH_RULES: dict[str, tuple[Move, ...]] = {
 # examples are few. A search stops on a plateau only when these are tried, or its budget is nearly spent.
 _LONGER = Move("epochs", Scale(2, high=MAX_EPOCHS), "longer training")
 _FASTER = Move("learning_rate", Scale(2, high=learning_rate_cap), "a higher learning rate")
-TEXT_EXPLORE = (Move("trainable_layers", Deepest(), "the whole encoder"), _PAIRS, _LONGER, _FASTER, _SMALLER_BATCHES)
+TEXT_EXPLORE = (Move("trainable_layers", Deepest(), "the whole encoder"), _PAIRS, _LONGER, _FASTER)
 IMAGE_EXPLORE = (Move("trainable_layers", Deepest(), "the whole network"), _LONGER, _FASTER)
 TABLE_EXPLORE = (Move("hidden_units", Scale(4, high=MAX_HIDDEN_UNITS), "a much wider MLP"),
                  Move("hidden_layers", Step(+2, high=MAX_HIDDEN_LAYERS), "a much deeper MLP"),
