@@ -322,6 +322,14 @@ def test_pruner_and_deadline_end_training():
         ReportToOptuna(FakeTrial(prune=False), "accuracy", deadline=time.monotonic() - 1).on_epoch_end(record(1), 1)
 
 
+def test_a_trial_that_ran_its_whole_schedule_is_not_pruned():
+    last = FakeTrial(prune=True)
+    ReportToOptuna(last, "accuracy", deadline=None, epochs=3).on_epoch_end(record(3), True)
+    assert last.reported == [(100, 0.8)], "its last value still reaches the pruner, for the trials after it"
+    with pytest.raises(StopTraining, match="pruned"):
+        ReportToOptuna(FakeTrial(prune=True), "accuracy", deadline=None, epochs=3).on_epoch_end(record(2), True)
+
+
 def test_killed_study_resumes_without_repeating_trials(tiny_model, tmp_path):
     """SIGKILL during the third trial, then --resume: finished trials are kept, the interrupted one runs again."""
     data = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(150))

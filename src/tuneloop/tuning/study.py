@@ -252,7 +252,10 @@ class ReportToOptuna(Callback):
         if progress not in self.reported:  # beyond 100 epochs, two epochs can round to one percent
             self.reported.add(progress)
             self.trial.report(-value if self.metric in LOWER_IS_BETTER else value, progress)
-        if self.prunable and self.trial.should_prune():
+        # After the last epoch there is nothing left to save: a trial that ran its schedule is complete, whatever
+        # the pruner would say (on R8 at 1,000 texts a whole fine-tune below the median at 100% was recorded as
+        # pruned, its model out of the running and the search's record wrong).
+        if self.prunable and record.epoch < self.epochs and self.trial.should_prune():
             raise StopTraining("pruned")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise StopTraining("budget")
