@@ -31,6 +31,25 @@ def test_trials_without_effect_count_neither_way():
     assert trials_since_gain([outcome(0, 0.8), outcome(1, 0.8, no_effect=True)]) == 0
 
 
+def test_a_gain_is_judged_on_the_pair_where_it_is_measured():
+    from dataclasses import replace
+
+    def measured(verdicts: dict[tuple[int, int], bool | None]):
+        return lambda number: lambda other: verdicts.get((number, other))
+
+    # 0.85 is past trial 0's accuracy half-width (0.02), but the pair's interval holds zero: no gain. 0.86 is
+    # within 0.02 of the best before it (trial 1's 0.85: the pair asked is (2, 1)), but clear of noise on the
+    # pair (the two disagree on a handful of examples, all in trial 2's favour): a gain.
+    leads = measured({(1, 0): False, (2, 1): True})
+    history = [replace(outcome(n, v), leads=leads(n)) for n, v in ((0, 0.80), (1, 0.85), (2, 0.86))]
+    assert trials_since_gain(history[:2]) == 1
+    assert trials_since_gain(history) == 0
+    unmeasured = [replace(outcome(n, v), leads=measured({})(n)) for n, v in ((0, 0.80), (1, 0.85))]
+    assert trials_since_gain(unmeasured) == 0, "not measured: the accuracy half-width judges"
+    behind = [replace(outcome(n, v), leads=measured({(1, 0): True})(n)) for n, v in ((0, 0.80), (1, 0.79))]
+    assert trials_since_gain(behind) == 1, "a trial below the best gains nothing, whatever the pair says"
+
+
 @dataclass
 class Scripted:
     """A strategy proposing a new learning rate each time, with moves left untried as its caller says."""

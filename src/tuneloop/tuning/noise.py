@@ -20,7 +20,7 @@ import numpy as np
 
 ROUNDS = 2000
 SEED = 0
-MAX_CELLS = 20_000_000  # resamples x examples held at once; more examples are resampled in chunks of rounds
+MAX_CELLS = 4_000_000  # resamples x examples held at once (32 MB of counts); more are drawn in chunks of rounds
 METRICS = ("accuracy", "macro_f1")
 
 

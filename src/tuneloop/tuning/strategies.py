@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import optuna
@@ -63,11 +63,22 @@ class TrialOutcome:
     number: int = -1
     parent: int | None = None
     no_effect: bool = False  # its validation predictions repeat an earlier trial's
+    # Whether this trial leads trial N by more than validation noise, measured on the pair (the study driver's
+    # paired interval of the difference); None where that cannot be measured. Not part of equality.
+    leads: Callable[[int], bool | None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def noise(self) -> float:
         """How much a better trial must beat this one by to count: the half-width of its accuracy interval."""
         return float(self.diagnosis.evidence.get("ci_half_width", 0.0)) if self.diagnosis else 0.0
+
+    def gains_over(self, best: TrialOutcome) -> bool:
+        """Whether this trial beats ``best`` by more than validation noise: by the paired interval of their
+        difference where measured, else by more than ``best``'s accuracy half-width."""
+        measured = self.leads(best.number) if self.leads is not None else None
+        if measured is not None:
+            return measured and self.value > best.value
+        return self.value - best.value > best.noise
 
 
 def best_outcome(history: Sequence[TrialOutcome]) -> TrialOutcome | None:
@@ -77,7 +88,7 @@ def best_outcome(history: Sequence[TrialOutcome]) -> TrialOutcome | None:
 
 
 def trials_since_gain(history: Sequence[TrialOutcome]) -> int:
-    """Trials since the last one that beat the best before it by more than that best's validation noise.
+    """Trials since the last one that beat the best before it by more than validation noise (``gains_over``).
 
     A trial that changed no prediction (no effect) answered no question, and one still training has not
     answered yet: they count neither way."""
@@ -87,7 +98,7 @@ def trials_since_gain(history: Sequence[TrialOutcome]) -> int:
         if trial.no_effect or trial.status == "running":
             continue
         scored = trial.status == "completed" and trial.value is not None
-        if scored and (best is None or trial.value - best.value > best.noise):
+        if scored and (best is None or trial.gains_over(best)):
             since = 0
         else:
             since += 1

@@ -133,9 +133,9 @@ class TrialRecord:
     evidence: dict[str, Any] = field(default_factory=dict)  # of a trial without a diagnosis (cross-validation)
     started: float = 0.0  # time.monotonic() when it started
 
-    def outcome(self) -> TrialOutcome:
+    def outcome(self, leads: Callable[[int], bool | None] | None = None) -> TrialOutcome:
         return TrialOutcome(self.recipe, self.status, self.value, self.diagnosis, self.number, self.parent,
-                            bool(self.no_effect))
+                            bool(self.no_effect), leads)
 
     @property
     def kind(self) -> str:
@@ -431,7 +431,7 @@ class _StudyDriver:
                 if stop_reason:
                     break
                 retry, retry_number = self.retries[0] if self.retries else (None, None)
-                proposed = [t.outcome() for t in self._search_trials() if t.status != "interrupted"]
+                proposed = [self._outcome(t) for t in self._search_trials() if t.status != "interrupted"]
                 search_end = self._search_deadline(seed_check)
                 seconds_left = None if search_end is None else search_end - time.monotonic()
                 proposal = self.strategy.propose(self.study, self.base, proposed, retry, seconds_left)
@@ -474,7 +474,7 @@ class _StudyDriver:
         best = _best(search)
         if self.target is not None and best is not None and best.value >= self._target_value():
             return f"the target {self.target:g} is reached"
-        outcomes = [t.outcome() for t in search]
+        outcomes = [self._outcome(t) for t in search]
         since = trials_since_gain(outcomes)
         if not self.strategy.plateau or since < self.strategy.plateau:
             return ""
@@ -525,6 +525,15 @@ class _StudyDriver:
             return self.deadline - seed_check_reserve(one_each, SEED_CHECK_SEEDS,
                                                       SEED_CHECK_SHARE * self.budget.seconds)
         return self.deadline
+
+    def _outcome(self, record: TrialRecord) -> TrialOutcome:
+        """What the strategy and the stopping rule read of a trial, with its leads measured on the pair."""
+
+        def leads(other: int) -> bool | None:
+            difference = self._paired(record.number, other)
+            return None if difference is None else difference.beyond_noise
+
+        return record.outcome(leads)
 
     def _paired(self, first: int, second: int) -> Difference | None:
         """Trial ``first``'s score minus trial ``second``'s in the chosen metric, with the paired interval of that
