@@ -458,3 +458,18 @@ def test_the_driver_measures_a_lead_on_its_trials_predictions_once_per_pair():
     assert _StudyDriver._paired(driver(metric="loss"), 0, 1) is None
     assert _StudyDriver._paired(driver(objective="regression"), 0, 1) is None
     assert _StudyDriver._paired(driver(predictions=(first[:50], second)), 0, 1) is None
+
+
+def test_no_seeds_are_affordable_past_the_deadline():
+    """A search that ran to its deadline (no time was held for the check: its re-runs did not fit) leaves the
+    check no seeds; a negative count had read as some, and the study's choice said "the seed check was only one
+    recipe completed"."""
+    from types import SimpleNamespace
+
+    def driver(deadline_in: float):
+        return SimpleNamespace(budget=Budget(seconds=160), deadline=time.monotonic() + deadline_in)
+
+    originals = [SimpleNamespace(seconds=35.0), SimpleNamespace(seconds=40.0)]
+    assert _StudyDriver._affordable_seeds(driver(-5.0), originals) == 0
+    assert _StudyDriver._affordable_seeds(driver(30.0), originals) == 0
+    assert _StudyDriver._affordable_seeds(driver(1000.0), originals[:1]) == 1, "a quarter of 160 s fits one of 35 s"

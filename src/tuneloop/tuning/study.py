@@ -984,7 +984,9 @@ class _StudyDriver:
             runs = int(self.budget.trials * SEED_CHECK_SHARE)
             return min(SEED_CHECK_SEEDS, runs // len(originals))
         one_each = sum(t.seconds for t in originals)
-        allowance = min(SEED_CHECK_SHARE * self.budget.seconds, self.deadline - time.monotonic())
+        # Past the deadline (the search ran to it where no time was held for the check) the allowance is
+        # negative: no seeds, not a negative count that reads as some.
+        allowance = max(0.0, min(SEED_CHECK_SHARE * self.budget.seconds, self.deadline - time.monotonic()))
         return min(SEED_CHECK_SEEDS, int(allowance // one_each)) if one_each > 0 else SEED_CHECK_SEEDS
 
     def _soup(self) -> None:
