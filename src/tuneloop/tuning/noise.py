@@ -9,6 +9,10 @@ validation set with one example of a rare class (R8's 200 texts hold about one "
 several points, where accuracy moves by half of one. Resampling the examples, both trials' predictions
 together, and scoring each resample by the chosen metric measures both effects.
 
+The promotion gate's ``continual.stats.paired_bootstrap`` resamples a mean of per-example scores; macro-F1 is no
+such mean (each class's F1 is a ratio of counts), so here each resample counts every class's hits, predictions
+and examples, and the metric is computed from those counts.
+
 Pure: numpy only, and a fixed seed, so a study's record reads the same each time it is computed.
 """
 
