@@ -540,17 +540,17 @@ class _StudyDriver:
         difference over the validation examples (``noise.paired_difference``); None where it cannot be measured
         (a regressor, a loss, predictions of another validation set). Measured once per pair."""
         key = (first, second)
-        if key not in self.differences:
-            self.differences[key] = None
-            mine, theirs = self.trials[first].predictions, self.trials[second].predictions
-            if (self.task.objective.name != "classification" or self.base.metric not in PAIRED_METRICS
-                    or mine is None or theirs is None):
-                return None
-            index = {str(name): i for i, name in enumerate(self.task.classes)}
-            labels = [index.get(str(label)) for label in self.task.val_labels]
-            if None not in labels and len(mine) == len(theirs) == len(labels) > 0:
-                self.differences[key] = paired_difference(np.asarray(labels), mine, theirs, len(self.task.classes),
-                                                          self.base.metric)
+        if key in self.differences:
+            return self.differences[key]
+        mine, theirs = self.trials[first].predictions, self.trials[second].predictions
+        if (self.task.objective.name != "classification" or self.base.metric not in PAIRED_METRICS
+                or mine is None or theirs is None):
+            return None  # not kept: a trial still training has its predictions later
+        index = {str(name): i for i, name in enumerate(self.task.classes)}
+        labels = [index.get(str(label)) for label in self.task.val_labels]
+        measurable = None not in labels and len(mine) == len(theirs) == len(labels) > 0
+        self.differences[key] = (paired_difference(np.asarray(labels), mine, theirs, len(self.task.classes),
+                                                   self.base.metric) if measurable else None)
         return self.differences[key]
 
     def _validation_is_small(self) -> bool:
